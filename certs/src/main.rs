@@ -1,0 +1,153 @@
+//! `pod-reloaded-certs`: makes a CA and a serving certificate for the webhook Service and
+//! writes a kustomize overlay over `manifests/` that adds the TLS Secret and puts the CA
+//! bundle into the MutatingWebhookConfiguration. `kubectl apply -k <out-dir>` deploys it.
+
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use clap::Parser;
+use pod_reloaded_contract as contract;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+
+/// Make a CA and serving certificate for the pod-reloaded webhook, and a kustomize overlay
+/// that deploys them.
+#[derive(Parser, Debug)]
+#[command(name = "pod-reloaded-certs", version)]
+struct Args {
+    /// Directory to write ca.crt, tls.crt, tls.key, secret.yaml and kustomization.yaml to.
+    #[arg(long, default_value = "certs/out")]
+    out_dir: PathBuf,
+    /// The kustomize base the overlay builds on.
+    #[arg(long, default_value = "manifests")]
+    manifests_dir: PathBuf,
+    /// Validity of the serving certificate, in days (the CA gets ten times as long).
+    #[arg(long, default_value_t = 365)]
+    days: i64,
+    /// Extra DNS names for the serving certificate (the Service names are always included).
+    #[arg(long = "dns-name")]
+    extra_dns_names: Vec<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let service = contract::WEBHOOK_SERVICE;
+    let namespace = contract::WEBHOOK_NAMESPACE;
+    let mut names = vec![
+        contract::webhook_service_dns_name(),
+        format!("{service}.{namespace}.svc.cluster.local"),
+        format!("{service}.{namespace}"),
+        service.to_string(),
+    ];
+    names.extend(args.extra_dns_names.iter().cloned());
+
+    let now = time::OffsetDateTime::now_utc();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "pod-reloaded webhook CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca_params.not_before = now - time::Duration::hours(1);
+    ca_params.not_after = now + time::Duration::days(args.days * 10);
+    let ca_key = KeyPair::generate()?;
+    let ca = ca_params.self_signed(&ca_key)?;
+
+    let mut params = CertificateParams::new(names.clone())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, contract::webhook_service_dns_name());
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(args.days);
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &ca, &ca_key)?;
+
+    let out = &args.out_dir;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let ca_pem = ca.pem();
+    let cert_pem = format!("{}{}", cert.pem(), ca_pem);
+    let key_pem = key.serialize_pem();
+    write(out, "ca.crt", &ca_pem)?;
+    write(out, "tls.crt", &cert_pem)?;
+    write(out, "tls.key", &key_pem)?;
+    write(
+        out,
+        "secret.yaml",
+        &secret_yaml(&cert_pem, &key_pem, &ca_pem),
+    )?;
+    let base = relative_path(out, &args.manifests_dir)?;
+    write(out, "kustomization.yaml", &overlay_yaml(&base, &ca_pem))?;
+    println!(
+        "wrote a CA and a serving certificate for {} to {}\ndeploy with: kubectl apply -k {}",
+        names.join(", "),
+        out.display(),
+        out.display()
+    );
+    Ok(())
+}
+
+fn write(dir: &Path, name: &str, contents: &str) -> anyhow::Result<()> {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn secret_yaml(cert: &str, key: &str, ca: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {ns}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {crt}\n  tls.key: {key}\n  ca.crt: {ca}\n",
+        name = contract::WEBHOOK_TLS_SECRET,
+        ns = contract::WEBHOOK_NAMESPACE,
+        crt = b64(cert),
+        key = b64(key),
+        ca = b64(ca),
+    )
+}
+
+fn overlay_yaml(base: &str, ca: &str) -> String {
+    let bundle = b64(ca);
+    format!(
+        "# Written by pod-reloaded-certs; deploy with kubectl apply -k on this directory.\n\
+         apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {base}\n  - secret.yaml\n\
+         patches:\n  - target:\n      kind: MutatingWebhookConfiguration\n      name: {config}\n    patch: |-\n\
+         \x20     - op: add\n        path: /webhooks/0/clientConfig/caBundle\n        value: {bundle}\n\
+         \x20     - op: add\n        path: /webhooks/1/clientConfig/caBundle\n        value: {bundle}\n",
+        config = contract::WEBHOOK_CONFIGURATION,
+    )
+}
+
+/// `to` relative to `from`, both resolved against the current directory.
+fn relative_path(from: &Path, to: &Path) -> anyhow::Result<String> {
+    let from =
+        std::fs::canonicalize(from).with_context(|| format!("resolving {}", from.display()))?;
+    let to = std::fs::canonicalize(to)
+        .with_context(|| format!("resolving --manifests-dir {}", to.display()))?;
+    let from: Vec<Component> = from.components().collect();
+    let to: Vec<Component> = to.components().collect();
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut parts: Vec<String> = vec!["..".to_string(); from.len() - common];
+    parts.extend(
+        to[common..]
+            .iter()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned()),
+    );
+    Ok(if parts.is_empty() {
+        ".".to_string()
+    } else {
+        parts.join("/")
+    })
+}

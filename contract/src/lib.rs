@@ -1,0 +1,120 @@
+//! The names pod-reloaded's webhook, sidecar and manifests agree on.
+//!
+//! These are the product contract of `DESIGN.md`: users put them in their YAML, so they
+//! never change silently. Both binaries (and the manifest drift test) read them from here.
+
+/// Label on a namespace or pod: `enabled` opts in, `disabled` (pod only) opts out.
+pub const INJECT_LABEL: &str = "pod-reloaded.io/inject";
+pub const INJECT_ENABLED: &str = "enabled";
+pub const INJECT_DISABLED: &str = "disabled";
+
+/// Pod annotations a user may set.
+pub const ANNOTATION_WATCH_CONTAINERS: &str = "pod-reloaded.io/watch-containers";
+pub const ANNOTATION_INTERVAL: &str = "pod-reloaded.io/interval";
+pub const ANNOTATION_REGISTRY_URL: &str = "pod-reloaded.io/registry-url";
+pub const ANNOTATION_PULL_POLICY: &str = "pod-reloaded.io/pull-policy";
+
+/// Annotation the webhook writes on the pods it injected, with its version.
+pub const ANNOTATION_INJECTED: &str = "pod-reloaded.io/injected";
+/// Template annotation the sidecar writes: `<container>=<digest>` it restarted for.
+pub const ANNOTATION_RESTARTED_FOR: &str = "pod-reloaded.io/restarted-for";
+/// Template annotation `kubectl rollout restart` writes; changing it rolls the workload.
+pub const ANNOTATION_RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
+
+/// Label put on every object the webhook creates in user namespaces, so `make undeploy`
+/// can find them.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "pod-reloaded";
+
+/// Env vars of the sidecar (names kept from the original image-checker).
+pub const ENV_WATCH_CONTAINER: &str = "IMAGE_CHECKER_WATCH_CONTAINER";
+pub const ENV_INTERVAL: &str = "IMAGE_CHECKER_INTERVAL";
+pub const ENV_REGISTRY_URL: &str = "IMAGE_CHECKER_REGISTRY_URL";
+pub const ENV_POD_NAME: &str = "POD_NAME";
+pub const ENV_POD_NAMESPACE: &str = "POD_NAMESPACE";
+/// Where the sidecar finds the pod's pull secrets (each mounted in a subdirectory).
+pub const ENV_PULL_SECRETS_DIR: &str = "IMAGE_CHECKER_PULL_SECRETS_DIR";
+
+/// Name of the injected container.
+pub const SIDECAR_CONTAINER_NAME: &str = "pod-reloaded-checker";
+/// ServiceAccount the webhook switches `default`-account pods to.
+pub const CHECKER_SERVICE_ACCOUNT: &str = "pod-reloaded-checker";
+/// ClusterRole the checker's account is bound to, per namespace.
+pub const CHECKER_CLUSTER_ROLE: &str = "pod-reloaded-checker";
+/// Where pull secrets are mounted in the sidecar: `<dir>/<secret name>/.dockerconfigjson`.
+pub const PULL_SECRETS_MOUNT_DIR: &str = "/var/run/secrets/pod-reloaded/pull-secrets";
+
+/// The webhook's own install: namespace, Service, and the TLS name it serves.
+pub const WEBHOOK_NAMESPACE: &str = "pod-reloaded";
+pub const WEBHOOK_SERVICE: &str = "pod-reloaded-webhook";
+pub const WEBHOOK_MUTATE_PATH: &str = "/mutate";
+pub const WEBHOOK_TLS_SECRET: &str = "pod-reloaded-webhook-tls";
+pub const WEBHOOK_CONFIGURATION: &str = "pod-reloaded";
+
+/// Defaults of the interval setting, shared so both sides agree.
+pub const DEFAULT_INTERVAL: &str = "60s";
+
+/// DNS name of the webhook Service, which its serving certificate must carry.
+pub fn webhook_service_dns_name() -> String {
+    format!("{WEBHOOK_SERVICE}.{WEBHOOK_NAMESPACE}.svc")
+}
+
+/// Name of the RoleBinding that grants `service_account` the checker ClusterRole.
+pub fn checker_role_binding_name(service_account: &str) -> String {
+    if service_account == CHECKER_SERVICE_ACCOUNT {
+        CHECKER_CLUSTER_ROLE.to_string()
+    } else {
+        format!("{CHECKER_CLUSTER_ROLE}-{service_account}")
+    }
+}
+
+/// Log output format, `--log-format` of both binaries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Sets up `tracing` to stderr in the chosen format; `RUST_LOG` overrides the `info` level.
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// True for a `sha256:<64 lowercase hex>` digest; anything else is not a digest we trust.
+pub fn is_sha256_digest(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_validation_accepts_only_sha256_lower_hex() {
+        let good = format!("sha256:{}", "ab".repeat(32));
+        assert!(is_sha256_digest(&good));
+        assert!(!is_sha256_digest(&good.to_uppercase()));
+        assert!(!is_sha256_digest(&good[..good.len() - 1]));
+        assert!(!is_sha256_digest(&format!("sha512:{}", "ab".repeat(32))));
+        assert!(!is_sha256_digest(&format!("{good}0")));
+    }
+
+    #[test]
+    fn role_binding_names_are_per_account() {
+        assert_eq!(
+            checker_role_binding_name("pod-reloaded-checker"),
+            "pod-reloaded-checker"
+        );
+        assert_eq!(checker_role_binding_name("api"), "pod-reloaded-checker-api");
+    }
+}

@@ -1,0 +1,204 @@
+//! The admission path: parse an AdmissionReview, decide, run the side effect, answer.
+
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::DynamicObject;
+use tracing::{info, warn};
+
+use crate::inject::{self, Decision, InjectionSettings};
+use crate::metrics::{AdmissionResult, Metrics};
+use crate::rbac::AccessGranter;
+
+type Review = AdmissionReview<DynamicObject>;
+type Request = AdmissionRequest<DynamicObject>;
+
+const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
+const REVIEW_KIND: &str = "AdmissionReview";
+
+/// Why a request body could not be handled; the text is the HTTP 400 body.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidReview {
+    #[error("body is not an AdmissionReview: {0}")]
+    NotAReview(serde_json::Error),
+    #[error("unsupported AdmissionReview {api_version}/{kind}: expected {REVIEW_API_VERSION}/{REVIEW_KIND}")]
+    WrongType { api_version: String, kind: String },
+    #[error("AdmissionReview has no request")]
+    NoRequest,
+    #[error("AdmissionReview request has no uid")]
+    NoUid,
+    #[error("Pod CREATE request has no object")]
+    NoObject,
+    #[error("request object is not a valid Pod: {0}")]
+    NotAPod(serde_json::Error),
+}
+
+/// Owns everything the admission path needs; `main` only wires it to HTTP.
+pub struct Admission {
+    pub settings: InjectionSettings,
+    /// `None` when no Kubernetes API configuration could be found at start.
+    pub granter: Option<AccessGranter>,
+    pub metrics: Metrics,
+}
+
+impl Admission {
+    /// Handles one request body, recording its result and duration.
+    pub async fn review(&self, body: &[u8]) -> Result<Review, InvalidReview> {
+        let started = Instant::now();
+        let outcome = self.review_inner(body).await;
+        let result = match &outcome {
+            Ok((_, result)) => *result,
+            Err(error) => {
+                warn!(%error, "rejected malformed admission request");
+                AdmissionResult::Invalid
+            }
+        };
+        self.metrics
+            .observe(result, started.elapsed().as_secs_f64());
+        outcome.map(|(review, _)| review)
+    }
+
+    async fn review_inner(&self, body: &[u8]) -> Result<(Review, AdmissionResult), InvalidReview> {
+        let review: Review = serde_json::from_slice(body).map_err(InvalidReview::NotAReview)?;
+        if review.types.api_version != REVIEW_API_VERSION || review.types.kind != REVIEW_KIND {
+            return Err(InvalidReview::WrongType {
+                api_version: review.types.api_version,
+                kind: review.types.kind,
+            });
+        }
+        let request: Request = review.try_into().map_err(|_| InvalidReview::NoRequest)?;
+        if request.uid.is_empty() {
+            return Err(InvalidReview::NoUid);
+        }
+        let (response, result) = self.admit(&request).await?;
+        Ok((response.into_review(), result))
+    }
+
+    async fn admit(
+        &self,
+        request: &Request,
+    ) -> Result<(AdmissionResponse, AdmissionResult), InvalidReview> {
+        let response = AdmissionResponse::from(request);
+        let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
+        if !is_pod || request.sub_resource.is_some() {
+            let what = format!(
+                "{}/{}",
+                request.kind.kind,
+                request.sub_resource.as_deref().unwrap_or("")
+            );
+            return Ok(skip(
+                response,
+                request,
+                format!(
+                    "pod-reloaded: only Pods are injected, not {}",
+                    what.trim_end_matches('/')
+                ),
+            ));
+        }
+        if !matches!(request.operation, Operation::Create) {
+            return Ok(skip(
+                response,
+                request,
+                format!(
+                    "pod-reloaded: only Pod CREATE is injected, not {:?}",
+                    request.operation
+                ),
+            ));
+        }
+        let object = request.object.as_ref().ok_or(InvalidReview::NoObject)?;
+        let pod: Pod = serde_json::to_value(object)
+            .and_then(serde_json::from_value)
+            .map_err(InvalidReview::NotAPod)?;
+        let namespace = request
+            .namespace
+            .clone()
+            .or_else(|| pod.metadata.namespace.clone())
+            .unwrap_or_else(|| "default".to_string());
+
+        let injection = match inject::decide(&pod, &namespace, &self.settings) {
+            Decision::Skip(reason) => return Ok(skip(response, request, reason.to_string())),
+            Decision::Inject(injection) => injection,
+        };
+
+        if !request.dry_run {
+            let granted = match &self.granter {
+                None => Err(anyhow::anyhow!(
+                    "no Kubernetes API configuration was found at start"
+                )),
+                Some(granter) => {
+                    granter
+                        .ensure(
+                            &namespace,
+                            &injection.service_account,
+                            injection.uses_checker_account,
+                        )
+                        .await
+                }
+            };
+            if let Err(error) = granted {
+                warn!(uid = %request.uid, %namespace, pod = %pod_name(&pod), error = format!("{error:#}"), "admitted without injection: could not grant the checker its RBAC");
+                let message = format!(
+                    "pod-reloaded: not injected: could not bind ServiceAccount {} to ClusterRole {}: {error:#}",
+                    injection.service_account,
+                    pod_reloaded_contract::CHECKER_CLUSTER_ROLE
+                );
+                return Ok((
+                    with_warnings(response, vec![message]),
+                    AdmissionResult::Error,
+                ));
+            }
+        }
+
+        info!(
+            uid = %request.uid,
+            %namespace,
+            pod = %pod_name(&pod),
+            watched = %injection.watched_containers.join(","),
+            service_account = %injection.service_account,
+            dry_run = request.dry_run,
+            "injected"
+        );
+        let warnings = injection.warnings;
+        match response.clone().with_patch(injection.patch) {
+            Ok(patched) => Ok((with_warnings(patched, warnings), AdmissionResult::Injected)),
+            Err(error) => {
+                warn!(%error, "could not serialize patch");
+                let message =
+                    format!("pod-reloaded: not injected: could not serialize patch: {error}");
+                Ok((
+                    with_warnings(response, vec![message]),
+                    AdmissionResult::Error,
+                ))
+            }
+        }
+    }
+}
+
+fn skip(
+    response: AdmissionResponse,
+    request: &Request,
+    reason: String,
+) -> (AdmissionResponse, AdmissionResult) {
+    info!(uid = %request.uid, namespace = request.namespace.as_deref().unwrap_or(""), %reason, "not injected");
+    (
+        with_warnings(response, vec![reason]),
+        AdmissionResult::Skipped,
+    )
+}
+
+fn with_warnings(mut response: AdmissionResponse, warnings: Vec<String>) -> AdmissionResponse {
+    if !warnings.is_empty() {
+        response.warnings = Some(warnings);
+    }
+    response
+}
+
+/// Controller-made pods have only a `generateName` at admission time.
+fn pod_name(pod: &Pod) -> &str {
+    pod.metadata
+        .name
+        .as_deref()
+        .or(pod.metadata.generate_name.as_deref())
+        .unwrap_or("")
+}

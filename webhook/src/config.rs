@@ -1,0 +1,152 @@
+//! Command-line flags, each with a `POD_RELOADED_*` environment fallback.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use pod_reloaded_contract::{self as contract, LogFormat};
+
+use crate::inject::{self, InjectionSettings, SidecarMode};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// pod-reloaded's mutating admission webhook: injects the image checker sidecar into
+/// opted-in pods.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "pod-reloaded-webhook", version, about, long_about = None)]
+pub struct Config {
+    /// Address of the HTTPS admission server (serves /mutate).
+    #[arg(long, env = "POD_RELOADED_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+
+    /// Address of the plain-HTTP server for /healthz, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "POD_RELOADED_METRICS_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
+    pub metrics_listen: SocketAddr,
+
+    /// PEM file with the serving certificate (chain); reloaded when it changes.
+    #[arg(
+        long,
+        env = "POD_RELOADED_TLS_CERT_FILE",
+        default_value = "/etc/pod-reloaded/tls/tls.crt"
+    )]
+    pub tls_cert_file: PathBuf,
+
+    /// PEM file with the serving certificate's private key; reloaded when it changes.
+    #[arg(
+        long,
+        env = "POD_RELOADED_TLS_KEY_FILE",
+        default_value = "/etc/pod-reloaded/tls/tls.key"
+    )]
+    pub tls_key_file: PathBuf,
+
+    /// How often the certificate files are checked for changes.
+    #[arg(long, env = "POD_RELOADED_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tls_reload_interval: Duration,
+
+    /// Image of the injected checker sidecar.
+    #[arg(long, env = "POD_RELOADED_SIDECAR_IMAGE", default_value = concat!("pod-reloaded/sidecar:", env!("CARGO_PKG_VERSION")))]
+    pub sidecar_image: String,
+
+    /// Where the sidecar goes: `container` (appended) or `native` (initContainer with
+    /// restartPolicy: Always, Kubernetes >= 1.29).
+    #[arg(
+        long,
+        env = "POD_RELOADED_SIDECAR_MODE",
+        value_enum,
+        default_value = "container"
+    )]
+    pub sidecar_mode: SidecarMode,
+
+    /// CPU request of the sidecar.
+    #[arg(long, env = "POD_RELOADED_SIDECAR_CPU_REQUEST", default_value = "5m")]
+    pub sidecar_cpu_request: String,
+
+    /// Memory request of the sidecar.
+    #[arg(
+        long,
+        env = "POD_RELOADED_SIDECAR_MEMORY_REQUEST",
+        default_value = "16Mi"
+    )]
+    pub sidecar_memory_request: String,
+
+    /// CPU limit of the sidecar.
+    #[arg(long, env = "POD_RELOADED_SIDECAR_CPU_LIMIT", default_value = "100m")]
+    pub sidecar_cpu_limit: String,
+
+    /// Memory limit of the sidecar.
+    #[arg(
+        long,
+        env = "POD_RELOADED_SIDECAR_MEMORY_LIMIT",
+        default_value = "32Mi"
+    )]
+    pub sidecar_memory_limit: String,
+
+    /// Poll interval of pods without the pod-reloaded.io/interval annotation.
+    #[arg(long, env = "POD_RELOADED_DEFAULT_INTERVAL", default_value = contract::DEFAULT_INTERVAL)]
+    pub default_interval: String,
+
+    /// Namespaces never injected (comma-separated); the webhook's own is always added.
+    #[arg(
+        long,
+        env = "POD_RELOADED_EXCLUDED_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system,kube-public,kube-node-lease"
+    )]
+    pub excluded_namespaces: Vec<String>,
+
+    /// The namespace the webhook runs in (never injected).
+    #[arg(long, env = "POD_RELOADED_WEBHOOK_NAMESPACE", default_value = contract::WEBHOOK_NAMESPACE)]
+    pub webhook_namespace: String,
+
+    /// Longest time the RBAC side effect may take before the pod is admitted uninjected
+    /// (the API server gives the whole webhook 5s).
+    #[arg(long, env = "POD_RELOADED_API_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub api_timeout: Duration,
+
+    /// Log format.
+    #[arg(
+        long,
+        env = "POD_RELOADED_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Checks what clap cannot and builds the injection settings.
+    pub fn injection_settings(&self) -> anyhow::Result<InjectionSettings> {
+        inject::validate_interval(&self.default_interval)
+            .map_err(|problem| anyhow::anyhow!("--default-interval: {problem}"))?;
+        anyhow::ensure!(
+            !self.sidecar_image.trim().is_empty(),
+            "--sidecar-image must not be empty"
+        );
+        let mut excluded: BTreeSet<String> = self
+            .excluded_namespaces
+            .iter()
+            .map(|ns| ns.trim().to_string())
+            .filter(|ns| !ns.is_empty())
+            .collect();
+        excluded.insert(self.webhook_namespace.clone());
+        Ok(InjectionSettings {
+            sidecar_image: self.sidecar_image.clone(),
+            sidecar_resources: inject::resources(
+                &self.sidecar_cpu_request,
+                &self.sidecar_memory_request,
+                &self.sidecar_cpu_limit,
+                &self.sidecar_memory_limit,
+            ),
+            sidecar_mode: self.sidecar_mode,
+            default_interval: self.default_interval.clone(),
+            excluded_namespaces: excluded,
+            version: VERSION.to_string(),
+        })
+    }
+}

@@ -1,0 +1,548 @@
+//! The injection rules: given a Pod and the webhook's settings, decide whether to inject
+//! the checker sidecar and build the JSON Patch that does it. Pure: no I/O.
+//!
+//! The patch is computed as `json_patch::diff(pod, injected pod)`, so every JSON Pointer
+//! (annotation keys with `/` and `~`, missing maps) is escaped by the crate, not by hand.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, PodSpec,
+    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use pod_reloaded_contract as contract;
+
+/// Controller kinds whose pods the sidecar can restart (a ReplicaSet is followed to its
+/// Deployment by the sidecar).
+const RESTARTABLE_OWNER_KINDS: [&str; 3] = ["ReplicaSet", "StatefulSet", "DaemonSet"];
+/// Shortest poll interval accepted from an annotation; shorter would hammer registries.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+const API_ACCESS_VOLUME_PREFIX: &str = "kube-api-access-";
+const OWN_API_ACCESS_VOLUME: &str = "pod-reloaded-api-access";
+const SERVICE_ACCOUNT_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+const PULL_SECRET_VOLUME_PREFIX: &str = "pod-reloaded-pull-secret-";
+/// UID/GID of the distroless `nonroot` user the sidecar image runs as.
+const SIDECAR_USER: i64 = 65532;
+
+/// How the sidecar is added to the pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SidecarMode {
+    /// A regular container appended to `spec.containers`.
+    Container,
+    /// A native sidecar: first `initContainer` with `restartPolicy: Always` (Kubernetes >= 1.29).
+    Native,
+}
+
+/// Everything the injection rules need from the webhook's configuration.
+#[derive(Clone, Debug)]
+pub struct InjectionSettings {
+    pub sidecar_image: String,
+    pub sidecar_resources: ResourceRequirements,
+    pub sidecar_mode: SidecarMode,
+    pub default_interval: String,
+    /// Namespaces never injected, including the webhook's own.
+    pub excluded_namespaces: BTreeSet<String>,
+    /// Written into the `pod-reloaded.io/injected` annotation.
+    pub version: String,
+}
+
+/// What the webhook should do with a pod.
+#[derive(Debug)]
+pub enum Decision {
+    Inject(Injection),
+    Skip(SkipReason),
+}
+
+#[derive(Debug)]
+pub struct Injection {
+    pub patch: json_patch::Patch,
+    /// The account the pod will run as, which must be bound to the checker ClusterRole.
+    pub service_account: String,
+    /// True when the pod was switched to the checker ServiceAccount, which must exist.
+    pub uses_checker_account: bool,
+    pub watched_containers: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Why a pod is admitted unchanged; the text becomes the admission warning.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SkipReason {
+    #[error("pod-reloaded: namespace {0} is excluded from injection")]
+    ExcludedNamespace(String),
+    #[error("pod-reloaded: pod is labelled {label}={disabled}", label = contract::INJECT_LABEL, disabled = contract::INJECT_DISABLED)]
+    OptedOut,
+    #[error("pod-reloaded: pod already has the {name} sidecar", name = contract::SIDECAR_CONTAINER_NAME)]
+    AlreadyInjected,
+    #[error("pod-reloaded: pod has no owner that can be restarted (bare pod); not injected")]
+    NoOwner,
+    #[error(
+        "pod-reloaded: pod is owned by a {0}, which cannot be rolling-restarted; not injected"
+    )]
+    UnrestartableOwner(String),
+    #[error("pod-reloaded: no container runs an image by tag (all are pinned by digest); nothing to watch")]
+    NothingToWatch,
+    #[error("pod-reloaded: annotation {annotation}: {problem}; not injected")]
+    InvalidAnnotation {
+        annotation: &'static str,
+        problem: String,
+    },
+}
+
+/// The decision for a pod being created in `namespace`.
+pub fn decide(pod: &Pod, namespace: &str, settings: &InjectionSettings) -> Decision {
+    match plan(pod, namespace, settings) {
+        Ok(plan) => Decision::Inject(build_injection(pod, plan, settings)),
+        Err(reason) => Decision::Skip(reason),
+    }
+}
+
+/// What was read and validated from the pod before any change is made.
+struct Plan {
+    watched: Vec<String>,
+    interval: String,
+    registry_url: Option<String>,
+    set_pull_policy: bool,
+    warnings: Vec<String>,
+}
+
+fn plan(pod: &Pod, namespace: &str, settings: &InjectionSettings) -> Result<Plan, SkipReason> {
+    if settings.excluded_namespaces.contains(namespace) {
+        return Err(SkipReason::ExcludedNamespace(namespace.to_string()));
+    }
+    let metadata = &pod.metadata;
+    let label = metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(contract::INJECT_LABEL));
+    if label.map(String::as_str) == Some(contract::INJECT_DISABLED) {
+        return Err(SkipReason::OptedOut);
+    }
+    let spec = pod.spec.as_ref().ok_or(SkipReason::NothingToWatch)?;
+    if is_injected(pod, spec) {
+        return Err(SkipReason::AlreadyInjected);
+    }
+    check_owner(pod)?;
+
+    let annotation = |key: &str| {
+        metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    };
+    let mut warnings = Vec::new();
+    let watched = watched_containers(
+        spec,
+        annotation(contract::ANNOTATION_WATCH_CONTAINERS),
+        &mut warnings,
+    )?;
+
+    let interval = annotation(contract::ANNOTATION_INTERVAL).unwrap_or(&settings.default_interval);
+    validate_interval(interval).map_err(|problem| SkipReason::InvalidAnnotation {
+        annotation: contract::ANNOTATION_INTERVAL,
+        problem,
+    })?;
+
+    let registry_url = annotation(contract::ANNOTATION_REGISTRY_URL);
+    if let Some(url) = registry_url {
+        validate_registry_url(url).map_err(|problem| SkipReason::InvalidAnnotation {
+            annotation: contract::ANNOTATION_REGISTRY_URL,
+            problem,
+        })?;
+    }
+
+    let set_pull_policy = match annotation(contract::ANNOTATION_PULL_POLICY).unwrap_or("set") {
+        "set" => true,
+        "keep" => false,
+        other => {
+            return Err(SkipReason::InvalidAnnotation {
+                annotation: contract::ANNOTATION_PULL_POLICY,
+                problem: format!("{other:?} is neither \"set\" nor \"keep\""),
+            })
+        }
+    };
+
+    Ok(Plan {
+        watched,
+        interval: interval.to_string(),
+        registry_url: registry_url.map(str::to_string),
+        set_pull_policy,
+        warnings,
+    })
+}
+
+fn is_injected(pod: &Pod, spec: &PodSpec) -> bool {
+    let has_sidecar = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| c.name == contract::SIDECAR_CONTAINER_NAME);
+    let annotated = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(contract::ANNOTATION_INJECTED));
+    has_sidecar || annotated
+}
+
+fn check_owner(pod: &Pod) -> Result<(), SkipReason> {
+    let owners = pod.metadata.owner_references.as_deref().unwrap_or_default();
+    let controller = owners
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .or_else(|| owners.first())
+        .ok_or(SkipReason::NoOwner)?;
+    if controller.api_version.starts_with("apps/")
+        && RESTARTABLE_OWNER_KINDS.contains(&controller.kind.as_str())
+    {
+        Ok(())
+    } else {
+        Err(SkipReason::UnrestartableOwner(controller.kind.clone()))
+    }
+}
+
+/// True when an image reference is pinned by digest (`repo@sha256:…`): nothing to watch.
+pub fn is_pinned(image: &str) -> bool {
+    image.contains('@')
+}
+
+fn watched_containers(
+    spec: &PodSpec,
+    requested: Option<&str>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<String>, SkipReason> {
+    let image_of = |name: &str| {
+        spec.containers
+            .iter()
+            .find(|c| c.name == name)
+            .and_then(|c| c.image.as_deref())
+    };
+    let watched: Vec<String> = match requested {
+        None => spec
+            .containers
+            .iter()
+            .filter(|c| c.image.as_deref().is_some_and(|i| !is_pinned(i)))
+            .map(|c| c.name.clone())
+            .collect(),
+        Some(list) => {
+            let mut names = Vec::new();
+            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                match image_of(name) {
+                    None => {
+                        return Err(SkipReason::InvalidAnnotation {
+                            annotation: contract::ANNOTATION_WATCH_CONTAINERS,
+                            problem: format!("the pod has no container named {name:?}"),
+                        })
+                    }
+                    Some(image) if is_pinned(image) => warnings.push(format!(
+                        "pod-reloaded: container {name} is pinned by digest ({image}); not watched"
+                    )),
+                    Some(_) if names.iter().any(|n| n == name) => {}
+                    Some(_) => names.push(name.to_string()),
+                }
+            }
+            names
+        }
+    };
+    if watched.is_empty() {
+        Err(SkipReason::NothingToWatch)
+    } else {
+        Ok(watched)
+    }
+}
+
+/// Checks an interval the way the sidecar will parse it.
+pub fn validate_interval(interval: &str) -> Result<(), String> {
+    let parsed = humantime::parse_duration(interval)
+        .map_err(|e| format!("{interval:?} is not a duration: {e}"))?;
+    if parsed < MIN_INTERVAL {
+        return Err(format!("{interval:?} is shorter than the minimum of 1s"));
+    }
+    Ok(())
+}
+
+fn validate_registry_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| format!("{url:?} must start with http:// or https://"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(format!("{url:?} has no host"));
+    }
+    Ok(())
+}
+
+fn build_injection(pod: &Pod, plan: Plan, settings: &InjectionSettings) -> Injection {
+    let mut warnings = plan.warnings;
+    let mut injected = pod.clone();
+    let spec = injected.spec.get_or_insert_with(Default::default);
+
+    if plan.set_pull_policy {
+        for container in spec
+            .containers
+            .iter_mut()
+            .filter(|c| plan.watched.contains(&c.name))
+        {
+            if container.image_pull_policy.as_deref() != Some("Always") {
+                container.image_pull_policy = Some("Always".to_string());
+                warnings.push(format!(
+                    "pod-reloaded: set imagePullPolicy: Always on container {} so a restart pulls the new digest (annotate {}=keep to prevent)",
+                    container.name,
+                    contract::ANNOTATION_PULL_POLICY
+                ));
+            }
+        }
+    }
+
+    let current_account = spec
+        .service_account_name
+        .clone()
+        .or_else(|| spec.service_account.clone())
+        .filter(|sa| !sa.is_empty())
+        .unwrap_or_else(|| "default".to_string());
+    let uses_checker_account = current_account == "default";
+    let service_account = if uses_checker_account {
+        spec.service_account_name = Some(contract::CHECKER_SERVICE_ACCOUNT.to_string());
+        // The deprecated alias must agree, or validation rejects the pod.
+        if spec.service_account.is_some() {
+            spec.service_account = Some(contract::CHECKER_SERVICE_ACCOUNT.to_string());
+        }
+        contract::CHECKER_SERVICE_ACCOUNT.to_string()
+    } else {
+        current_account
+    };
+
+    let mut mounts = vec![api_access_mount(spec)];
+    let pull_secrets: Vec<String> = spec
+        .image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|s| s.name.clone())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let volumes = spec.volumes.get_or_insert_with(Vec::new);
+    for (index, secret) in pull_secrets.iter().enumerate() {
+        let volume_name = format!("{PULL_SECRET_VOLUME_PREFIX}{index}");
+        volumes.push(Volume {
+            name: volume_name.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                // A missing pull secret must not stop the application pod from starting.
+                optional: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: volume_name,
+            mount_path: format!("{}/{secret}", contract::PULL_SECRETS_MOUNT_DIR),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+
+    let mut env = vec![
+        env_value(contract::ENV_WATCH_CONTAINER, plan.watched.join(",")),
+        env_value(contract::ENV_INTERVAL, plan.interval),
+    ];
+    if let Some(url) = plan.registry_url {
+        env.push(env_value(contract::ENV_REGISTRY_URL, url));
+    }
+    env.push(env_field(contract::ENV_POD_NAME, "metadata.name"));
+    env.push(env_field(contract::ENV_POD_NAMESPACE, "metadata.namespace"));
+    if !pull_secrets.is_empty() {
+        env.push(env_value(
+            contract::ENV_PULL_SECRETS_DIR,
+            contract::PULL_SECRETS_MOUNT_DIR.to_string(),
+        ));
+    }
+
+    let mut sidecar = sidecar_container(settings, env, mounts);
+    match settings.sidecar_mode {
+        SidecarMode::Container => spec.containers.push(sidecar),
+        SidecarMode::Native => {
+            sidecar.restart_policy = Some("Always".to_string());
+            spec.init_containers
+                .get_or_insert_with(Vec::new)
+                .insert(0, sidecar);
+        }
+    }
+
+    injected
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(
+            contract::ANNOTATION_INJECTED.to_string(),
+            settings.version.clone(),
+        );
+
+    let before = serde_json::to_value(pod);
+    let after = serde_json::to_value(&injected);
+    let patch = match (before, after) {
+        (Ok(before), Ok(after)) => json_patch::diff(&before, &after),
+        // k8s-openapi types always serialize; keep the no-panic rule all the same.
+        _ => json_patch::Patch(Vec::new()),
+    };
+    Injection {
+        patch,
+        service_account,
+        uses_checker_account,
+        watched_containers: plan.watched,
+        warnings,
+    }
+}
+
+/// The mount that gives the sidecar its API token: the pod's own `kube-api-access-*`
+/// volume when the ServiceAccount admission plugin added one, else a projected volume of
+/// our own (the pod may have `automountServiceAccountToken: false`).
+fn api_access_mount(spec: &mut PodSpec) -> VolumeMount {
+    let existing = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name.starts_with(API_ACCESS_VOLUME_PREFIX) && v.projected.is_some())
+        .map(|v| v.name.clone());
+    let name = existing.unwrap_or_else(|| {
+        spec.volumes
+            .get_or_insert_with(Vec::new)
+            .push(own_api_access_volume());
+        OWN_API_ACCESS_VOLUME.to_string()
+    });
+    VolumeMount {
+        name,
+        mount_path: SERVICE_ACCOUNT_MOUNT_PATH.to_string(),
+        read_only: Some(true),
+        ..Default::default()
+    }
+}
+
+fn own_api_access_volume() -> Volume {
+    use k8s_openapi::api::core::v1::{
+        ConfigMapProjection, DownwardAPIProjection, DownwardAPIVolumeFile, KeyToPath,
+    };
+    Volume {
+        name: OWN_API_ACCESS_VOLUME.to_string(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![
+                VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        path: "token".to_string(),
+                        expiration_seconds: Some(3607),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                VolumeProjection {
+                    config_map: Some(ConfigMapProjection {
+                        name: "kube-root-ca.crt".to_string(),
+                        items: Some(vec![KeyToPath {
+                            key: "ca.crt".to_string(),
+                            path: "ca.crt".to_string(),
+                            mode: None,
+                        }]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                VolumeProjection {
+                    downward_api: Some(DownwardAPIProjection {
+                        items: Some(vec![DownwardAPIVolumeFile {
+                            path: "namespace".to_string(),
+                            field_ref: Some(ObjectFieldSelector {
+                                field_path: "metadata.namespace".to_string(),
+                                api_version: Some("v1".to_string()),
+                            }),
+                            ..Default::default()
+                        }]),
+                    }),
+                    ..Default::default()
+                },
+            ]),
+            default_mode: Some(0o444),
+        }),
+        ..Default::default()
+    }
+}
+
+fn sidecar_container(
+    settings: &InjectionSettings,
+    env: Vec<EnvVar>,
+    mounts: Vec<VolumeMount>,
+) -> Container {
+    Container {
+        name: contract::SIDECAR_CONTAINER_NAME.to_string(),
+        image: Some(settings.sidecar_image.clone()),
+        image_pull_policy: Some("IfNotPresent".to_string()),
+        env: Some(env),
+        resources: Some(settings.sidecar_resources.clone()),
+        volume_mounts: Some(mounts),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(SIDECAR_USER),
+            run_as_group: Some(SIDECAR_USER),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_string()]),
+                add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_string(),
+                localhost_profile: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn env_value(name: &str, value: String) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: Some(value),
+        value_from: None,
+    }
+}
+
+fn env_field(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.to_string(),
+                api_version: Some("v1".to_string()),
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Builds sidecar resource requirements from quantity strings.
+pub fn resources(
+    cpu_request: &str,
+    memory_request: &str,
+    cpu_limit: &str,
+    memory_limit: &str,
+) -> ResourceRequirements {
+    let pair = |cpu: &str, memory: &str| {
+        Some(
+            [("cpu", cpu), ("memory", memory)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+                .collect(),
+        )
+    };
+    ResourceRequirements {
+        requests: pair(cpu_request, memory_request),
+        limits: pair(cpu_limit, memory_limit),
+        ..Default::default()
+    }
+}

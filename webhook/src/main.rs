@@ -1,0 +1,120 @@
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use pod_reloaded_webhook::admission::Admission;
+use pod_reloaded_webhook::config::Config;
+use pod_reloaded_webhook::rbac::AccessGranter;
+use pod_reloaded_webhook::server::{self, HealthState};
+use pod_reloaded_webhook::tls::{self, CertificateFiles};
+use tracing::{error, info, warn};
+
+/// In-flight admission requests get this long after SIGTERM; the API server times out at 5s.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+fn main() -> std::process::ExitCode {
+    let config = Config::parse();
+    pod_reloaded_contract::init_logging(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            error!(%error, "cannot start the async runtime");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            error!(error = format!("{error:#}"), "webhook stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let settings = config.injection_settings()?;
+    let granter = match kube_client().await {
+        Ok(client) => Some(AccessGranter::new(client, config.api_timeout)),
+        Err(error) => {
+            warn!(
+                error = format!("{error:#}"),
+                "no Kubernetes API access: pods will be admitted without injection"
+            );
+            None
+        }
+    };
+    let admission = Arc::new(Admission {
+        settings,
+        granter,
+        metrics: Default::default(),
+    });
+
+    let files = CertificateFiles {
+        cert: config.tls_cert_file.clone(),
+        key: config.tls_key_file.clone(),
+    };
+    let tls = tls::load_and_watch(files, config.tls_reload_interval).await?;
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = server::health_router(HealthState {
+        admission: admission.clone(),
+        ready: ready.clone(),
+    });
+    let metrics_listener = tokio::net::TcpListener::bind(config.metrics_listen)
+        .await
+        .with_context(|| format!("binding --metrics-listen {}", config.metrics_listen))?;
+    info!(address = %config.metrics_listen, "serving /healthz, /readyz, /metrics");
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(metrics_listener, health).await {
+            error!(%error, "metrics server stopped");
+        }
+    });
+
+    let handle = axum_server::Handle::new();
+    let listening = handle.clone();
+    tokio::spawn(async move {
+        if let Some(address) = listening.listening().await {
+            ready.store(true, Ordering::Release);
+            info!(%address, "serving admission requests over TLS");
+        }
+    });
+    let stopping = handle.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutting down");
+        stopping.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    });
+
+    axum_server::bind_rustls(config.listen, tls)
+        .handle(handle)
+        .serve(server::admission_router(admission).into_make_service())
+        .await
+        .with_context(|| format!("serving on --listen {}", config.listen))
+}
+
+async fn kube_client() -> anyhow::Result<kube::Client> {
+    let config = kube::Config::infer()
+        .await
+        .context("inferring the Kubernetes API configuration")?;
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

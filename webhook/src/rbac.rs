@@ -1,0 +1,172 @@
+//! The admission side effect: make sure the account an injected pod runs as may do what
+//! the sidecar needs, by binding it to the `pod-reloaded-checker` ClusterRole in the pod's
+//! namespace (and creating the checker ServiceAccount when the pod was switched to it).
+//!
+//! Idempotent: objects are read first and only created or patched when missing or
+//! different; an `AlreadyExists` from a concurrent replica counts as success. What was
+//! ensured is remembered for a while so that steady pod churn costs no API calls.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use pod_reloaded_contract as contract;
+
+/// How long an ensured binding is trusted before it is checked again.
+const ENSURED_TTL: Duration = Duration::from_secs(300);
+
+pub struct AccessGranter {
+    client: Client,
+    timeout: Duration,
+    ensured: Mutex<HashMap<(String, String), Instant>>,
+}
+
+impl AccessGranter {
+    pub fn new(client: Client, timeout: Duration) -> Self {
+        Self {
+            client,
+            timeout,
+            ensured: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Ensures `service_account` in `namespace` exists (when `create_account`) and is bound
+    /// to the checker ClusterRole, within the configured timeout.
+    pub async fn ensure(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        create_account: bool,
+    ) -> anyhow::Result<()> {
+        let key = (namespace.to_string(), service_account.to_string());
+        if self.recently_ensured(&key) {
+            return Ok(());
+        }
+        tokio::time::timeout(self.timeout, async {
+            if create_account {
+                self.ensure_service_account(namespace, service_account)
+                    .await?;
+            }
+            self.ensure_role_binding(namespace, service_account).await
+        })
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the Kubernetes API did not answer within {:?}",
+                self.timeout
+            )
+        })??;
+        if let Ok(mut ensured) = self.ensured.lock() {
+            ensured.insert(key, Instant::now());
+        }
+        Ok(())
+    }
+
+    fn recently_ensured(&self, key: &(String, String)) -> bool {
+        self.ensured
+            .lock()
+            .map(|ensured| {
+                ensured
+                    .get(key)
+                    .is_some_and(|at| at.elapsed() < ENSURED_TTL)
+            })
+            .unwrap_or(false)
+    }
+
+    async fn ensure_service_account(&self, namespace: &str, name: &str) -> anyhow::Result<()> {
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
+        if api
+            .get_opt(name)
+            .await
+            .with_context(|| format!("reading ServiceAccount {namespace}/{name}"))?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let account = ServiceAccount {
+            metadata: managed_metadata(name, namespace),
+            ..Default::default()
+        };
+        ignore_already_exists(api.create(&PostParams::default(), &account).await)
+            .with_context(|| format!("creating ServiceAccount {namespace}/{name}"))
+    }
+
+    async fn ensure_role_binding(
+        &self,
+        namespace: &str,
+        service_account: &str,
+    ) -> anyhow::Result<()> {
+        let api: Api<RoleBinding> = Api::namespaced(self.client.clone(), namespace);
+        let name = contract::checker_role_binding_name(service_account);
+        let wanted = role_binding(&name, namespace, service_account);
+        match api
+            .get_opt(&name)
+            .await
+            .with_context(|| format!("reading RoleBinding {namespace}/{name}"))?
+        {
+            None => ignore_already_exists(api.create(&PostParams::default(), &wanted).await)
+                .with_context(|| format!("creating RoleBinding {namespace}/{name}")),
+            Some(existing)
+                if existing.role_ref == wanted.role_ref && existing.subjects == wanted.subjects =>
+            {
+                Ok(())
+            }
+            Some(existing) if existing.role_ref != wanted.role_ref => anyhow::bail!(
+                "RoleBinding {namespace}/{name} exists but refers to {} {}, not ClusterRole {}",
+                existing.role_ref.kind,
+                existing.role_ref.name,
+                contract::CHECKER_CLUSTER_ROLE
+            ),
+            Some(_) => {
+                let patch = serde_json::json!({ "subjects": wanted.subjects });
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map(|_| ())
+                    .with_context(|| format!("patching RoleBinding {namespace}/{name}"))
+            }
+        }
+    }
+}
+
+fn managed_metadata(name: &str, namespace: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some(namespace.to_string()),
+        labels: Some(BTreeMap::from([(
+            contract::MANAGED_BY_LABEL.to_string(),
+            contract::MANAGED_BY_VALUE.to_string(),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// The RoleBinding that grants `service_account` the checker ClusterRole.
+pub fn role_binding(name: &str, namespace: &str, service_account: &str) -> RoleBinding {
+    RoleBinding {
+        metadata: managed_metadata(name, namespace),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_string(),
+            kind: "ClusterRole".to_string(),
+            name: contract::CHECKER_CLUSTER_ROLE.to_string(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".to_string(),
+            name: service_account.to_string(),
+            namespace: Some(namespace.to_string()),
+            api_group: None,
+        }]),
+    }
+}
+
+fn ignore_already_exists<T>(result: kube::Result<T>) -> kube::Result<()> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(error) => Err(error),
+    }
+}
