@@ -546,3 +546,7 @@ pub fn resources(
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+#[path = "inject_tests.rs"]
+mod tests;
