@@ -1,1 +1,16 @@
+//! Test harness for pod-reloaded's end-to-end tests: the real binaries, a real OCI
+//! registry, real TLS, and a small fake Kubernetes API server.
 
+pub mod fake_apiserver;
+pub mod process;
+pub mod webhook;
+
+use std::path::PathBuf;
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}

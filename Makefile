@@ -1,0 +1,36 @@
+# pod-reloaded: the two commands of the README are `make demo` and `make test`.
+CARGO ?= cargo
+VERSION := 0.1.0
+IMAGE_PREFIX ?= pod-reloaded
+CERTS_DIR ?= certs/out
+
+.PHONY: demo test build images deploy undeploy certs bench lint
+
+## Build the binaries and run every test (unit, integration, end-to-end).
+test:
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+build:
+	$(CARGO) build --workspace --release --bins
+
+## Make a CA and serving certificate and a kustomize overlay in $(CERTS_DIR).
+certs:
+	$(CARGO) run --quiet -p pod-reloaded-certs -- --out-dir $(CERTS_DIR) --manifests-dir manifests
+
+images:
+	docker build -f Dockerfile.webhook -t $(IMAGE_PREFIX)/webhook:$(VERSION) .
+	docker build -f Dockerfile.sidecar -t $(IMAGE_PREFIX)/sidecar:$(VERSION) .
+
+deploy: certs
+	kubectl apply -k $(CERTS_DIR)
+
+## Remove the install and everything the webhook created in user namespaces.
+undeploy:
+	-kubectl delete mutatingwebhookconfiguration pod-reloaded --ignore-not-found
+	-kubectl delete rolebindings,serviceaccounts --all-namespaces -l app.kubernetes.io/managed-by=pod-reloaded --ignore-not-found
+	-kubectl delete -k manifests --ignore-not-found

@@ -1,0 +1,392 @@
+//! A small in-process Kubernetes API server for whole-binary tests.
+//!
+//! It keeps objects by path, assigns `uid`, `resourceVersion` and `creationTimestamp`,
+//! enforces `resourceVersion` preconditions (409 Conflict), answers 409 AlreadyExists on
+//! duplicate creates, applies JSON merge patches and JSON patches, and stores owner
+//! references as given. Every request is recorded so tests can assert on exactly what
+//! was sent.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::{json, Value};
+
+/// One request as the fake API server received it.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub content_type: String,
+    pub body: Value,
+}
+
+impl RecordedRequest {
+    pub fn is_write(&self) -> bool {
+        !matches!(self.method.as_str(), "GET" | "HEAD")
+    }
+}
+
+#[derive(Default)]
+struct Store {
+    objects: BTreeMap<String, Value>,
+    requests: Vec<RecordedRequest>,
+    next_version: u64,
+    /// Paths whose next PATCH is preceded by a concurrent write (to provoke a 409).
+    interfere_on_patch: Vec<String>,
+}
+
+impl Store {
+    fn bump(&mut self) -> String {
+        self.next_version += 1;
+        self.next_version.to_string()
+    }
+}
+
+#[derive(Clone)]
+pub struct FakeApiServer {
+    store: Arc<Mutex<Store>>,
+    pub address: SocketAddr,
+    _kubeconfig_dir: Arc<tempfile::TempDir>,
+    pub kubeconfig: PathBuf,
+}
+
+impl FakeApiServer {
+    pub async fn start() -> anyhow::Result<Self> {
+        let store = Arc::new(Mutex::new(Store::default()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let app = Router::new().fallback(handle).with_state(store.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let dir = tempfile::tempdir()?;
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, kubeconfig_yaml(address))?;
+        Ok(Self {
+            store,
+            address,
+            _kubeconfig_dir: Arc::new(dir),
+            kubeconfig,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Store> {
+        self.store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stores `object` as the API server would after a create; returns the stored copy.
+    pub fn put(&self, mut object: Value) -> Value {
+        let path = object_path(&object);
+        let mut store = self.lock();
+        let version = store.bump();
+        stamp(&mut object, &version);
+        store.objects.insert(path, object.clone());
+        object
+    }
+
+    pub fn get(&self, path: &str) -> Option<Value> {
+        self.lock().objects.get(path).cloned()
+    }
+
+    pub fn delete(&self, path: &str) -> Option<Value> {
+        self.lock().objects.remove(path)
+    }
+
+    /// All objects whose path starts with `prefix` (e.g. a namespace's events).
+    pub fn list(&self, prefix: &str) -> Vec<Value> {
+        self.lock()
+            .objects
+            .iter()
+            .filter(|(path, _)| path.starts_with(prefix))
+            .map(|(_, object)| object.clone())
+            .collect()
+    }
+
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.lock().requests.clone()
+    }
+
+    pub fn clear_requests(&self) {
+        self.lock().requests.clear();
+    }
+
+    /// Requests with this method whose path is `path`.
+    pub fn requests_to(&self, method: &str, path: &str) -> Vec<RecordedRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == method && r.path == path)
+            .collect()
+    }
+
+    /// Before the next PATCH of `path` is applied, another writer changes the object, so
+    /// a patch carrying the old `resourceVersion` gets a real 409 Conflict.
+    pub fn interfere_with_next_patch(&self, path: &str) {
+        self.lock().interfere_on_patch.push(path.to_string());
+    }
+
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+}
+
+fn kubeconfig_yaml(address: SocketAddr) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{address}\n\
+         users:\n- name: fake\n  user:\n    token: fake-token\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\n\
+         current-context: fake\n"
+    )
+}
+
+fn stamp(object: &mut Value, version: &str) {
+    let metadata = &mut object["metadata"];
+    metadata["resourceVersion"] = json!(version);
+    if metadata.get("uid").and_then(Value::as_str).is_none() {
+        metadata["uid"] = json!(format!("uid-{version}"));
+    }
+    if metadata
+        .get("creationTimestamp")
+        .and_then(Value::as_str)
+        .is_none()
+    {
+        metadata["creationTimestamp"] = json!("2026-11-24T00:00:00Z");
+    }
+}
+
+/// The REST path of an object, from its apiVersion, kind, namespace and name.
+pub fn object_path(object: &Value) -> String {
+    let api_version = object["apiVersion"].as_str().unwrap_or("v1");
+    let kind = object["kind"].as_str().unwrap_or("");
+    let namespace = object["metadata"]["namespace"].as_str();
+    let name = object["metadata"]["name"].as_str().unwrap_or("");
+    let group_path = if api_version.contains('/') {
+        format!("/apis/{api_version}")
+    } else {
+        format!("/api/{api_version}")
+    };
+    let plural = format!("{}s", kind.to_lowercase());
+    match namespace {
+        Some(ns) if kind != "Namespace" => format!("{group_path}/namespaces/{ns}/{plural}/{name}"),
+        _ => format!("{group_path}/{plural}/{name}"),
+    }
+}
+
+fn status(code: StatusCode, reason: &str, message: String) -> Response {
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code.as_u16()
+    });
+    (code, axum::Json(body)).into_response()
+}
+
+async fn handle(
+    State(store): State<Arc<Mutex<Store>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().trim_end_matches('/').to_string();
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let parsed: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(value) => value,
+            Err(error) => {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("body is not JSON: {error}"),
+                )
+            }
+        }
+    };
+    let mut store = store
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    store.requests.push(RecordedRequest {
+        method: method.to_string(),
+        path: path.clone(),
+        query: uri.query().unwrap_or("").to_string(),
+        content_type: content_type.clone(),
+        body: parsed.clone(),
+    });
+    match method {
+        Method::GET => match store.objects.get(&path) {
+            Some(object) => axum::Json(object.clone()).into_response(),
+            None => status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("{path} not found"),
+            ),
+        },
+        Method::POST => create(&mut store, &path, parsed),
+        Method::PATCH => patch(&mut store, &path, &content_type, parsed),
+        Method::PUT => replace(&mut store, &path, parsed),
+        Method::DELETE => match store.objects.remove(&path) {
+            Some(object) => axum::Json(object).into_response(),
+            None => status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("{path} not found"),
+            ),
+        },
+        _ => status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("{method} not supported"),
+        ),
+    }
+}
+
+fn create(store: &mut Store, collection: &str, mut object: Value) -> Response {
+    if !object.is_object() {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "create needs an object".into(),
+        );
+    }
+    let name = match object["metadata"]["name"].as_str() {
+        Some(name) => name.to_string(),
+        None => match object["metadata"]["generateName"].as_str() {
+            Some(prefix) => {
+                let name = format!("{prefix}{:05}", store.next_version + 1);
+                object["metadata"]["name"] = json!(name);
+                name
+            }
+            None => {
+                return status(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    "metadata.name is required".into(),
+                )
+            }
+        },
+    };
+    let path = format!("{collection}/{name}");
+    if store.objects.contains_key(&path) {
+        return status(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            format!("{path} already exists"),
+        );
+    }
+    if let Some(ns) = namespace_of(collection) {
+        object["metadata"]["namespace"] = json!(ns);
+    }
+    let version = store.bump();
+    stamp(&mut object, &version);
+    store.objects.insert(path, object.clone());
+    (StatusCode::CREATED, axum::Json(object)).into_response()
+}
+
+fn namespace_of(collection: &str) -> Option<&str> {
+    let mut parts = collection.split('/');
+    parts.find(|p| *p == "namespaces")?;
+    parts.next()
+}
+
+fn precondition_fails(stored: &Value, sent: &Value) -> bool {
+    match sent["metadata"]["resourceVersion"].as_str() {
+        Some(expected) => stored["metadata"]["resourceVersion"].as_str() != Some(expected),
+        None => false,
+    }
+}
+
+fn conflict(path: &str) -> Response {
+    status(
+        StatusCode::CONFLICT,
+        "Conflict",
+        format!("Operation cannot be fulfilled on {path}: the object has been modified; please apply your changes to the latest version and try again"),
+    )
+}
+
+fn patch(store: &mut Store, path: &str, content_type: &str, body: Value) -> Response {
+    if let Some(index) = store.interfere_on_patch.iter().position(|p| p == path) {
+        store.interfere_on_patch.remove(index);
+        let version = store.bump();
+        if let Some(object) = store.objects.get_mut(path) {
+            object["metadata"]["resourceVersion"] = json!(version);
+            object["metadata"]["labels"]["concurrent-writer"] = json!(version);
+        }
+    }
+    let Some(stored) = store.objects.get(path).cloned() else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{path} not found"),
+        );
+    };
+    let mut updated = stored.clone();
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    match media_type {
+        "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+            if precondition_fails(&stored, &body) {
+                return conflict(path);
+            }
+            json_patch::merge(&mut updated, &body);
+        }
+        "application/json-patch+json" => {
+            let operations: json_patch::Patch = match serde_json::from_value(body) {
+                Ok(ops) => ops,
+                Err(error) => {
+                    return status(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        format!("bad JSON patch: {error}"),
+                    )
+                }
+            };
+            if let Err(error) = json_patch::patch(&mut updated, &operations) {
+                return status(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    format!("JSON patch failed: {error}"),
+                );
+            }
+        }
+        other => {
+            return status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                format!("the fake API server does not support patch type {other:?}"),
+            )
+        }
+    }
+    let version = store.bump();
+    updated["metadata"]["resourceVersion"] = json!(version);
+    store.objects.insert(path.to_string(), updated.clone());
+    axum::Json(updated).into_response()
+}
+
+fn replace(store: &mut Store, path: &str, mut body: Value) -> Response {
+    let Some(stored) = store.objects.get(path).cloned() else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{path} not found"),
+        );
+    };
+    if precondition_fails(&stored, &body) {
+        return conflict(path);
+    }
+    let version = store.bump();
+    body["metadata"]["resourceVersion"] = json!(version);
+    store.objects.insert(path.to_string(), body.clone());
+    axum::Json(body).into_response()
+}

@@ -1,0 +1,282 @@
+//! The kustomize manifests render and agree with the code: names, ports, flags and
+//! defaults come from the Rust side, so the YAML cannot drift from it unnoticed.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use clap::CommandFactory;
+use pod_reloaded_contract as contract;
+use pod_reloaded_tests::webhook::generate_certificates;
+use pod_reloaded_tests::workspace_root;
+use pod_reloaded_webhook::config::Config;
+use serde::Deserialize;
+use serde_yaml::Value;
+
+fn render(dir: &Path) -> Vec<Value> {
+    let output = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .expect("kubectl is installed (.ci/run checks)");
+    assert!(
+        output.status.success(),
+        "kubectl kustomize {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).expect("utf-8 YAML");
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).expect("rendered YAML parses"))
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in the rendered manifests"))
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_sequence()
+        .map(|s| {
+            s.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The webhook's defaults: no flags (CI sets none of the POD_RELOADED_* variables).
+fn defaults() -> Config {
+    use clap::Parser;
+    Config::try_parse_from(["pod-reloaded-webhook"]).expect("defaults parse")
+}
+
+#[test]
+fn base_renders_and_agrees_with_the_code() {
+    let docs = render(&workspace_root().join("manifests"));
+    let ns = contract::WEBHOOK_NAMESPACE;
+    let config = defaults();
+
+    let namespace = find(&docs, "Namespace", ns);
+    assert_eq!(
+        namespace["metadata"]["labels"][contract::INJECT_LABEL],
+        contract::INJECT_DISABLED
+    );
+
+    let service = find(&docs, "Service", contract::WEBHOOK_SERVICE);
+    assert_eq!(service["metadata"]["namespace"], ns);
+
+    let deployment = find(&docs, "Deployment", "pod-reloaded-webhook");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let pod = &deployment["spec"]["template"];
+    assert_eq!(
+        pod["metadata"]["labels"][contract::INJECT_LABEL],
+        contract::INJECT_DISABLED
+    );
+    let container = &pod["spec"]["containers"][0];
+    let ports: Vec<(String, u64)> = container["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["containerPort"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        ports.contains(&("https".into(), u64::from(config.listen.port()))),
+        "{ports:?}"
+    );
+    assert!(
+        ports.contains(&("metrics".into(), u64::from(config.metrics_listen.port()))),
+        "{ports:?}"
+    );
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(
+        pod["spec"]["volumes"][0]["secret"]["secretName"],
+        contract::WEBHOOK_TLS_SECRET
+    );
+    let mount = container["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    assert_eq!(config.tls_cert_file, Path::new(mount).join("tls.crt"));
+    assert_eq!(config.tls_key_file, Path::new(mount).join("tls.key"));
+
+    // Every env var the Deployment sets is one the binary reads, with matching values.
+    let known_env: BTreeSet<String> = Config::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        .collect();
+    for var in container["env"].as_sequence().unwrap() {
+        let name = var["name"].as_str().unwrap();
+        assert!(
+            known_env.contains(name),
+            "Deployment sets {name}, which the webhook does not read"
+        );
+        let value = var["value"].as_str();
+        match name {
+            "POD_RELOADED_LISTEN" => assert_eq!(value, Some(config.listen.to_string().as_str())),
+            "POD_RELOADED_METRICS_LISTEN" => {
+                assert_eq!(value, Some(config.metrics_listen.to_string().as_str()))
+            }
+            "POD_RELOADED_SIDECAR_IMAGE" => assert_eq!(value, Some(config.sidecar_image.as_str())),
+            _ => {}
+        }
+    }
+
+    let pdb = find(&docs, "PodDisruptionBudget", "pod-reloaded-webhook");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+
+    // RBAC: the checker's ClusterRole is exactly what DESIGN.md lists.
+    let checker = find(&docs, "ClusterRole", contract::CHECKER_CLUSTER_ROLE);
+    let mut granted = BTreeSet::new();
+    for rule in checker["rules"].as_sequence().unwrap() {
+        for resource in strings(&rule["resources"]) {
+            for verb in strings(&rule["verbs"]) {
+                granted.insert(format!("{verb} {resource}"));
+            }
+        }
+    }
+    let expected: BTreeSet<String> = [
+        "get pods",
+        "get replicasets",
+        "get deployments",
+        "patch deployments",
+        "get statefulsets",
+        "patch statefulsets",
+        "get daemonsets",
+        "patch daemonsets",
+        "create events",
+        "patch events",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(granted, expected);
+    let webhook_role = find(&docs, "ClusterRole", "pod-reloaded-webhook");
+    let bind_rule = webhook_role["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|r| strings(&r["verbs"]) == ["bind"])
+        .expect("bind rule");
+    assert_eq!(
+        strings(&bind_rule["resourceNames"]),
+        [contract::CHECKER_CLUSTER_ROLE]
+    );
+
+    // Webhook configuration: two entries, the contract's settings, the code's exclusions.
+    let configuration = find(
+        &docs,
+        "MutatingWebhookConfiguration",
+        contract::WEBHOOK_CONFIGURATION,
+    );
+    let webhooks = configuration["webhooks"].as_sequence().unwrap();
+    assert_eq!(webhooks.len(), 2);
+    let mut excluded: BTreeSet<String> = config.excluded_namespaces.iter().cloned().collect();
+    excluded.insert(config.webhook_namespace.clone());
+    for webhook in webhooks {
+        assert_eq!(webhook["failurePolicy"], "Ignore");
+        assert_eq!(webhook["sideEffects"], "NoneOnDryRun");
+        assert_eq!(webhook["timeoutSeconds"], 5);
+        assert_eq!(webhook["reinvocationPolicy"], "IfNeeded");
+        assert_eq!(strings(&webhook["admissionReviewVersions"]), ["v1"]);
+        let target = &webhook["clientConfig"]["service"];
+        assert_eq!(target["name"], contract::WEBHOOK_SERVICE);
+        assert_eq!(target["namespace"], ns);
+        assert_eq!(target["path"], contract::WEBHOOK_MUTATE_PATH);
+        assert_eq!(strings(&webhook["rules"][0]["operations"]), ["CREATE"]);
+        assert_eq!(strings(&webhook["rules"][0]["resources"]), ["pods"]);
+        let expressions = webhook["namespaceSelector"]["matchExpressions"]
+            .as_sequence()
+            .unwrap();
+        let by_name = expressions
+            .iter()
+            .find(|e| e["key"] == "kubernetes.io/metadata.name")
+            .expect("namespace name exclusion");
+        assert_eq!(by_name["operator"], "NotIn");
+        let listed: BTreeSet<String> = strings(&by_name["values"]).into_iter().collect();
+        assert_eq!(
+            listed, excluded,
+            "selector exclusions differ from the code's"
+        );
+        let opt_in = expressions
+            .iter()
+            .find(|e| e["key"] == contract::INJECT_LABEL)
+            .expect("opt-in expression");
+        assert_eq!(strings(&opt_in["values"]), [contract::INJECT_ENABLED]);
+    }
+    // The namespace entry takes opted-in namespaces, the pod entry the others: disjoint.
+    let operators: Vec<&str> = webhooks
+        .iter()
+        .map(|w| {
+            w["namespaceSelector"]["matchExpressions"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|e| e["key"] == contract::INJECT_LABEL)
+                .unwrap()["operator"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(operators, ["In", "NotIn"]);
+    assert_eq!(
+        webhooks[1]["objectSelector"]["matchLabels"][contract::INJECT_LABEL],
+        contract::INJECT_ENABLED
+    );
+}
+
+#[test]
+fn certs_overlay_adds_the_secret_and_ca_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = generate_certificates(dir.path());
+    let docs = render(&certs.dir);
+    let secret = find(&docs, "Secret", contract::WEBHOOK_TLS_SECRET);
+    assert_eq!(secret["metadata"]["namespace"], contract::WEBHOOK_NAMESPACE);
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    use base64::Engine as _;
+    let ca = std::fs::read(&certs.ca).unwrap();
+    let bundle = base64::engine::general_purpose::STANDARD.encode(&ca);
+    let configuration = find(
+        &docs,
+        "MutatingWebhookConfiguration",
+        contract::WEBHOOK_CONFIGURATION,
+    );
+    for webhook in configuration["webhooks"].as_sequence().unwrap() {
+        assert_eq!(
+            webhook["clientConfig"]["caBundle"].as_str(),
+            Some(bundle.as_str())
+        );
+    }
+    assert_eq!(
+        secret["data"]["tls.crt"].as_str().unwrap(),
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&certs.cert).unwrap())
+    );
+}
+
+#[test]
+fn cert_manager_overlay_renders() {
+    let docs = render(&workspace_root().join("certs/cert-manager"));
+    let configuration = find(
+        &docs,
+        "MutatingWebhookConfiguration",
+        contract::WEBHOOK_CONFIGURATION,
+    );
+    assert_eq!(
+        configuration["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "pod-reloaded/pod-reloaded-webhook"
+    );
+    let certificate = find(&docs, "Certificate", "pod-reloaded-webhook");
+    assert_eq!(
+        certificate["spec"]["secretName"],
+        contract::WEBHOOK_TLS_SECRET
+    );
+    assert!(
+        strings(&certificate["spec"]["dnsNames"]).contains(&contract::webhook_service_dns_name())
+    );
+}

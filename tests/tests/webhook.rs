@@ -1,0 +1,432 @@
+//! The real webhook binary over real TLS, with certificates from the real certs command,
+//! its RBAC side effect landing in the fake API server.
+
+use std::time::Duration;
+
+use pod_reloaded_contract as contract;
+use pod_reloaded_tests::fake_apiserver::FakeApiServer;
+use pod_reloaded_tests::webhook::{
+    fixture, generate_certificates, response_patch, tls_client, warnings, Webhook,
+};
+use serde_json::{json, Value};
+
+async fn post(
+    webhook: &Webhook,
+    client: &reqwest::Client,
+    body: impl Into<reqwest::Body>,
+) -> (u16, String) {
+    let response = client
+        .post(webhook.url(contract::WEBHOOK_MUTATE_PATH))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("webhook answers");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("body"))
+}
+
+async fn review(webhook: &Webhook, client: &reqwest::Client, request: &Value) -> Value {
+    let (status, body) = post(webhook, client, request.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    let review: Value = serde_json::from_str(&body).expect("response is JSON");
+    assert_eq!(review["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(review["kind"], "AdmissionReview");
+    assert_eq!(
+        review["response"]["uid"], request["request"]["uid"],
+        "same uid"
+    );
+    assert_eq!(review["response"]["allowed"], true, "never blocks a pod");
+    review
+}
+
+fn patched_object(request: &Value, review: &Value) -> Value {
+    let patch = response_patch(review).expect("response has a JSON patch");
+    let mut object = request["request"]["object"].clone();
+    json_patch::patch(&mut object, &patch).expect("patch applies to the request object");
+    object
+}
+
+fn sidecar_of(pod: &Value) -> Option<&Value> {
+    pod["spec"]["containers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == contract::SIDECAR_CONTAINER_NAME)
+}
+
+#[tokio::test]
+async fn fixtures_are_answered_as_their_readme_says() {
+    let api = FakeApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = generate_certificates(dir.path());
+    let webhook = Webhook::start(&certs, Some(&api), &["--sidecar-image", "test/checker:1"]).await;
+    let client = webhook.client(&certs.ca);
+
+    // Injected, switched to the checker account, account and binding created.
+    let request = fixture("deployment-pod-default-sa.json");
+    let answer = review(&webhook, &client, &request).await;
+    let pod = patched_object(&request, &answer);
+    let sidecar = sidecar_of(&pod).expect("sidecar injected");
+    assert_eq!(sidecar["image"], "test/checker:1");
+    assert_eq!(
+        pod["spec"]["serviceAccountName"],
+        contract::CHECKER_SERVICE_ACCOUNT
+    );
+    let account = api
+        .get("/api/v1/namespaces/shop/serviceaccounts/pod-reloaded-checker")
+        .expect("checker ServiceAccount created");
+    assert_eq!(
+        account["metadata"]["labels"][contract::MANAGED_BY_LABEL],
+        contract::MANAGED_BY_VALUE
+    );
+    let binding = api
+        .get("/apis/rbac.authorization.k8s.io/v1/namespaces/shop/rolebindings/pod-reloaded-checker")
+        .expect("RoleBinding created");
+    assert_eq!(binding["roleRef"]["kind"], "ClusterRole");
+    assert_eq!(binding["roleRef"]["name"], contract::CHECKER_CLUSTER_ROLE);
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "pod-reloaded-checker", "namespace": "shop"}])
+    );
+
+    // Idempotent: the patched pod yields no patch, and a second pod costs no API writes.
+    let mut again = request.clone();
+    again["request"]["object"] = pod;
+    let answer = review(&webhook, &client, &again).await;
+    assert!(response_patch(&answer).is_none(), "no second injection");
+    assert!(
+        warnings(&answer).iter().any(|w| w.contains("already has")),
+        "{:?}",
+        warnings(&answer)
+    );
+    let writes_before = api.requests().iter().filter(|r| r.is_write()).count();
+    review(&webhook, &client, &request).await;
+    assert_eq!(
+        api.requests().iter().filter(|r| r.is_write()).count(),
+        writes_before
+    );
+
+    // Custom account kept, its own binding, the pull secret mounted, watching `app` only.
+    let request = fixture("deployment-pod-custom-sa-pull-secret.json");
+    let answer = review(&webhook, &client, &request).await;
+    let pod = patched_object(&request, &answer);
+    assert_eq!(pod["spec"]["serviceAccountName"], "api");
+    let sidecar = sidecar_of(&pod).expect("sidecar injected");
+    let env: Vec<(String, String)> = sidecar["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_string(),
+                e["value"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    assert!(
+        env.contains(&(contract::ENV_WATCH_CONTAINER.into(), "app".into())),
+        "{env:?}"
+    );
+    assert!(
+        env.contains(&(contract::ENV_INTERVAL.into(), "30s".into())),
+        "{env:?}"
+    );
+    assert!(sidecar["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(
+            |m| m["mountPath"] == "/var/run/secrets/pod-reloaded/pull-secrets/regcred"
+                && m["readOnly"] == true
+        ));
+    assert!(api
+        .get("/apis/rbac.authorization.k8s.io/v1/namespaces/payments/rolebindings/pod-reloaded-checker-api")
+        .is_some());
+    assert!(api
+        .get("/api/v1/namespaces/payments/serviceaccounts/pod-reloaded-checker")
+        .is_none());
+    assert!(warnings(&answer)
+        .iter()
+        .any(|w| w.contains("imagePullPolicy: Always on container app")));
+
+    for name in ["statefulset-pod.json", "daemonset-pod.json"] {
+        let request = fixture(name);
+        let answer = review(&webhook, &client, &request).await;
+        assert!(
+            sidecar_of(&patched_object(&request, &answer)).is_some(),
+            "{name}"
+        );
+    }
+
+    // Dry run: patched, but nothing written to the API.
+    api.clear_requests();
+    let request = fixture("deployment-pod-dry-run.json");
+    let mut other_namespace = request.clone();
+    other_namespace["request"]["namespace"] = json!("dry");
+    let answer = review(&webhook, &client, &other_namespace).await;
+    assert!(sidecar_of(&patched_object(&other_namespace, &answer)).is_some());
+    assert!(
+        api.requests().is_empty(),
+        "dry run touched the API: {:?}",
+        api.requests()
+    );
+
+    // Admitted unchanged, with a warning saying why.
+    for (name, why) in [
+        ("bare-pod.json", "no owner"),
+        ("job-pod.json", "Job"),
+        ("kube-system-pod.json", "kube-system"),
+        ("pod-update.json", "CREATE"),
+        ("configmap-create.json", "ConfigMap"),
+    ] {
+        let answer = review(&webhook, &client, &fixture(name)).await;
+        assert!(response_patch(&answer).is_none(), "{name} was patched");
+        let said = warnings(&answer);
+        assert!(said.iter().any(|w| w.contains(why)), "{name}: {said:?}");
+    }
+    assert!(api.requests().is_empty(), "skips touched the API");
+
+    let (code, metrics) = webhook.get_metrics_port("/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("pod_reloaded_admissions_total{result=\"injected\"} 6"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pod_reloaded_admissions_total{result=\"skipped\"} 6"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pod_reloaded_admission_duration_seconds_count 12"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn native_sidecar_mode_uses_an_init_container() {
+    let api = FakeApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = generate_certificates(dir.path());
+    let webhook = Webhook::start(&certs, Some(&api), &["--sidecar-mode", "native"]).await;
+    let request = fixture("deployment-pod-default-sa.json");
+    let answer = review(&webhook, &webhook.client(&certs.ca), &request).await;
+    let pod = patched_object(&request, &answer);
+    assert_eq!(
+        pod["spec"]["initContainers"][0]["name"],
+        contract::SIDECAR_CONTAINER_NAME
+    );
+    assert_eq!(pod["spec"]["initContainers"][0]["restartPolicy"], "Always");
+    assert!(sidecar_of(&pod).is_none());
+}
+
+#[tokio::test]
+async fn without_api_access_pods_are_admitted_uninjected_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = generate_certificates(dir.path());
+    let webhook = Webhook::start(&certs, None, &[]).await;
+    let answer = review(
+        &webhook,
+        &webhook.client(&certs.ca),
+        &fixture("deployment-pod-default-sa.json"),
+    )
+    .await;
+    assert!(response_patch(&answer).is_none());
+    let said = warnings(&answer);
+    assert!(
+        said.iter()
+            .any(|w| w.contains("not injected") && w.contains("ClusterRole")),
+        "{said:?}"
+    );
+    let (_, metrics) = webhook.get_metrics_port("/metrics").unwrap();
+    assert!(
+        metrics.contains("pod_reloaded_admissions_total{result=\"error\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_binding_with_other_subjects_is_patched() {
+    let api = FakeApiServer::start().await.unwrap();
+    api.put(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "pod-reloaded-checker", "namespace": "shop"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "pod-reloaded-checker"},
+        "subjects": [{"kind": "ServiceAccount", "name": "someone-else", "namespace": "shop"}]
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let certs = generate_certificates(dir.path());
+    let webhook = Webhook::start(&certs, Some(&api), &[]).await;
+    review(
+        &webhook,
+        &webhook.client(&certs.ca),
+        &fixture("deployment-pod-default-sa.json"),
+    )
+    .await;
+    let path =
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/rolebindings/pod-reloaded-checker";
+    let patches = api.requests_to("PATCH", path);
+    assert_eq!(patches.len(), 1);
+    assert_eq!(patches[0].content_type, "application/merge-patch+json");
+    assert_eq!(
+        api.get(path).unwrap()["subjects"][0]["name"],
+        "pod-reloaded-checker"
+    );
+}
+
+#[tokio::test]
+async fn malformed_requests_get_a_clear_4xx_and_change_nothing() {
+    let api = FakeApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = generate_certificates(dir.path());
+    let mut webhook = Webhook::start(&certs, Some(&api), &["--log-format", "json"]).await;
+    let client = webhook.client(&certs.ca);
+
+    let no_request = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"});
+    let mut wrong_version = fixture("deployment-pod-default-sa.json");
+    wrong_version["apiVersion"] = json!("admission.k8s.io/v1beta1");
+    let mut not_a_pod = fixture("deployment-pod-default-sa.json");
+    not_a_pod["request"]["object"]["spec"]["containers"] = json!("web");
+    let cases: Vec<(String, &str)> = vec![
+        ("this is not json".into(), "not an AdmissionReview"),
+        ("{\"hello\": 1}".into(), "AdmissionReview"),
+        ("[1,2,3]".into(), "not an AdmissionReview"),
+        (no_request.to_string(), "no request"),
+        (wrong_version.to_string(), "unsupported AdmissionReview"),
+        (not_a_pod.to_string(), "not a valid Pod"),
+    ];
+    for (body, reason) in cases {
+        let (status, text) = post(&webhook, &client, body.clone()).await;
+        assert_eq!(status, 400, "{body}: {text}");
+        assert!(text.contains(reason), "{body}: {text}");
+        assert_eq!(text.trim().lines().count(), 1, "one-line reason: {text}");
+    }
+
+    let huge = vec![b' '; 3 * 1024 * 1024 + 1];
+    let (status, _) = post(&webhook, &client, huge).await;
+    assert_eq!(status, 413);
+
+    let response = client.get(webhook.url("/mutate")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    let response = client
+        .post(webhook.url("/validate"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+
+    assert!(api.requests().is_empty(), "bad input reached the API");
+    assert!(
+        webhook.process.child.try_wait().unwrap().is_none(),
+        "webhook still running"
+    );
+    let (_, metrics) = webhook.get_metrics_port("/metrics").unwrap();
+    assert!(
+        metrics.contains("pod_reloaded_admissions_total{result=\"invalid\"} 6"),
+        "{metrics}"
+    );
+
+    // Logs are JSON lines.
+    let output = webhook.process.output();
+    let lines: Vec<&str> = output.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in lines {
+        let parsed: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+        assert!(parsed.get("level").is_some(), "{line}");
+    }
+
+    // SIGTERM stops it promptly.
+    webhook.process.signal("TERM");
+    let status = webhook
+        .process
+        .wait_for_exit(Duration::from_secs(6))
+        .expect("exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_is_served_without_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = generate_certificates(&dir.path().join("first"));
+    let second = generate_certificates(&dir.path().join("second"));
+    let serving = dir.path().join("serving");
+    std::fs::create_dir_all(&serving).unwrap();
+    for file in ["ca.crt", "tls.crt", "tls.key"] {
+        std::fs::copy(first.dir.join(file), serving.join(file)).unwrap();
+    }
+    let serving_certs = pod_reloaded_tests::webhook::Certificates {
+        dir: serving.clone(),
+        ca: serving.join("ca.crt"),
+        cert: serving.join("tls.crt"),
+        key: serving.join("tls.key"),
+    };
+    let webhook = Webhook::start(&serving_certs, None, &["--tls-reload-interval", "100ms"]).await;
+    let healthy = |client: reqwest::Client| {
+        let url = webhook.url("/mutate");
+        async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
+    };
+    assert_eq!(
+        healthy(tls_client(&first.ca, webhook.port)).await.ok(),
+        Some(405)
+    );
+    assert!(
+        healthy(tls_client(&second.ca, webhook.port)).await.is_err(),
+        "second CA not served yet"
+    );
+
+    // A kept-alive connection from before the rotation.
+    let kept = tls_client(&first.ca, webhook.port);
+    assert_eq!(healthy(kept.clone()).await.ok(), Some(405));
+
+    // Replace the files the way a Secret volume update does: new files, then rename.
+    for file in ["tls.key", "tls.crt"] {
+        let staged = serving.join(format!(".{file}.new"));
+        std::fs::copy(second.dir.join(file), &staged).unwrap();
+        std::fs::rename(&staged, serving.join(file)).unwrap();
+    }
+    let mut rotated = false;
+    for _ in 0..100 {
+        if healthy(tls_client(&second.ca, webhook.port)).await.ok() == Some(405) {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        rotated,
+        "new handshakes never saw the new certificate:\n{}",
+        webhook.process.output()
+    );
+
+    // The served leaf is exactly the new file's first certificate.
+    let response = tls_client(&second.ca, webhook.port)
+        .get(webhook.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    let info = response
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .expect("tls info");
+    let served = info.peer_certificate().expect("peer certificate").to_vec();
+    let pem = std::fs::read_to_string(&second.cert).unwrap();
+    let first_block: String = pem
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    use base64::Engine as _;
+    let expected = base64::engine::general_purpose::STANDARD
+        .decode(first_block)
+        .unwrap();
+    assert_eq!(served, expected);
+
+    // New handshakes with the old CA fail; the connection opened before still works.
+    assert!(healthy(tls_client(&first.ca, webhook.port)).await.is_err());
+    assert_eq!(
+        healthy(kept).await.ok(),
+        Some(405),
+        "open connection was dropped"
+    );
+}
