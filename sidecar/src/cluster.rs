@@ -1,0 +1,240 @@
+//! The Kubernetes API edge of the sidecar: read our pod, find the workload that owns it,
+//! patch its template with a `resourceVersion` precondition, and record Events.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use tracing::{info, warn};
+
+use crate::restart::{self, Change, RestartDecision};
+
+/// Re-reads after a 409 before giving up for this round.
+const MAX_CONFLICT_RETRIES: usize = 5;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+impl WorkloadKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Deployment => "Deployment",
+            Self::StatefulSet => "StatefulSet",
+            Self::DaemonSet => "DaemonSet",
+        }
+    }
+
+    fn api_resource(self) -> ApiResource {
+        ApiResource::from_gvk(&GroupVersionKind::gvk("apps", "v1", self.name()))
+    }
+}
+
+/// The object a restart patches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    pub kind: WorkloadKind,
+    pub name: String,
+}
+
+impl std::fmt::Display for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.kind.name(), self.name)
+    }
+}
+
+/// Where the owner chain ends.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Owner {
+    Restartable(Workload),
+    /// Bare pod, Job, a ReplicaSet without a Deployment, ...: said once, then left alone.
+    NotRestartable(String),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum RestartOutcome {
+    Restarted { restarted_for: String },
+    AlreadyRestarted { pull_did_not_take: bool },
+}
+
+pub struct Cluster {
+    client: Client,
+    namespace: String,
+    /// Our pod's name, the Events' reporting instance.
+    pod_name: String,
+}
+
+fn controller_of(owners: Option<&Vec<OwnerReference>>) -> Option<&OwnerReference> {
+    let owners = owners?;
+    owners
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .or_else(|| owners.first())
+}
+
+impl Cluster {
+    pub fn new(client: Client, namespace: String, pod_name: String) -> Self {
+        Self {
+            client,
+            namespace,
+            pod_name,
+        }
+    }
+
+    pub async fn read_pod(&self) -> anyhow::Result<Pod> {
+        Api::<Pod>::namespaced(self.client.clone(), &self.namespace)
+            .get(&self.pod_name)
+            .await
+            .with_context(|| format!("reading pod {}/{}", self.namespace, self.pod_name))
+    }
+
+    /// Walks Pod -> ReplicaSet -> Deployment, or Pod -> StatefulSet / DaemonSet.
+    pub async fn owner(&self, pod: &Pod) -> anyhow::Result<Owner> {
+        let Some(owner) = controller_of(pod.metadata.owner_references.as_ref()) else {
+            return Ok(Owner::NotRestartable(
+                "the pod has no owner (bare pod)".to_string(),
+            ));
+        };
+        let apps = owner.api_version.starts_with("apps/");
+        let workload = |kind| {
+            Owner::Restartable(Workload {
+                kind,
+                name: owner.name.clone(),
+            })
+        };
+        match (apps, owner.kind.as_str()) {
+            (true, "StatefulSet") => Ok(workload(WorkloadKind::StatefulSet)),
+            (true, "DaemonSet") => Ok(workload(WorkloadKind::DaemonSet)),
+            (true, "ReplicaSet") => {
+                let replica_set = Api::<k8s_openapi::api::apps::v1::ReplicaSet>::namespaced(
+                    self.client.clone(),
+                    &self.namespace,
+                )
+                .get(&owner.name)
+                .await
+                .with_context(|| format!("reading ReplicaSet {}/{}", self.namespace, owner.name))?;
+                match controller_of(replica_set.metadata.owner_references.as_ref()) {
+                    Some(parent)
+                        if parent.api_version.starts_with("apps/")
+                            && parent.kind == "Deployment" =>
+                    {
+                        Ok(Owner::Restartable(Workload {
+                            kind: WorkloadKind::Deployment,
+                            name: parent.name.clone(),
+                        }))
+                    }
+                    Some(parent) => Ok(Owner::NotRestartable(format!(
+                        "ReplicaSet {} is owned by a {}, not a Deployment",
+                        owner.name, parent.kind
+                    ))),
+                    None => Ok(Owner::NotRestartable(format!(
+                        "ReplicaSet {} has no Deployment",
+                        owner.name
+                    ))),
+                }
+            }
+            (_, kind) => Ok(Owner::NotRestartable(format!(
+                "the pod is owned by a {kind}, which cannot be rolling-restarted"
+            ))),
+        }
+    }
+
+    /// Decides and, when it is ours to do, patches the workload; on a 409 re-reads and
+    /// decides again, so of N replicas seeing the same change exactly one patch wins.
+    pub async fn restart(
+        &self,
+        workload: &Workload,
+        changes: &[Change],
+        pod: &Pod,
+    ) -> anyhow::Result<RestartOutcome> {
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &self.namespace,
+            &workload.kind.api_resource(),
+        );
+        let pod_created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let object = api
+                .get(&workload.name)
+                .await
+                .with_context(|| format!("reading {workload}"))?;
+            let annotations: BTreeMap<String, String> = object
+                .data
+                .pointer("/spec/template/metadata/annotations")
+                .and_then(|a| serde_json::from_value(a.clone()).ok())
+                .unwrap_or_default();
+            let restarted_for = match restart::decide(&annotations, changes, pod_created) {
+                RestartDecision::AlreadyRestarted { pull_did_not_take } => {
+                    return Ok(RestartOutcome::AlreadyRestarted { pull_did_not_take })
+                }
+                RestartDecision::Restart { restarted_for } => restarted_for,
+            };
+            let version = object
+                .metadata
+                .resource_version
+                .clone()
+                .with_context(|| format!("{workload} has no resourceVersion"))?;
+            let patch = restart::restart_patch(&version, jiff::Timestamp::now(), &restarted_for);
+            match api
+                .patch(
+                    &workload.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+            {
+                Ok(_) => return Ok(RestartOutcome::Restarted { restarted_for }),
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    info!(%workload, "conflict: another writer changed the workload; reading it again");
+                }
+                Err(error) => return Err(error).with_context(|| format!("patching {workload}")),
+            }
+        }
+        anyhow::bail!(
+            "{workload} kept changing under us ({MAX_CONFLICT_RETRIES} conflicts in a row)"
+        )
+    }
+
+    /// Records an Event on the workload; failures are logged, never fatal.
+    pub async fn event(&self, workload: &Workload, warning: bool, reason: &str, message: String) {
+        let now = jiff::Timestamp::now();
+        let event = Event {
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("{}.{:x}", workload.name, now.as_nanosecond())),
+                namespace: Some(self.namespace.clone()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("apps/v1".to_string()),
+                kind: Some(workload.kind.name().to_string()),
+                name: Some(workload.name.clone()),
+                namespace: Some(self.namespace.clone()),
+                ..Default::default()
+            },
+            reason: Some(reason.to_string()),
+            message: Some(message),
+            type_: Some(if warning { "Warning" } else { "Normal" }.to_string()),
+            count: Some(1),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            source: Some(EventSource {
+                component: Some("pod-reloaded".to_string()),
+                host: None,
+            }),
+            reporting_component: Some("pod-reloaded.io/sidecar".to_string()),
+            reporting_instance: Some(self.pod_name.clone()),
+            action: Some(if warning { "Skip" } else { "Restart" }.to_string()),
+            ..Default::default()
+        };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        if let Err(error) = api.create(&PostParams::default(), &event).await {
+            warn!(%workload, %reason, %error, "could not record an Event");
+        }
+    }
+}

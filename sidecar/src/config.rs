@@ -1,0 +1,125 @@
+//! Settings from the env the webhook injects (names kept from the original image-checker)
+//! and flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use pod_reloaded_contract::{self as contract, LogFormat};
+
+use crate::registry::Platform;
+
+/// Shortest poll interval; the webhook enforces the same.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// pod-reloaded's checker sidecar: restarts the owning workload when a watched
+/// container's tag points to a new digest.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "pod-reloaded-sidecar", version, about, long_about = None)]
+pub struct Config {
+    /// Comma-separated names of the containers to watch.
+    #[arg(long, env = contract::ENV_WATCH_CONTAINER, value_delimiter = ',', required = true)]
+    pub watch_containers: Vec<String>,
+
+    /// Poll interval (humantime: 30s, 5m); jittered by ±10%.
+    #[arg(long, env = contract::ENV_INTERVAL, default_value = contract::DEFAULT_INTERVAL, value_parser = parse_interval)]
+    pub interval: Duration,
+
+    /// Base URL of a registry (mirror) to ask instead of the one in the image reference;
+    /// `http://` means plain HTTP.
+    #[arg(long, env = contract::ENV_REGISTRY_URL, value_parser = parse_registry_url)]
+    pub registry_url: Option<String>,
+
+    /// Name of this pod.
+    #[arg(long, env = contract::ENV_POD_NAME)]
+    pub pod_name: String,
+
+    /// Namespace of this pod.
+    #[arg(long, env = contract::ENV_POD_NAMESPACE)]
+    pub pod_namespace: String,
+
+    /// Directory of mounted pull secrets (`<dir>/<secret>/.dockerconfigjson`).
+    #[arg(long, env = contract::ENV_PULL_SECRETS_DIR)]
+    pub pull_secrets_dir: Option<PathBuf>,
+
+    /// PEM bundle of extra CAs to trust for registries.
+    #[arg(long, env = "IMAGE_CHECKER_REGISTRY_CA_FILE")]
+    pub registry_ca_file: Option<PathBuf>,
+
+    /// Registry hosts (host[:port], comma-separated) to talk to over plain HTTP.
+    #[arg(long, env = "IMAGE_CHECKER_INSECURE_REGISTRIES", value_delimiter = ',')]
+    pub insecure_registries: Vec<String>,
+
+    /// Timeout of one registry request.
+    #[arg(long, env = "IMAGE_CHECKER_REGISTRY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub registry_timeout: Duration,
+
+    /// Platform whose manifest the pod runs (os/arch[/variant]); default: this binary's.
+    #[arg(long, env = "IMAGE_CHECKER_PLATFORM", value_parser = Platform::parse)]
+    pub platform: Option<Platform>,
+
+    /// Run one round and exit: 0 when up to date or restarted, 1 on error.
+    #[arg(long)]
+    pub once: bool,
+
+    /// Serve Prometheus /metrics on this address (off by default).
+    #[arg(long, env = "IMAGE_CHECKER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Log format.
+    #[arg(
+        long,
+        env = "IMAGE_CHECKER_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval =
+        humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration: {e}"))?;
+    if interval < MIN_INTERVAL {
+        return Err(format!("{text:?} is shorter than the minimum of 1s"));
+    }
+    Ok(interval)
+}
+
+fn parse_registry_url(text: &str) -> Result<String, String> {
+    let trimmed = text.trim().trim_end_matches('/');
+    let host = trimmed
+        .strip_prefix("https://")
+        .or_else(|| trimmed.strip_prefix("http://"))
+        .ok_or_else(|| format!("{text:?} must start with http:// or https://"))?;
+    if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
+        return Err(format!("{text:?} must be a scheme and host[:port] only"));
+    }
+    Ok(trimmed.to_string())
+}
+
+impl Config {
+    /// Checks what clap cannot.
+    pub fn validate(&mut self) -> Result<(), String> {
+        self.watch_containers = self
+            .watch_containers
+            .iter()
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .collect();
+        if self.watch_containers.is_empty() {
+            return Err(format!(
+                "{} names no container",
+                contract::ENV_WATCH_CONTAINER
+            ));
+        }
+        if self.pod_name.trim().is_empty() || self.pod_namespace.trim().is_empty() {
+            return Err(format!(
+                "{} and {} must not be empty",
+                contract::ENV_POD_NAME,
+                contract::ENV_POD_NAMESPACE
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,78 @@
+//! Prometheus metrics of the checker (served only with `--metrics-listen`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckResult {
+    UpToDate,
+    Changed,
+    Error,
+}
+
+impl CheckResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UpToDate => "up_to_date",
+            Self::Changed => "changed",
+            Self::Error => "error",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    checks: Family<ResultLabel, Counter>,
+    restarts: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let checks = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "pod_reloaded_checks",
+            "Digest checks of watched containers, by result",
+            checks.clone(),
+        );
+        let restarts = Counter::default();
+        registry.register(
+            "pod_reloaded_restarts",
+            "Rolling restarts this sidecar triggered",
+            restarts.clone(),
+        );
+        Self {
+            registry,
+            checks,
+            restarts,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn check(&self, result: CheckResult) {
+        self.checks
+            .get_or_create(&ResultLabel {
+                result: result.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn restart(&self) {
+        self.restarts.inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
