@@ -2,7 +2,9 @@
 //! registry, real TLS, and a small fake Kubernetes API server.
 
 pub mod fake_apiserver;
+pub mod fault_proxy;
 pub mod process;
+pub mod registry;
 pub mod webhook;
 
 use std::path::PathBuf;

@@ -22,13 +22,21 @@ pub struct Certificates {
 
 /// Runs the project's certs command into `dir`.
 pub fn generate_certificates(dir: &Path) -> Certificates {
-    let output = Command::new(binary("pod-reloaded-certs"))
+    generate_certificates_for(dir, &[])
+}
+
+/// Runs the certs command with extra names for the serving certificate.
+pub fn generate_certificates_for(dir: &Path, extra_names: &[&str]) -> Certificates {
+    let mut command = Command::new(binary("pod-reloaded-certs"));
+    command
         .arg("--out-dir")
         .arg(dir)
         .arg("--manifests-dir")
-        .arg(workspace_root().join("manifests"))
-        .output()
-        .expect("certs command runs");
+        .arg(workspace_root().join("manifests"));
+    for name in extra_names {
+        command.arg("--dns-name").arg(name);
+    }
+    let output = command.output().expect("certs command runs");
     assert!(
         output.status.success(),
         "certs command failed: {}",

@@ -1,0 +1,290 @@
+//! An HTTP proxy in front of the real registry that injects what the registry cannot
+//! produce itself (500, 429 with `Retry-After`, a hang, a bad digest header) and plays a
+//! Bearer-token registry with its own token endpoint. It counts every request, so tests
+//! and benchmarks measure requests per round from outside the sidecar.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+
+/// What the proxy does to manifest requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    Status(u16),
+    TooManyRequests {
+        retry_after_seconds: u64,
+    },
+    /// Never answers (the client's timeout must fire).
+    Hang,
+    /// Replaces `Docker-Content-Digest` with this value.
+    DigestHeader(String),
+    /// Removes `Docker-Content-Digest` (some registries and proxies do not send it).
+    NoDigestHeader,
+}
+
+/// Bearer-token auth played by the proxy.
+#[derive(Clone, Debug)]
+pub struct BearerAuth {
+    /// Required credentials at the token endpoint; `None` means anonymous tokens.
+    pub credentials: Option<(String, String)>,
+    pub token_lifetime: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct ProxiedRequest {
+    pub method: String,
+    pub path: String,
+    pub authorization: Option<String>,
+    pub at: Instant,
+}
+
+struct ProxyState {
+    upstream: String,
+    client: reqwest::Client,
+    fault: Fault,
+    bearer: Option<BearerAuth>,
+    tokens: HashMap<String, Instant>,
+    requests: Vec<ProxiedRequest>,
+    address: SocketAddr,
+}
+
+#[derive(Clone)]
+pub struct FaultProxy {
+    state: Arc<Mutex<ProxyState>>,
+    pub address: SocketAddr,
+}
+
+impl FaultProxy {
+    pub async fn start(upstream: &str, bearer: Option<BearerAuth>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let address = listener.local_addr().expect("proxy address");
+        let state = Arc::new(Mutex::new(ProxyState {
+            upstream: upstream.trim_end_matches('/').to_string(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+            fault: Fault::None,
+            bearer,
+            tokens: HashMap::new(),
+            requests: Vec::new(),
+            address,
+        }));
+        let app = Router::new().fallback(handle).with_state(state.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { state, address }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ProxyState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// `host:port` as in image references.
+    pub fn host(&self) -> String {
+        self.address.to_string()
+    }
+
+    pub fn set_fault(&self, fault: Fault) {
+        self.lock().fault = fault;
+    }
+
+    pub fn requests(&self) -> Vec<ProxiedRequest> {
+        self.lock().requests.clone()
+    }
+
+    pub fn clear_requests(&self) {
+        self.lock().requests.clear();
+    }
+
+    pub fn count(&self, method: &str, path_contains: &str) -> usize {
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| r.method == method && r.path.contains(path_contains))
+            .count()
+    }
+}
+
+async fn handle(
+    State(state): State<Arc<Mutex<ProxyState>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let authorization = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let (upstream, client, fault, bearer, address) = {
+        let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+        s.requests.push(ProxiedRequest {
+            method: method.to_string(),
+            path: uri.path().to_string(),
+            authorization: authorization.clone(),
+            at: Instant::now(),
+        });
+        (
+            s.upstream.clone(),
+            s.client.clone(),
+            s.fault.clone(),
+            s.bearer.clone(),
+            s.address,
+        )
+    };
+
+    if uri.path() == "/token" {
+        return token(&state, bearer, authorization.as_deref());
+    }
+    if let Some(bearer) = &bearer {
+        let valid = authorization
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .is_some_and(|t| {
+                let s = state.lock().unwrap_or_else(|p| p.into_inner());
+                s.tokens
+                    .get(t)
+                    .is_some_and(|expires| Instant::now() < *expires)
+            });
+        if !valid && uri.path().starts_with("/v2/") {
+            let _ = bearer;
+            let repository = uri
+                .path()
+                .trim_start_matches("/v2/")
+                .split("/manifests/")
+                .next()
+                .unwrap_or("");
+            let challenge = format!(
+                "Bearer realm=\"http://{address}/token\",service=\"harness\",scope=\"repository:{repository}:pull\""
+            );
+            let mut response = (
+                StatusCode::UNAUTHORIZED,
+                "{\"errors\":[{\"code\":\"UNAUTHORIZED\"}]}",
+            )
+                .into_response();
+            response.headers_mut().insert(
+                "www-authenticate",
+                HeaderValue::from_str(&challenge).expect("header"),
+            );
+            return response;
+        }
+    }
+    let is_manifest = uri.path().contains("/manifests/");
+    if is_manifest {
+        match &fault {
+            Fault::Status(code) => {
+                return StatusCode::from_u16(*code)
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+                    .into_response()
+            }
+            Fault::TooManyRequests {
+                retry_after_seconds,
+            } => {
+                let mut response = StatusCode::TOO_MANY_REQUESTS.into_response();
+                response
+                    .headers_mut()
+                    .insert("retry-after", HeaderValue::from(*retry_after_seconds));
+                return response;
+            }
+            Fault::Hang => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return StatusCode::GATEWAY_TIMEOUT.into_response();
+            }
+            Fault::None | Fault::DigestHeader(_) | Fault::NoDigestHeader => {}
+        }
+    }
+
+    let url = format!(
+        "{upstream}{}",
+        uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+    );
+    let mut request = client.request(method, &url).body(body.to_vec());
+    for name in ["accept", "content-type"] {
+        if let Some(value) = headers.get(name) {
+            request = request.header(name, value);
+        }
+    }
+    if bearer.is_none() {
+        if let Some(value) = headers.get("authorization") {
+            request = request.header("authorization", value);
+        }
+    }
+    let upstream_response = match request.send().await {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    };
+    let status = upstream_response.status();
+    let mut copied = HeaderMap::new();
+    for (name, value) in upstream_response.headers() {
+        if matches!(
+            name.as_str(),
+            "content-type"
+                | "docker-content-digest"
+                | "www-authenticate"
+                | "location"
+                | "retry-after"
+        ) {
+            copied.insert(name.clone(), value.clone());
+        }
+    }
+    match (is_manifest, &fault) {
+        (true, Fault::DigestHeader(value)) => {
+            copied.insert(
+                "docker-content-digest",
+                HeaderValue::from_str(value).expect("header value"),
+            );
+        }
+        (true, Fault::NoDigestHeader) => {
+            copied.remove("docker-content-digest");
+        }
+        _ => {}
+    }
+    let bytes = upstream_response.bytes().await.unwrap_or_default();
+    let mut response = Response::new(Body::from(bytes));
+    *response.status_mut() =
+        StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    *response.headers_mut() = copied;
+    response
+}
+
+fn token(
+    state: &Arc<Mutex<ProxyState>>,
+    bearer: Option<BearerAuth>,
+    authorization: Option<&str>,
+) -> Response {
+    let Some(bearer) = bearer else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if let Some((user, password)) = &bearer.credentials {
+        use base64::Engine as _;
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        if authorization != Some(expected.as_str()) {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+    }
+    let token = format!("token-{:016x}", rand::random::<u64>());
+    let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+    s.tokens
+        .insert(token.clone(), Instant::now() + bearer.token_lifetime);
+    axum::Json(serde_json::json!({"token": token, "expires_in": bearer.token_lifetime.as_secs()}))
+        .into_response()
+}
