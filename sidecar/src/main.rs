@@ -26,12 +26,15 @@ fn main() -> ExitCode {
         Err(error) => {
             // One clear line, not clap's usage block: this runs unattended in a pod.
             let text = error.to_string();
+            let message = text.split("\n\n").next().unwrap_or("invalid configuration");
+            let words: Vec<&str> = message
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
             eprintln!(
                 "pod-reloaded-sidecar: {}",
-                text.lines()
-                    .next()
-                    .unwrap_or("invalid configuration")
-                    .trim_start_matches("error: ")
+                words.join(" ").trim_start_matches("error: ")
             );
             return ExitCode::from(2);
         }

@@ -26,6 +26,8 @@ pub struct RecordedRequest {
     pub query: String,
     pub content_type: String,
     pub body: Value,
+    /// The status the fake answered with.
+    pub status: u16,
 }
 
 impl RecordedRequest {
@@ -224,8 +226,9 @@ async fn handle(
         query: uri.query().unwrap_or("").to_string(),
         content_type: content_type.clone(),
         body: parsed.clone(),
+        status: 0,
     });
-    match method {
+    let response = match method {
         Method::GET => match store.objects.get(&path) {
             Some(object) => axum::Json(object.clone()).into_response(),
             None => status(
@@ -250,7 +253,11 @@ async fn handle(
             "MethodNotAllowed",
             format!("{method} not supported"),
         ),
+    };
+    if let Some(recorded) = store.requests.last_mut() {
+        recorded.status = response.status().as_u16();
     }
+    response
 }
 
 fn create(store: &mut Store, collection: &str, mut object: Value) -> Response {

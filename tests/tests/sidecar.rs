@@ -1,0 +1,660 @@
+//! The real sidecar binary against a real registry and the fake API server: what it
+//! patches, when it does not, and what it does with bad answers.
+
+use std::process::Command;
+use std::time::Duration;
+
+use pod_reloaded_contract as contract;
+use pod_reloaded_tests::fake_apiserver::FakeApiServer;
+use pod_reloaded_tests::fault_proxy::{Fault, FaultProxy};
+use pod_reloaded_tests::process::{eventually, Running};
+use pod_reloaded_tests::registry::{docker_config_json, PushedIndex, Registry, RegistryOptions};
+use pod_reloaded_tests::workloads::{
+    controller, deployment, deployment_path, events_prefix, pod_path, running_pod, sidecar_command,
+    NAMESPACE,
+};
+use serde_json::{json, Value};
+
+const EARLY: &str = "2026-11-24T00:00:00Z";
+
+async fn run_once(mut command: Command) -> (i32, String) {
+    command.arg("--once");
+    let mut running = Running::spawn(command);
+    let status = tokio::task::block_in_place(|| running.wait_for_exit(Duration::from_secs(30)))
+        .expect("--once finishes");
+    (status.code().unwrap_or(-1), running.output())
+}
+
+struct Setup {
+    api: FakeApiServer,
+    registry: Registry,
+    image: String,
+    first: PushedIndex,
+}
+
+/// A registry with `demo/app:latest` (a two-platform index) and the fake API server.
+async fn setup() -> Setup {
+    let registry = Registry::start(RegistryOptions::default()).await;
+    let first = registry
+        .push_index(
+            "demo/app",
+            "latest",
+            "v1",
+            &[("linux", "amd64"), ("linux", "arm64")],
+            false,
+        )
+        .await;
+    let image = format!("{}/demo/app:latest", registry.host());
+    Setup {
+        api: FakeApiServer::start().await.unwrap(),
+        registry,
+        image,
+        first,
+    }
+}
+
+impl Setup {
+    fn image_id(&self, digest: &str) -> String {
+        format!("{}/demo/app@{digest}", self.registry.host())
+    }
+
+    fn command(&self, pod: &str) -> Command {
+        sidecar_command(&self.api, pod, "web", "1s", Some(&self.registry.base_url))
+    }
+
+    async fn push_new(&self, seed: &str) -> PushedIndex {
+        self.registry
+            .push_index(
+                "demo/app",
+                "latest",
+                seed,
+                &[("linux", "amd64"), ("linux", "arm64")],
+                false,
+            )
+            .await
+    }
+
+    fn writes(&self) -> Vec<String> {
+        self.api
+            .requests()
+            .into_iter()
+            .filter(|r| r.is_write())
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect()
+    }
+
+    fn events(&self) -> Vec<Value> {
+        self.api.list(&events_prefix())
+    }
+}
+
+fn template_annotations(api: &FakeApiServer, path: &str) -> Value {
+    api.get(path).expect("workload")["spec"]["template"]["metadata"]["annotations"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unchanged_pod_is_never_patched_in_any_running_digest_form() {
+    let s = setup().await;
+    let owner = deployment(&s.api, "web", &s.image, json!({}));
+    let forms = [
+        s.image_id(&s.first.digest),
+        format!(
+            "docker-pullable://{}",
+            s.image_id(&s.first.manifests[0].digest)
+        ),
+        s.first.manifests[0].config_digest.clone(),
+    ];
+    for (i, image_id) in forms.iter().enumerate() {
+        let pod = format!("web-5d9c8b7f6-{i}");
+        running_pod(&s.api, &pod, Some(&owner), &s.image, image_id, EARLY);
+        let (code, output) = run_once(s.command(&pod)).await;
+        assert_eq!(code, 0, "{image_id}: {output}");
+        assert!(output.contains("up-to-date"), "{output}");
+    }
+    assert!(s.writes().is_empty(), "{:?}", s.writes());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_tag_patches_the_deployment_once_with_both_annotations() {
+    let s = setup().await;
+    let owner = deployment(&s.api, "web", &s.image, json!({"keep": "me"}));
+    running_pod(
+        &s.api,
+        "web-1",
+        Some(&owner),
+        &s.image,
+        &s.image_id(&s.first.digest),
+        EARLY,
+    );
+    let second = s.push_new("v2").await;
+    let read_version =
+        s.api.get(&deployment_path("web")).unwrap()["metadata"]["resourceVersion"].clone();
+
+    let (code, output) = run_once(s.command("web-1")).await;
+    assert_eq!(code, 0, "{output}");
+
+    let patches = s.api.requests_to("PATCH", &deployment_path("web"));
+    assert_eq!(patches.len(), 1, "{output}");
+    let patch = &patches[0];
+    assert_eq!(patch.content_type, "application/merge-patch+json");
+    assert_eq!(
+        patch.body["metadata"]["resourceVersion"], read_version,
+        "precondition"
+    );
+    let sent = &patch.body["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(
+        sent[contract::ANNOTATION_RESTARTED_FOR],
+        format!("web={}", second.digest)
+    );
+    let restarted_at = sent[contract::ANNOTATION_RESTARTED_AT].as_str().unwrap();
+    assert!(
+        restarted_at.parse::<jiff_like::Rfc3339>().is_ok(),
+        "{restarted_at}"
+    );
+    let stored = template_annotations(&s.api, &deployment_path("web"));
+    assert_eq!(
+        stored["keep"], "me",
+        "other annotations survive the merge patch"
+    );
+    assert_eq!(
+        stored[contract::ANNOTATION_RESTARTED_FOR],
+        format!("web={}", second.digest)
+    );
+
+    let events = s.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["type"], "Normal");
+    assert_eq!(events[0]["reason"], "ImageDigestChanged");
+    assert_eq!(events[0]["involvedObject"]["kind"], "Deployment");
+    assert_eq!(events[0]["involvedObject"]["name"], "web");
+    assert_eq!(
+        s.writes(),
+        vec![
+            format!("PATCH {}", deployment_path("web")),
+            format!("POST /api/v1/namespaces/{NAMESPACE}/events")
+        ]
+    );
+}
+
+/// RFC 3339 check without another dependency: `YYYY-MM-DDTHH:MM:SSZ`.
+mod jiff_like {
+    pub struct Rfc3339;
+    impl std::str::FromStr for Rfc3339 {
+        type Err = ();
+        fn from_str(s: &str) -> Result<Self, ()> {
+            let b = s.as_bytes();
+            let digits = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18];
+            let ok = b.len() == 20
+                && digits.iter().all(|&i| b[i].is_ascii_digit())
+                && b[4] == b'-'
+                && b[7] == b'-'
+                && b[10] == b'T'
+                && b[13] == b':'
+                && b[16] == b':'
+                && b[19] == b'Z';
+            ok.then_some(Rfc3339).ok_or(())
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recorded_restart_is_not_repeated_and_warns_once() {
+    let s = setup().await;
+    let second = s.push_new("v2").await;
+    let owner = deployment(
+        &s.api,
+        "web",
+        &s.image,
+        json!({
+            contract::ANNOTATION_RESTARTED_FOR: format!("web={}", second.digest),
+            contract::ANNOTATION_RESTARTED_AT: "2026-11-24T10:00:00Z"
+        }),
+    );
+    // Created after the restart, still on the old digest: the pull did not take.
+    running_pod(
+        &s.api,
+        "web-new",
+        Some(&owner),
+        &s.image,
+        &s.image_id(&s.first.digest),
+        "2026-11-24T10:00:30Z",
+    );
+    let mut sidecar = Running::spawn(s.command("web-new"));
+    let rounds = eventually(Duration::from_secs(15), || {
+        s.api.requests_to("GET", &pod_path("web-new")).len() >= 3
+    })
+    .await;
+    assert!(rounds, "{}", sidecar.output());
+    assert!(s
+        .api
+        .requests_to("PATCH", &deployment_path("web"))
+        .is_empty());
+    let events = s.events();
+    assert_eq!(
+        events.len(),
+        1,
+        "warned once over several rounds: {events:?}"
+    );
+    assert_eq!(events[0]["type"], "Warning");
+    sidecar.signal("TERM");
+    assert!(sidecar.wait_for_exit(Duration::from_secs(2)).is_some());
+
+    // An old pod waiting for the rollout another replica started: no patch, no warning.
+    running_pod(
+        &s.api,
+        "web-old",
+        Some(&owner),
+        &s.image,
+        &s.image_id(&s.first.digest),
+        EARLY,
+    );
+    let (code, output) = run_once(s.command("web-old")).await;
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(s.events().len(), 1);
+    assert!(s
+        .api
+        .requests_to("PATCH", &deployment_path("web"))
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_conflict_is_read_again_and_decided_again() {
+    let s = setup().await;
+    let owner = deployment(&s.api, "web", &s.image, json!({}));
+    running_pod(
+        &s.api,
+        "web-1",
+        Some(&owner),
+        &s.image,
+        &s.image_id(&s.first.digest),
+        EARLY,
+    );
+    let second = s.push_new("v2").await;
+    s.api.interfere_with_next_patch(&deployment_path("web"));
+    let (code, output) = run_once(s.command("web-1")).await;
+    assert_eq!(code, 0, "{output}");
+    let patches = s.api.requests_to("PATCH", &deployment_path("web"));
+    let statuses: Vec<u16> = patches.iter().map(|p| p.status).collect();
+    assert_eq!(statuses, [409, 200], "{output}");
+    assert_ne!(
+        patches[0].body["metadata"]["resourceVersion"],
+        patches[1].body["metadata"]["resourceVersion"],
+        "the second patch carries the re-read version"
+    );
+    assert_eq!(s.api.requests_to("GET", &deployment_path("web")).len(), 2);
+    let stored = template_annotations(&s.api, &deployment_path("web"));
+    assert_eq!(
+        stored[contract::ANNOTATION_RESTARTED_FOR],
+        format!("web={}", second.digest)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn statefulset_and_daemonset_owners_are_patched() {
+    let s = setup().await;
+    s.push_new("v2").await;
+    for (kind, plural) in [("StatefulSet", "statefulsets"), ("DaemonSet", "daemonsets")] {
+        let owner = controller(&s.api, kind, "db", &s.image);
+        let pod = format!("db-{plural}");
+        running_pod(
+            &s.api,
+            &pod,
+            Some(&owner),
+            &s.image,
+            &s.image_id(&s.first.digest),
+            EARLY,
+        );
+        let (code, output) = run_once(s.command(&pod)).await;
+        assert_eq!(code, 0, "{output}");
+        let path = format!("/apis/apps/v1/namespaces/{NAMESPACE}/{plural}/db");
+        assert_eq!(
+            s.api.requests_to("PATCH", &path).len(),
+            1,
+            "{kind}: {output}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_without_a_restartable_owner_are_never_patched() {
+    let s = setup().await;
+    s.push_new("v2").await;
+    running_pod(
+        &s.api,
+        "bare",
+        None,
+        &s.image,
+        &s.image_id(&s.first.digest),
+        EARLY,
+    );
+    let job = s.api.put(json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "nightly", "namespace": NAMESPACE}}));
+    running_pod(
+        &s.api,
+        "job-pod",
+        Some(&job),
+        &s.image,
+        &s.image_id(&s.first.digest),
+        EARLY,
+    );
+    for pod in ["bare", "job-pod"] {
+        let (code, output) = run_once(s.command(pod)).await;
+        assert_eq!(
+            code, 1,
+            "a change that cannot be acted on is reported: {output}"
+        );
+        assert!(output.contains("nothing can be restarted"), "{output}");
+    }
+    assert!(s.writes().is_empty(), "{:?}", s.writes());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_registry_answers_never_restart() {
+    let s = setup().await;
+    s.push_new("v2").await; // a real change is there to be (wrongly) acted on
+    let owner = deployment(&s.api, "web", &s.image, json!({}));
+    running_pod(
+        &s.api,
+        "web-1",
+        Some(&owner),
+        &s.image,
+        &s.image_id(&s.first.digest),
+        EARLY,
+    );
+    let proxy = FaultProxy::start(&s.registry.base_url, None).await;
+    let faults = [
+        Fault::Status(500),
+        Fault::Status(503),
+        Fault::TooManyRequests {
+            retry_after_seconds: 30,
+        },
+        Fault::Hang,
+        Fault::DigestHeader("sha256:tooshort".into()),
+        Fault::DigestHeader(format!("sha256:{}", "Z".repeat(64))),
+    ];
+    for fault in faults {
+        proxy.set_fault(fault.clone());
+        let mut command = sidecar_command(&s.api, "web-1", "web", "1s", Some(&proxy.base_url()));
+        command.env("IMAGE_CHECKER_REGISTRY_TIMEOUT", "1s");
+        let (code, output) = run_once(command).await;
+        assert_eq!(code, 1, "{fault:?}: {output}");
+        assert!(
+            output.contains("decision=\"error\"") || output.contains("decision=error"),
+            "{fault:?}: {output}"
+        );
+    }
+    proxy.set_fault(Fault::None);
+
+    // A tag that does not exist.
+    let missing = format!("{}/demo/app:missing", s.registry.host());
+    running_pod(
+        &s.api,
+        "web-2",
+        Some(&owner),
+        &missing,
+        &s.image_id(&s.first.digest),
+        EARLY,
+    );
+    let (code, output) = run_once(s.command("web-2")).await;
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("not found"), "{output}");
+
+    // Credentials the registry rejects.
+    let private = Registry::start(RegistryOptions {
+        basic_auth: Some(("puller".into(), "right".into())),
+        tls: false,
+    })
+    .await;
+    let pushed = private
+        .push_single("demo/app", Some("latest"), "p1", ("linux", "amd64"), false)
+        .await;
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(secrets.path().join("regcred")).unwrap();
+    std::fs::write(
+        secrets.path().join("regcred/.dockerconfigjson"),
+        docker_config_json(&private.host(), "puller", "wrong").to_string(),
+    )
+    .unwrap();
+    let private_image = format!("{}/demo/app:latest", private.host());
+    let old = format!("sha256:{}", "0".repeat(64));
+    running_pod(
+        &s.api,
+        "web-3",
+        Some(&owner),
+        &private_image,
+        &format!("{}/demo/app@{old}", private.host()),
+        EARLY,
+    );
+    let mut command = sidecar_command(&s.api, "web-3", "web", "1s", Some(&private.base_url));
+    command.env(contract::ENV_PULL_SECRETS_DIR, secrets.path());
+    let (code, output) = run_once(command).await;
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("unauthorized"), "{output}");
+
+    // The same with the right password is a real change.
+    std::fs::write(
+        secrets.path().join("regcred/.dockerconfigjson"),
+        docker_config_json(&private.host(), "puller", "right").to_string(),
+    )
+    .unwrap();
+    assert!(s.writes().is_empty(), "{:?}", s.writes());
+    let mut command = sidecar_command(&s.api, "web-3", "web", "1s", Some(&private.base_url));
+    command.env(contract::ENV_PULL_SECRETS_DIR, secrets.path());
+    let (code, output) = run_once(command).await;
+    assert_eq!(code, 0, "{output}");
+    let stored = template_annotations(&s.api, &deployment_path("web"));
+    assert_eq!(
+        stored[contract::ANNOTATION_RESTARTED_FOR],
+        format!("web={}", pushed.digest)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_loop_survives_errors_and_honours_retry_after() {
+    let s = setup().await;
+    let owner = deployment(&s.api, "web", &s.image, json!({}));
+    running_pod(
+        &s.api,
+        "web-1",
+        Some(&owner),
+        &s.image,
+        &s.image_id(&s.first.digest),
+        EARLY,
+    );
+    let second = s.push_new("v2").await;
+    let proxy = FaultProxy::start(&s.registry.base_url, None).await;
+    proxy.set_fault(Fault::TooManyRequests {
+        retry_after_seconds: 3,
+    });
+    let sidecar = Running::spawn(sidecar_command(
+        &s.api,
+        "web-1",
+        "web",
+        "1s",
+        Some(&proxy.base_url()),
+    ));
+
+    let two = eventually(Duration::from_secs(15), || {
+        proxy.count("HEAD", "/manifests/") >= 2
+    })
+    .await;
+    assert!(two, "{}", sidecar.output());
+    let heads: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "HEAD")
+        .collect();
+    let gap = heads[1].at - heads[0].at;
+    assert!(
+        gap >= Duration::from_millis(2900),
+        "Retry-After 3 ignored: retried after {gap:?}"
+    );
+    assert!(s.writes().is_empty());
+
+    proxy.set_fault(Fault::Status(500));
+    let more = eventually(Duration::from_secs(15), || {
+        proxy.count("HEAD", "/manifests/") >= 3
+    })
+    .await;
+    assert!(more, "the loop stopped after errors: {}", sidecar.output());
+    assert!(s.writes().is_empty());
+
+    proxy.set_fault(Fault::None);
+    let patched = eventually(Duration::from_secs(20), || {
+        !s.api
+            .requests_to("PATCH", &deployment_path("web"))
+            .is_empty()
+    })
+    .await;
+    assert!(patched, "{}", sidecar.output());
+    let stored = template_annotations(&s.api, &deployment_path("web"));
+    assert_eq!(
+        stored[contract::ANNOTATION_RESTARTED_FOR],
+        format!("web={}", second.digest)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_seeing_the_same_change_patch_exactly_once() {
+    let s = setup().await;
+    let owner = deployment(&s.api, "web", &s.image, json!({}));
+    for i in 0..3 {
+        running_pod(
+            &s.api,
+            &format!("web-{i}"),
+            Some(&owner),
+            &s.image,
+            &s.image_id(&s.first.digest),
+            EARLY,
+        );
+    }
+    s.push_new("v2").await;
+    let mut sidecars: Vec<Running> = (0..3)
+        .map(|i| {
+            let mut command = s.command(&format!("web-{i}"));
+            command.arg("--once");
+            Running::spawn(command)
+        })
+        .collect();
+    for sidecar in &mut sidecars {
+        let status = tokio::task::block_in_place(|| sidecar.wait_for_exit(Duration::from_secs(30)))
+            .expect("exits");
+        assert!(status.success(), "{}", sidecar.output());
+    }
+    let patches = s.api.requests_to("PATCH", &deployment_path("web"));
+    assert_eq!(
+        patches.iter().filter(|p| p.status == 200).count(),
+        1,
+        "{patches:?}"
+    );
+    let normal = s
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == "Normal")
+        .count();
+    assert_eq!(normal, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unchanged_round_costs_one_head_and_no_writes() {
+    let s = setup().await;
+    let owner = deployment(&s.api, "web", &s.image, json!({}));
+    // Running an index child: the first round reads the index once, later rounds do not.
+    running_pod(
+        &s.api,
+        "web-1",
+        Some(&owner),
+        &s.image,
+        &s.image_id(&s.first.manifests[0].digest),
+        EARLY,
+    );
+    let proxy = FaultProxy::start(&s.registry.base_url, None).await;
+    let mut command = sidecar_command(&s.api, "web-1", "web", "1s", Some(&proxy.base_url()));
+    command.arg("--metrics-listen").arg(format!(
+        "127.0.0.1:{}",
+        pod_reloaded_tests::process::free_port()
+    ));
+    let sidecar = Running::spawn(command);
+    let rounds = eventually(Duration::from_secs(20), || {
+        s.api.requests_to("GET", &pod_path("web-1")).len() >= 4
+    })
+    .await;
+    assert!(rounds, "{}", sidecar.output());
+    drop(sidecar);
+    let rounds = s.api.requests_to("GET", &pod_path("web-1")).len();
+    let heads = proxy.count("HEAD", "/manifests/");
+    assert!(
+        heads == rounds || heads + 1 == rounds,
+        "{heads} HEADs for {rounds} rounds"
+    );
+    assert_eq!(
+        proxy.count("GET", "/manifests/"),
+        1,
+        "index read once, then remembered"
+    );
+    assert!(s.writes().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_and_sigint_stop_it_within_a_second() {
+    let s = setup().await;
+    let owner = deployment(&s.api, "web", &s.image, json!({}));
+    running_pod(
+        &s.api,
+        "web-1",
+        Some(&owner),
+        &s.image,
+        &s.image_id(&s.first.digest),
+        EARLY,
+    );
+    for signal in ["TERM", "INT"] {
+        s.api.clear_requests();
+        let mut sidecar = Running::spawn(sidecar_command(
+            &s.api,
+            "web-1",
+            "web",
+            "60s",
+            Some(&s.registry.base_url),
+        ));
+        let started = eventually(Duration::from_secs(10), || {
+            !s.api.requests_to("GET", &pod_path("web-1")).is_empty()
+        })
+        .await;
+        assert!(started, "{}", sidecar.output());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sidecar.signal(signal);
+        let status = sidecar.wait_for_exit(Duration::from_secs(1));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "SIG{signal}: {status:?}\n{}",
+            sidecar.output()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_or_invalid_setting_stops_it_with_one_line() {
+    let api = FakeApiServer::start().await.unwrap();
+    let cases: [(&str, Option<&str>, &str); 4] = [
+        (contract::ENV_POD_NAME, None, "--pod-name"),
+        (contract::ENV_INTERVAL, Some("100ms"), "minimum"),
+        (contract::ENV_INTERVAL, Some("often"), "not a duration"),
+        (
+            contract::ENV_REGISTRY_URL,
+            Some("registry.local"),
+            "http://",
+        ),
+    ];
+    for (name, value, expected) in cases {
+        let mut command = sidecar_command(&api, "web-1", "web", "1s", None);
+        match value {
+            Some(value) => command.env(name, value),
+            None => command.env_remove(name),
+        };
+        let output = command.output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{name}={value:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(expected), "{name}={value:?}: {stderr}");
+    }
+    assert!(api.requests().is_empty());
+}
