@@ -69,7 +69,8 @@ pub fn decide(
             .get(contract::ANNOTATION_RESTARTED_AT)
             .and_then(|t| t.parse::<Timestamp>().ok());
         let pull_did_not_take = match (pod_created, restarted_at) {
-            (Some(created), Some(restarted)) => created >= restarted,
+            // restartedAt has second precision: a pod of that same second predates it.
+            (Some(created), Some(restarted)) => created > restarted,
             _ => false,
         };
         return RestartDecision::AlreadyRestarted { pull_did_not_take };

@@ -1,19 +1,21 @@
 //! Running the project's real binaries from tests.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Path of a workspace binary built next to the test executable (`target/<profile>/`).
 /// The README's test command builds them before running the tests.
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test>-<hash> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
+    let exe = std::env::current_exe().expect("executable path");
+    // Tests run from target/<profile>/deps/, the demo from target/<profile>/.
+    let dir = exe.parent().expect("executable directory");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().unwrap_or(dir)
+    } else {
+        dir
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),
