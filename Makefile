@@ -4,10 +4,22 @@ VERSION := 0.1.0
 IMAGE_PREFIX ?= pod-reloaded
 CERTS_DIR ?= certs/out
 
-.PHONY: demo test build images deploy undeploy certs bench lint
+.PHONY: demo deps test build images deploy undeploy certs bench lint
+
+## The whole loop on this machine (registry, webhook, sidecar on 127.0.0.1), as a timeline.
+demo: deps
+	$(CARGO) build --quiet --workspace --bins
+	./target/debug/pod-reloaded-demo
+
+## The registry the demo and the tests run on 127.0.0.1 (Debian's docker-registry).
+deps:
+	@command -v docker-registry >/dev/null || { \
+		echo "installing docker-registry (Debian package)"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry >/dev/null; }
 
 ## Build the binaries and run every test (unit, integration, end-to-end).
-test:
+test: deps
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
