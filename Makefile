@@ -23,6 +23,12 @@ test: deps
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
+## Benchmarks of the release binaries; tables go to bench-results/latest.md (see BENCHMARKS.md).
+bench: deps
+	$(CARGO) build --release --workspace --bins
+	mkdir -p bench-results
+	./target/release/pod-reloaded-bench all | tee bench-results/latest.md
+
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -1,0 +1,470 @@
+//! `pod-reloaded-bench`: measures the release binaries and prints Markdown tables for
+//! BENCHMARKS.md. Everything runs on 127.0.0.1. Benchmarks, not tests: nothing here is
+//! asserted in CI, which only builds this binary.
+
+mod baseline;
+mod load;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use pod_reloaded_tests::fake_apiserver::FakeApiServer;
+use pod_reloaded_tests::fault_proxy::{BearerAuth, FaultProxy};
+use pod_reloaded_tests::process::{binary, free_port, Running};
+use pod_reloaded_tests::registry::{Registry, RegistryOptions};
+use pod_reloaded_tests::webhook::{fixture, generate_certificates, http_get, Webhook};
+use pod_reloaded_tests::workloads;
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(
+    name = "pod-reloaded-bench",
+    about = "Benchmarks of the release binaries (run with `make bench`)"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Which,
+}
+
+#[derive(Subcommand)]
+enum Which {
+    /// Everything: webhook, sidecar, binary sizes.
+    All(Settings),
+    /// Webhook throughput and latency against the baseline, readiness time, RSS.
+    Webhook(Settings),
+    /// Sidecar footprint over many rounds.
+    Sidecar(Settings),
+    /// (internal) the baseline server.
+    Baseline {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct Settings {
+    /// How long each load run lasts.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Concurrencies (connections) to run.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+    concurrency: Vec<usize>,
+    /// Sidecar rounds (at interval 1s).
+    #[arg(long, default_value_t = 120)]
+    rounds: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match args.command {
+            Which::Baseline { listen, cert, key } => baseline::serve(listen, &cert, &key).await,
+            Which::Webhook(settings) => webhook(&settings).await,
+            Which::Sidecar(settings) => sidecar(&settings).await,
+            Which::All(settings) => {
+                machine();
+                webhook(&settings).await?;
+                sidecar(&settings).await?;
+                sizes()
+            }
+        }
+    })
+}
+
+fn machine() {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| kb / 1024 / 1024)
+        .unwrap_or(0);
+    println!(
+        "Machine: {cores} cores, {memory} GiB memory, {}\n",
+        std::env::consts::ARCH
+    );
+}
+
+/// `VmRSS` and `VmHWM` of a process, in KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// User + system CPU time of a process.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let per_second = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(100);
+    Duration::from_secs_f64(ticks as f64 / per_second as f64)
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// Injectable bodies: the shared fixtures that inject, and pods of 1, 3 and 10 containers.
+fn bodies() -> Vec<load::Body> {
+    let mut reviews = Vec::new();
+    for name in [
+        "deployment-pod-default-sa.json",
+        "deployment-pod-custom-sa-pull-secret.json",
+        "statefulset-pod.json",
+        "daemonset-pod.json",
+        "deployment-pod-dry-run.json",
+    ] {
+        reviews.push(fixture(name));
+    }
+    let base = fixture("deployment-pod-default-sa.json");
+    for count in [1, 3, 10] {
+        let mut review = base.clone();
+        let template = review["request"]["object"]["spec"]["containers"][0].clone();
+        let containers: Vec<_> = (0..count)
+            .map(|i| {
+                let mut c = template.clone();
+                c["name"] = json!(format!("c{i}"));
+                c["image"] = json!(format!("registry.example.com/team/app{i}:main"));
+                c
+            })
+            .collect();
+        review["request"]["object"]["spec"]["containers"] = json!(containers);
+        reviews.push(review);
+    }
+    // Many distinct uids, so an answer for one request cannot pass for another.
+    let mut bodies = Vec::new();
+    for round in 0..64 {
+        for (i, review) in reviews.iter().enumerate() {
+            let uid = format!("bench-{round}-{i}");
+            let mut request = review["request"].clone();
+            if let Some(fields) = request.as_object_mut() {
+                fields.remove("uid");
+            }
+            // `uid` first, as kube-apiserver's Go structs serialize it.
+            let rest = request.to_string();
+            let text = format!(
+                r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"{uid}",{}}}"#,
+                &rest[1..]
+            );
+            bodies.push(load::Body {
+                uid,
+                bytes: Bytes::from(text),
+            });
+        }
+    }
+    bodies
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+async fn webhook(settings: &Settings) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = generate_certificates(dir.path());
+    let api = FakeApiServer::start().await?;
+    let bodies = Arc::new(bodies());
+
+    // Time from process start to /readyz answering 200, five starts.
+    let mut ready_times = Vec::new();
+    for _ in 0..5 {
+        let port = free_port();
+        let metrics_port = free_port();
+        let started = Instant::now();
+        let mut command = Command::new(binary("pod-reloaded-webhook"));
+        command
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .arg("--tls-cert-file")
+            .arg(&certs.cert)
+            .arg("--tls-key-file")
+            .arg(&certs.key)
+            .env("KUBECONFIG", api.kubeconfig_path())
+            .env("RUST_LOG", "warn");
+        let process = Running::spawn(command);
+        loop {
+            if matches!(http_get(metrics_port, "/readyz"), Ok((200, _))) {
+                ready_times.push(started.elapsed());
+                break;
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(10),
+                "webhook never became ready: {}",
+                process.output()
+            );
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+    }
+    ready_times.sort();
+
+    // Our webhook, and the baseline, on the same certificate.
+    let ours = Webhook::start(&certs, Some(&api), &[]).await;
+    let baseline_port = free_port();
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .arg("baseline")
+        .args(["--listen", &format!("127.0.0.1:{baseline_port}")])
+        .arg("--cert")
+        .arg(&certs.cert)
+        .arg("--key")
+        .arg(&certs.key);
+    let baseline_process = Running::spawn(command);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Warm-up: the RBAC side effect of each namespace happens once, then is remembered.
+    load::run(
+        ours.port,
+        &certs.ca,
+        bodies.clone(),
+        4,
+        Duration::from_secs(1),
+    )
+    .await;
+    load::run(
+        baseline_port,
+        &certs.ca,
+        bodies.clone(),
+        4,
+        Duration::from_secs(1),
+    )
+    .await;
+
+    println!(
+        "### Webhook: throughput and latency (each run {})\n",
+        humantime::format_duration(settings.duration)
+    );
+    println!(
+        "| C | server | req/s | ratio to baseline | p50 ms | p90 ms | p99 ms | max ms | failed |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut peak_rss = 0;
+    for &concurrency in &settings.concurrency {
+        let base = load::run(
+            baseline_port,
+            &certs.ca,
+            bodies.clone(),
+            concurrency,
+            settings.duration,
+        )
+        .await;
+        let pid = ours.process.child.id();
+        let sampler = tokio::spawn(async move {
+            let mut peak = 0;
+            let until = Instant::now() + Duration::from_secs(3600);
+            while Instant::now() < until {
+                peak = peak.max(memory_kib(pid).0);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if peak > 0 && memory_kib(pid).0 == 0 {
+                    break;
+                }
+            }
+            peak
+        });
+        let mine = load::run(
+            ours.port,
+            &certs.ca,
+            bodies.clone(),
+            concurrency,
+            settings.duration,
+        )
+        .await;
+        sampler.abort();
+        peak_rss = peak_rss.max(memory_kib(pid).0);
+        for (name, result) in [
+            ("baseline (hyper+rustls, no work)", &base),
+            ("pod-reloaded-webhook", &mine),
+        ] {
+            let ratio = result.throughput() / base.throughput();
+            println!(
+                "| {concurrency} | {name} | {:.0} | {ratio:.2}x | {} | {} | {} | {} | {} |",
+                result.throughput(),
+                ms(result.percentile(0.5)),
+                ms(result.percentile(0.9)),
+                ms(result.percentile(0.99)),
+                ms(result.latencies.last().copied().unwrap_or_default()),
+                result.failed,
+            );
+            if let Some(reason) = &result.first_failure {
+                println!("|  | first failure: {reason} | | | | | | | |");
+            }
+        }
+    }
+    let (rss, hwm) = memory_kib(ours.process.child.id());
+    println!();
+    println!("### Webhook: start-up and memory\n");
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| process start to `/readyz` 200 (median of 5, max) | {} ms, {} ms |",
+        ms(ready_times[ready_times.len() / 2]),
+        ms(*ready_times.last().unwrap_or(&Duration::ZERO))
+    );
+    println!(
+        "| RSS after the load runs / peak (VmHWM) | {} / {} |",
+        mib(rss.max(peak_rss)),
+        mib(hwm)
+    );
+    drop(baseline_process);
+    println!();
+    Ok(())
+}
+
+async fn sidecar(settings: &Settings) -> anyhow::Result<()> {
+    let registry = Registry::start(RegistryOptions::default()).await;
+    let pushed = registry
+        .push_index(
+            "demo/app",
+            "latest",
+            "bench",
+            &[("linux", "amd64"), ("linux", "arm64")],
+            false,
+        )
+        .await;
+    // Bearer tokens that live 30s: a token request only when the cached one expired.
+    let proxy = FaultProxy::start(
+        &registry.base_url,
+        Some(BearerAuth {
+            credentials: None,
+            token_lifetime: Duration::from_secs(30),
+        }),
+    )
+    .await;
+    let api = FakeApiServer::start().await?;
+    let image = format!("{}/demo/app:latest", proxy.host());
+    let owner = workloads::deployment(&api, "web", &image, json!({}));
+    let image_id = format!("{}/demo/app@{}", proxy.host(), pushed.digest);
+    workloads::running_pod(
+        &api,
+        "web-1",
+        Some(&owner),
+        &image,
+        &image_id,
+        "2026-11-24T00:00:00Z",
+    );
+    let pod_path = workloads::pod_path("web-1");
+
+    let mut command =
+        workloads::sidecar_command(&api, "web-1", "web", "1s", Some(&proxy.base_url()));
+    command.env("RUST_LOG", "warn");
+    let process = Running::spawn(command);
+    let pid = process.child.id();
+    let mut samples = Vec::new();
+    let started = Instant::now();
+    let mut cpu_at_10 = None;
+    loop {
+        let rounds = api.requests_to("GET", &pod_path).len();
+        if rounds >= 10 {
+            samples.push(memory_kib(pid).0);
+            if cpu_at_10.is_none() {
+                cpu_at_10 = Some((
+                    rounds,
+                    cpu_time(pid),
+                    proxy.requests().len(),
+                    api.requests().len(),
+                ));
+            }
+        }
+        if rounds >= settings.rounds {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(settings.rounds as u64 * 3 + 30),
+            "sidecar stopped doing rounds: {}",
+            process.output()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (_, peak) = memory_kib(pid);
+    let cpu_total = cpu_time(pid);
+    let rounds = api.requests_to("GET", &pod_path).len();
+    let (rounds_at_10, cpu_10, _, _) = cpu_at_10.context("never reached 10 rounds")?;
+    drop(process);
+    samples.sort_unstable();
+    let steady = samples[samples.len() / 2];
+    let steady_rounds = (rounds - rounds_at_10).max(1) as f64;
+    let heads = proxy.count("HEAD", "/manifests/");
+    let gets = proxy.count("GET", "/manifests/");
+    let tokens = proxy.count("GET", "/token");
+    let api_reads = api.requests().iter().filter(|r| !r.is_write()).count();
+    let api_writes = api.requests().iter().filter(|r| r.is_write()).count();
+    let per_round = |n: usize| format!("{:.3}", n as f64 / rounds as f64);
+
+    println!("### Sidecar: {rounds} rounds at interval 1s, one watched multi-arch tag, Bearer tokens living 30s\n");
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| steady RSS (median after round 10) | {} |", mib(steady));
+    println!("| peak RSS (VmHWM) | {} |", mib(peak));
+    println!(
+        "| CPU per round (after round 10) | {:.2} ms |",
+        (cpu_total.saturating_sub(cpu_10)).as_secs_f64() * 1000.0 / steady_rounds
+    );
+    println!("| CPU in total | {:.2} s |", cpu_total.as_secs_f64());
+    println!(
+        "| registry HEAD per round | {} ({heads} in {rounds} rounds, the first one answered 401) |",
+        per_round(heads)
+    );
+    println!(
+        "| registry GET manifest per round | {} ({gets}) |",
+        per_round(gets)
+    );
+    println!(
+        "| token requests per round | {} ({tokens}) |",
+        per_round(tokens)
+    );
+    println!(
+        "| API reads per round | {} ({api_reads}) |",
+        per_round(api_reads)
+    );
+    println!("| API writes | {api_writes} |");
+    println!();
+    Ok(())
+}
+
+fn sizes() -> anyhow::Result<()> {
+    println!("### Release binaries (stripped, `cargo build --release`)\n");
+    println!("| binary | size |");
+    println!("|---|---|");
+    for name in ["pod-reloaded-webhook", "pod-reloaded-sidecar"] {
+        let path: PathBuf = binary(name);
+        let bytes = std::fs::metadata(Path::new(&path))?.len();
+        println!("| {name} | {} |", mib(bytes / 1024));
+    }
+    println!();
+    Ok(())
+}
