@@ -2,6 +2,7 @@
 //! BENCHMARKS.md. Everything runs on 127.0.0.1. Benchmarks, not tests: nothing here is
 //! asserted in CI, which only builds this binary.
 
+mod admission_cpu;
 mod baseline;
 mod load;
 
@@ -40,6 +41,11 @@ enum Which {
     Webhook(Settings),
     /// Sidecar footprint over many rounds.
     Sidecar(Settings),
+    /// CPU per admission in-process, by stage.
+    Admission {
+        #[arg(long, default_value_t = 2000)]
+        iterations: u32,
+    },
     /// (internal) the baseline server.
     Baseline {
         #[arg(long)]
@@ -73,6 +79,10 @@ fn main() -> anyhow::Result<()> {
         match args.command {
             Which::Baseline { listen, cert, key } => baseline::serve(listen, &cert, &key).await,
             Which::Webhook(settings) => webhook(&settings).await,
+            Which::Admission { iterations } => {
+                admission_cpu(iterations).await;
+                Ok(())
+            }
             Which::Sidecar(settings) => sidecar(&settings).await,
             Which::All(settings) => {
                 machine();
@@ -189,6 +199,18 @@ fn bodies() -> Vec<load::Body> {
         }
     }
     bodies
+}
+
+async fn admission_cpu(iterations: u32) {
+    use clap::Parser as _;
+    let config = pod_reloaded_webhook::config::Config::parse_from(["pod-reloaded-webhook"]);
+    let admission = pod_reloaded_webhook::admission::Admission {
+        settings: config.injection_settings().expect("default settings"),
+        granter: None,
+        metrics: Default::default(),
+    };
+    let body = fixture("deployment-pod-dry-run.json").to_string();
+    admission_cpu::run(&admission, body.as_bytes(), iterations).await;
 }
 
 fn ms(d: Duration) -> String {
