@@ -23,6 +23,10 @@ use pod_reloaded_tests::webhook::{fixture, generate_certificates, http_get, Webh
 use pod_reloaded_tests::workloads;
 use serde_json::json;
 
+/// The webhook's allocator, so in-process figures match the shipped binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "pod-reloaded-bench",

@@ -1,6 +1,5 @@
 //! Image references and running digests, read the way the container runtime writes them.
 
-use oci_spec::distribution::Reference;
 use pod_reloaded_contract::is_sha256_digest;
 
 /// Docker Hub's API host; `docker.io` is only the name in references.
@@ -33,23 +32,162 @@ pub enum ImageSpec {
 
 /// Parses `nginx`, `host:5000/a/b:tag`, `repo@sha256:…` like the runtime does:
 /// no registry means Docker Hub, a one-part Hub name lives under `library/`, no tag is
-/// `latest`.
+/// `latest`. The grammar is distribution's `reference` package (ASCII, as in Go).
+///
+/// Hand-written: the crates that parse references compile distribution's regular
+/// expression with Unicode `\w{0,127}`, which costs ~17 MB at first use and keeps ~5 MB,
+/// more than half the sidecar's memory budget (measured with heaptrack).
 pub fn parse_image(image: &str) -> Result<ImageSpec, String> {
-    let reference: Reference = image
-        .parse()
-        .map_err(|e| format!("{image:?} is not a valid image reference: {e}"))?;
-    if let Some(digest) = reference.digest() {
+    let invalid = |why: &str| format!("{image:?} is not a valid image reference: {why}");
+    let (name_and_tag, digest) = match image.split_once('@') {
+        Some((rest, digest)) => (rest, Some(digest)),
+        None => (image, None),
+    };
+    // A `:` after the last `/` starts the tag; one before it is the registry's port.
+    let last_slash = name_and_tag.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match name_and_tag[last_slash..].rfind(':') {
+        Some(i) => (
+            &name_and_tag[..last_slash + i],
+            Some(&name_and_tag[last_slash + i + 1..]),
+        ),
+        None => (name_and_tag, None),
+    };
+    if let Some(tag) = tag {
+        if !is_tag(tag) {
+            return Err(invalid(
+                "tag must be 1-128 of [A-Za-z0-9_.-], not starting with . or -",
+            ));
+        }
+    }
+    let (domain, path) = split_domain(name);
+    if let Some(domain) = domain {
+        if !is_domain(domain) {
+            return Err(invalid("registry host is not host[:port]"));
+        }
+    }
+    if path.is_empty() || !path.split('/').all(is_path_component) {
+        return Err(invalid(
+            "repository must be lowercase [a-z0-9] components separated by /, ., _, __ or -",
+        ));
+    }
+    if name.len() > NAME_MAX_LENGTH {
+        return Err(invalid("name is longer than 255 characters"));
+    }
+    if let Some(digest) = digest {
+        if !is_digest(digest) {
+            return Err(invalid(
+                "digest must be algorithm:hex (at least 32 hex digits)",
+            ));
+        }
         return Ok(ImageSpec::Pinned(digest.to_string()));
     }
-    let registry = match reference.registry() {
-        "docker.io" | "index.docker.io" => DOCKER_HUB_REGISTRY.to_string(),
-        other => other.to_string(),
+    let registry = match domain {
+        None | Some("docker.io" | "index.docker.io") => DOCKER_HUB_REGISTRY,
+        Some(other) => other,
+    };
+    let repository = if registry == DOCKER_HUB_REGISTRY && !path.contains('/') {
+        format!("library/{path}")
+    } else {
+        path.to_string()
     };
     Ok(ImageSpec::Tagged(WatchedImage {
-        registry,
-        repository: reference.repository().to_string(),
-        tag: reference.tag().unwrap_or("latest").to_string(),
+        registry: registry.to_string(),
+        repository,
+        tag: tag.unwrap_or("latest").to_string(),
     }))
+}
+
+/// Longest repository name distribution accepts, registry included.
+const NAME_MAX_LENGTH: usize = 255;
+
+/// The first component is a registry when it looks like a host: it has a `.` or a `:`,
+/// is `localhost`, or has uppercase letters (which repositories cannot have).
+fn split_domain(name: &str) -> (Option<&str>, &str) {
+    match name.split_once('/') {
+        Some((first, rest))
+            if first.contains(['.', ':'])
+                || first == "localhost"
+                || first.bytes().any(|b| b.is_ascii_uppercase()) =>
+        {
+            (Some(first), rest)
+        }
+        _ => (None, name),
+    }
+}
+
+fn is_domain(domain: &str) -> bool {
+    let (host, port) = match domain.find(']') {
+        // `[IPv6]` or `[IPv6]:port`
+        Some(end) => match &domain[end + 1..] {
+            "" => (&domain[..=end], None),
+            rest => (&domain[..=end], Some(rest.strip_prefix(':').unwrap_or(""))),
+        },
+        None => match domain.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (domain, None),
+        },
+    };
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let host_ok = if let Some(ipv6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        !ipv6.is_empty() && ipv6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':')
+    } else {
+        host.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+    };
+    port_ok && host_ok
+}
+
+/// `[a-z0-9]+` runs joined by one separator: `.`, `_`, `__` or any number of `-`.
+fn is_path_component(component: &str) -> bool {
+    let bytes = component.as_bytes();
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if !bytes.first().is_some_and(|&b| alnum(b)) || !bytes.last().is_some_and(|&b| alnum(b)) {
+        return false;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        if alnum(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && !alnum(bytes[i]) {
+            i += 1;
+        }
+        let separator = &component[start..i];
+        let valid = matches!(separator, "." | "_" | "__") || separator.bytes().all(|b| b == b'-');
+        if !valid {
+            return false;
+        }
+    }
+    true
+}
+
+fn is_tag(tag: &str) -> bool {
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    tag.len() <= 128
+        && tag.bytes().next().is_some_and(word)
+        && tag.bytes().all(|b| word(b) || b == b'.' || b == b'-')
+}
+
+fn is_digest(digest: &str) -> bool {
+    let Some((algorithm, hex)) = digest.split_once(':') else {
+        return false;
+    };
+    let algorithm_ok = algorithm
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic())
+        && algorithm
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+' | b'.'));
+    algorithm_ok && hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The digest a container runs, from `status.containerStatuses[].imageID`.
@@ -135,6 +273,21 @@ mod tests {
             tagged("127.0.0.1:5000/demo/app:latest").registry,
             "127.0.0.1:5000"
         );
+        assert_eq!(
+            tagged("[::1]:5000/demo/app:v2").to_string(),
+            "[::1]:5000/demo/app:v2"
+        );
+        assert_eq!(tagged("[fe80::1]/app").registry, "[fe80::1]");
+        assert_eq!(
+            tagged("ghcr.io/org/team/svc-a__b.c---d:1.0_rc-2").to_string(),
+            "ghcr.io/org/team/svc-a__b.c---d:1.0_rc-2"
+        );
+        // An uppercase first component can only be a registry host.
+        assert_eq!(tagged("Registry/app").registry, "Registry");
+        assert_eq!(tagged("team/app").repository, "team/app");
+        assert_eq!(tagged(&format!("app:{}", "t".repeat(128))).tag.len(), 128);
+        assert!(parse_image(&format!("app:{}", "t".repeat(129))).is_err());
+        assert!(parse_image(&format!("a/{}", "b".repeat(255))).is_err());
     }
 
     #[test]
@@ -152,7 +305,24 @@ mod tests {
 
     #[test]
     fn bad_references_are_errors() {
-        for bad in ["", "library/UPPER", "nginx:", "a b", "nginx@sha256:short"] {
+        for bad in [
+            "",
+            "library/UPPER",
+            "nginx:",
+            "a b",
+            "nginx@sha256:short",
+            "nginx:-dash",
+            "nginx:ünicode",
+            "team//app",
+            "team/app_",
+            "team/a...b",
+            "host:port/app",
+            "-host.io/app",
+            "nginx@sha256",
+            "[::1]x/app",
+            "[]:5000/app",
+            "host:/app",
+        ] {
             assert!(parse_image(bad).is_err(), "{bad:?}");
         }
     }

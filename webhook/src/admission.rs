@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use kube::core::DynamicObject;
+use kube::core::{DynamicObject, Resource};
 use tracing::{info, warn};
 
 use crate::inject::{self, Decision, InjectionSettings};
@@ -12,7 +12,6 @@ use crate::metrics::{AdmissionResult, Metrics};
 use crate::rbac::AccessGranter;
 
 type Review = AdmissionReview<DynamicObject>;
-type Request = AdmissionRequest<DynamicObject>;
 
 const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
 const REVIEW_KIND: &str = "AdmissionReview";
@@ -60,64 +59,54 @@ impl Admission {
     }
 
     async fn review_inner(&self, body: &[u8]) -> Result<(Review, AdmissionResult), InvalidReview> {
-        let review: Review = serde_json::from_slice(body).map_err(InvalidReview::NotAReview)?;
-        if review.types.api_version != REVIEW_API_VERSION || review.types.kind != REVIEW_KIND {
-            return Err(InvalidReview::WrongType {
-                api_version: review.types.api_version,
-                kind: review.types.kind,
-            });
-        }
-        let request: Request = review.try_into().map_err(|_| InvalidReview::NoRequest)?;
-        if request.uid.is_empty() {
-            return Err(InvalidReview::NoUid);
-        }
-        let (response, result) = self.admit(&request).await?;
+        // Pod reviews, nearly all the traffic, are parsed once straight into `Pod`. Anything
+        // that does not parse that way (another kind, an invalid Pod, not a review at all)
+        // is parsed again generically, to skip it or to say exactly what is wrong.
+        let (response, result) = match serde_json::from_slice::<AdmissionReview<Pod>>(body) {
+            Ok(review) => {
+                let request = checked(review)?;
+                match not_injectable(&request) {
+                    Some(reason) => skip(AdmissionResponse::from(&request), &request, reason),
+                    None => {
+                        let pod = request.object.as_ref().ok_or(InvalidReview::NoObject)?;
+                        self.admit(&request, pod).await
+                    }
+                }
+            }
+            Err(_) => {
+                let review: Review =
+                    serde_json::from_slice(body).map_err(InvalidReview::NotAReview)?;
+                let request = checked(review)?;
+                match not_injectable(&request) {
+                    Some(reason) => skip(AdmissionResponse::from(&request), &request, reason),
+                    None => {
+                        let object = request.object.as_ref().ok_or(InvalidReview::NoObject)?;
+                        let pod: Pod = serde_json::to_value(object)
+                            .and_then(serde_json::from_value)
+                            .map_err(InvalidReview::NotAPod)?;
+                        self.admit(&request, &pod).await
+                    }
+                }
+            }
+        };
         Ok((response.into_review(), result))
     }
 
-    async fn admit(
+    /// Injects a Pod being created, running the RBAC side effect unless it is a dry run.
+    async fn admit<T: Resource>(
         &self,
-        request: &Request,
-    ) -> Result<(AdmissionResponse, AdmissionResult), InvalidReview> {
+        request: &AdmissionRequest<T>,
+        pod: &Pod,
+    ) -> (AdmissionResponse, AdmissionResult) {
         let response = AdmissionResponse::from(request);
-        let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
-        if !is_pod || request.sub_resource.is_some() {
-            let what = format!(
-                "{}/{}",
-                request.kind.kind,
-                request.sub_resource.as_deref().unwrap_or("")
-            );
-            return Ok(skip(
-                response,
-                request,
-                format!(
-                    "pod-reloaded: only Pods are injected, not {}",
-                    what.trim_end_matches('/')
-                ),
-            ));
-        }
-        if !matches!(request.operation, Operation::Create) {
-            return Ok(skip(
-                response,
-                request,
-                format!(
-                    "pod-reloaded: only Pod CREATE is injected, not {:?}",
-                    request.operation
-                ),
-            ));
-        }
-        let object = request.object.as_ref().ok_or(InvalidReview::NoObject)?;
-        let pod: Pod = serde_json::to_value(object)
-            .and_then(serde_json::from_value)
-            .map_err(InvalidReview::NotAPod)?;
         let namespace = request
             .namespace
             .clone()
             .or_else(|| pod.metadata.namespace.clone())
             .unwrap_or_else(|| "default".to_string());
 
-        let injection = match inject::decide(&pod, &namespace, &self.settings) {
-            Decision::Skip(reason) => return Ok(skip(response, request, reason.to_string())),
+        let injection = match inject::decide(pod, &namespace, &self.settings) {
+            Decision::Skip(reason) => return skip(response, request, reason.to_string()),
             Decision::Inject(injection) => injection,
         };
 
@@ -137,23 +126,23 @@ impl Admission {
                 }
             };
             if let Err(error) = granted {
-                warn!(uid = %request.uid, %namespace, pod = %pod_name(&pod), error = format!("{error:#}"), "admitted without injection: could not grant the checker its RBAC");
+                warn!(uid = %request.uid, %namespace, pod = %pod_name(pod), error = format!("{error:#}"), "admitted without injection: could not grant the checker its RBAC");
                 let message = format!(
                     "pod-reloaded: not injected: could not bind ServiceAccount {} to ClusterRole {}: {error:#}",
                     injection.service_account,
                     pod_reloaded_contract::CHECKER_CLUSTER_ROLE
                 );
-                return Ok((
+                return (
                     with_warnings(response, vec![message]),
                     AdmissionResult::Error,
-                ));
+                );
             }
         }
 
         info!(
             uid = %request.uid,
             %namespace,
-            pod = %pod_name(&pod),
+            pod = %pod_name(pod),
             watched = %injection.watched_containers.join(","),
             service_account = %injection.service_account,
             dry_run = request.dry_run,
@@ -161,23 +150,61 @@ impl Admission {
         );
         let warnings = injection.warnings;
         match response.clone().with_patch(injection.patch) {
-            Ok(patched) => Ok((with_warnings(patched, warnings), AdmissionResult::Injected)),
+            Ok(patched) => (with_warnings(patched, warnings), AdmissionResult::Injected),
             Err(error) => {
                 warn!(%error, "could not serialize patch");
                 let message =
                     format!("pod-reloaded: not injected: could not serialize patch: {error}");
-                Ok((
+                (
                     with_warnings(response, vec![message]),
                     AdmissionResult::Error,
-                ))
+                )
             }
         }
     }
 }
 
-fn skip(
+/// Why a request is not a Pod CREATE, the only thing injected.
+fn not_injectable<T: Resource>(request: &AdmissionRequest<T>) -> Option<String> {
+    let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
+    if !is_pod || request.sub_resource.is_some() {
+        let what = format!(
+            "{}/{}",
+            request.kind.kind,
+            request.sub_resource.as_deref().unwrap_or("")
+        );
+        return Some(format!(
+            "pod-reloaded: only Pods are injected, not {}",
+            what.trim_end_matches('/')
+        ));
+    }
+    if !matches!(request.operation, Operation::Create) {
+        return Some(format!(
+            "pod-reloaded: only Pod CREATE is injected, not {:?}",
+            request.operation
+        ));
+    }
+    None
+}
+
+/// The request of a review, checked for what every answer needs.
+fn checked<T: Resource>(review: AdmissionReview<T>) -> Result<AdmissionRequest<T>, InvalidReview> {
+    if review.types.api_version != REVIEW_API_VERSION || review.types.kind != REVIEW_KIND {
+        return Err(InvalidReview::WrongType {
+            api_version: review.types.api_version,
+            kind: review.types.kind,
+        });
+    }
+    let request: AdmissionRequest<T> = review.try_into().map_err(|_| InvalidReview::NoRequest)?;
+    if request.uid.is_empty() {
+        return Err(InvalidReview::NoUid);
+    }
+    Ok(request)
+}
+
+fn skip<T: Resource>(
     response: AdmissionResponse,
-    request: &Request,
+    request: &AdmissionRequest<T>,
     reason: String,
 ) -> (AdmissionResponse, AdmissionResult) {
     info!(uid = %request.uid, namespace = request.namespace.as_deref().unwrap_or(""), %reason, "not injected");

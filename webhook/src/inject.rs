@@ -1,12 +1,14 @@
 //! The injection rules: given a Pod and the webhook's settings, decide whether to inject
 //! the checker sidecar and build the JSON Patch that does it. Pure: no I/O.
 //!
-//! The patch is computed as `json_patch::diff(pod, injected pod)`, so every JSON Pointer
-//! (annotation keys with `/` and `~`, missing maps) is escaped by the crate, not by hand.
+//! The patch is a list of operations against the pod as sent (`add` where a field or map
+//! is missing, `replace` where it exists); JSON Pointers are escaped by `jsonptr`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
+use jsonptr::PointerBuf;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, PodSpec,
     ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretVolumeSource,
@@ -14,6 +16,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use pod_reloaded_contract as contract;
+use serde::Serialize;
 
 /// Controller kinds whose pods the sidecar can restart (a ReplicaSet is followed to its
 /// Deployment by the sidecar).
@@ -277,61 +280,114 @@ fn validate_registry_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// JSON Patch operations against the pod as the API server sent it. Pointers are built
+/// from unescaped tokens by `jsonptr`, which escapes `/` and `~` (annotation keys).
+#[derive(Default)]
+struct PatchOps(Vec<PatchOperation>);
+
+impl PatchOps {
+    fn add<'t>(&mut self, path: impl IntoIterator<Item = &'t str>, value: impl Serialize) {
+        self.push(path, value, |path, value| {
+            PatchOperation::Add(AddOperation { path, value })
+        });
+    }
+
+    fn replace<'t>(&mut self, path: impl IntoIterator<Item = &'t str>, value: impl Serialize) {
+        self.push(path, value, |path, value| {
+            PatchOperation::Replace(ReplaceOperation { path, value })
+        });
+    }
+
+    /// `add` when the pod has no such field yet, `replace` when it has one.
+    fn set<'t>(
+        &mut self,
+        exists: bool,
+        path: impl IntoIterator<Item = &'t str>,
+        value: impl Serialize,
+    ) {
+        if exists {
+            self.replace(path, value);
+        } else {
+            self.add(path, value);
+        }
+    }
+
+    fn push<'t>(
+        &mut self,
+        path: impl IntoIterator<Item = &'t str>,
+        value: impl Serialize,
+        op: impl FnOnce(PointerBuf, serde_json::Value) -> PatchOperation,
+    ) {
+        // k8s-openapi types and strings always serialize; `Null` keeps the no-panic rule.
+        let value = serde_json::to_value(value).unwrap_or_default();
+        self.0.push(op(PointerBuf::from_tokens(path), value));
+    }
+}
+
 fn build_injection(pod: &Pod, plan: Plan, settings: &InjectionSettings) -> Injection {
     let mut warnings = plan.warnings;
-    let mut injected = pod.clone();
-    let spec = injected.spec.get_or_insert_with(Default::default);
+    let mut ops = PatchOps::default();
+    let empty_spec = PodSpec::default();
+    let spec = pod.spec.as_ref().unwrap_or(&empty_spec);
 
     if plan.set_pull_policy {
-        for container in spec
-            .containers
-            .iter_mut()
-            .filter(|c| plan.watched.contains(&c.name))
-        {
-            if container.image_pull_policy.as_deref() != Some("Always") {
-                container.image_pull_policy = Some("Always".to_string());
-                warnings.push(format!(
-                    "pod-reloaded: set imagePullPolicy: Always on container {} so a restart pulls the new digest (annotate {}=keep to prevent)",
-                    container.name,
-                    contract::ANNOTATION_PULL_POLICY
-                ));
+        for (index, container) in spec.containers.iter().enumerate() {
+            let policy = container.image_pull_policy.as_deref();
+            if !plan.watched.contains(&container.name) || policy == Some("Always") {
+                continue;
             }
+            let index = index.to_string();
+            ops.set(
+                policy.is_some(),
+                ["spec", "containers", &index, "imagePullPolicy"],
+                "Always",
+            );
+            warnings.push(format!(
+                "pod-reloaded: set imagePullPolicy: Always on container {} so a restart pulls the new digest (annotate {}=keep to prevent)",
+                container.name,
+                contract::ANNOTATION_PULL_POLICY
+            ));
         }
     }
 
     let current_account = spec
         .service_account_name
-        .clone()
-        .or_else(|| spec.service_account.clone())
+        .as_deref()
+        .or(spec.service_account.as_deref())
         .filter(|sa| !sa.is_empty())
-        .unwrap_or_else(|| "default".to_string());
+        .unwrap_or("default");
     let uses_checker_account = current_account == "default";
     let service_account = if uses_checker_account {
-        spec.service_account_name = Some(contract::CHECKER_SERVICE_ACCOUNT.to_string());
+        let checker = contract::CHECKER_SERVICE_ACCOUNT;
+        ops.set(
+            spec.service_account_name.is_some(),
+            ["spec", "serviceAccountName"],
+            checker,
+        );
         // The deprecated alias must agree, or validation rejects the pod.
         if spec.service_account.is_some() {
-            spec.service_account = Some(contract::CHECKER_SERVICE_ACCOUNT.to_string());
+            ops.replace(["spec", "serviceAccount"], checker);
         }
-        contract::CHECKER_SERVICE_ACCOUNT.to_string()
+        checker.to_string()
     } else {
-        current_account
+        current_account.to_string()
     };
 
-    let mut mounts = vec![api_access_mount(spec)];
-    let pull_secrets: Vec<String> = spec
+    let mut new_volumes = Vec::new();
+    let mut mounts = vec![api_access_mount(spec, &mut new_volumes)];
+    let pull_secrets: Vec<&str> = spec
         .image_pull_secrets
         .iter()
         .flatten()
-        .map(|s| s.name.clone())
+        .map(|s| s.name.as_str())
         .filter(|n| !n.is_empty())
         .collect();
-    let volumes = spec.volumes.get_or_insert_with(Vec::new);
     for (index, secret) in pull_secrets.iter().enumerate() {
         let volume_name = format!("{PULL_SECRET_VOLUME_PREFIX}{index}");
-        volumes.push(Volume {
+        new_volumes.push(Volume {
             name: volume_name.clone(),
             secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.clone()),
+                secret_name: Some(secret.to_string()),
                 // A missing pull secret must not stop the application pod from starting.
                 optional: Some(true),
                 ..Default::default()
@@ -344,6 +400,13 @@ fn build_injection(pod: &Pod, plan: Plan, settings: &InjectionSettings) -> Injec
             read_only: Some(true),
             ..Default::default()
         });
+    }
+    if spec.volumes.is_some() {
+        for volume in &new_volumes {
+            ops.add(["spec", "volumes", "-"], volume);
+        }
+    } else if !new_volumes.is_empty() {
+        ops.add(["spec", "volumes"], &new_volumes);
     }
 
     let mut env = vec![
@@ -364,33 +427,29 @@ fn build_injection(pod: &Pod, plan: Plan, settings: &InjectionSettings) -> Injec
 
     let mut sidecar = sidecar_container(settings, env, mounts);
     match settings.sidecar_mode {
-        SidecarMode::Container => spec.containers.push(sidecar),
+        SidecarMode::Container => ops.add(["spec", "containers", "-"], &sidecar),
         SidecarMode::Native => {
             sidecar.restart_policy = Some("Always".to_string());
-            spec.init_containers
-                .get_or_insert_with(Vec::new)
-                .insert(0, sidecar);
+            if spec.init_containers.is_some() {
+                ops.add(["spec", "initContainers", "0"], &sidecar);
+            } else {
+                ops.add(["spec", "initContainers"], [&sidecar]);
+            }
         }
     }
 
-    injected
-        .metadata
-        .annotations
-        .get_or_insert_with(Default::default)
-        .insert(
-            contract::ANNOTATION_INJECTED.to_string(),
-            settings.version.clone(),
+    let injected = contract::ANNOTATION_INJECTED;
+    if pod.metadata.annotations.is_some() {
+        ops.add(["metadata", "annotations", injected], &settings.version);
+    } else {
+        ops.add(
+            ["metadata", "annotations"],
+            BTreeMap::from([(injected, &settings.version)]),
         );
+    }
 
-    let before = serde_json::to_value(pod);
-    let after = serde_json::to_value(&injected);
-    let patch = match (before, after) {
-        (Ok(before), Ok(after)) => json_patch::diff(&before, &after),
-        // k8s-openapi types always serialize; keep the no-panic rule all the same.
-        _ => json_patch::Patch(Vec::new()),
-    };
     Injection {
-        patch,
+        patch: json_patch::Patch(ops.0),
         service_account,
         uses_checker_account,
         watched_containers: plan.watched,
@@ -401,7 +460,7 @@ fn build_injection(pod: &Pod, plan: Plan, settings: &InjectionSettings) -> Injec
 /// The mount that gives the sidecar its API token: the pod's own `kube-api-access-*`
 /// volume when the ServiceAccount admission plugin added one, else a projected volume of
 /// our own (the pod may have `automountServiceAccountToken: false`).
-fn api_access_mount(spec: &mut PodSpec) -> VolumeMount {
+fn api_access_mount(spec: &PodSpec, new_volumes: &mut Vec<Volume>) -> VolumeMount {
     let existing = spec
         .volumes
         .iter()
@@ -409,9 +468,7 @@ fn api_access_mount(spec: &mut PodSpec) -> VolumeMount {
         .find(|v| v.name.starts_with(API_ACCESS_VOLUME_PREFIX) && v.projected.is_some())
         .map(|v| v.name.clone());
     let name = existing.unwrap_or_else(|| {
-        spec.volumes
-            .get_or_insert_with(Vec::new)
-            .push(own_api_access_volume());
+        new_volumes.push(own_api_access_volume());
         OWN_API_ACCESS_VOLUME.to_string()
     });
     VolumeMount {

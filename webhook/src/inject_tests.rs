@@ -448,6 +448,45 @@ fn native_mode_puts_the_sidecar_first_among_init_containers() {
 }
 
 #[test]
+fn native_mode_without_init_containers_creates_the_list() {
+    let (_, patched) = inject(&deployment_pod(), SidecarMode::Native);
+    let init = patched["spec"]["initContainers"].as_array().unwrap();
+    assert_eq!(init.len(), 1);
+    assert_eq!(init[0]["name"], contract::SIDECAR_CONTAINER_NAME);
+    assert_eq!(init[0]["restartPolicy"], "Always");
+}
+
+#[test]
+fn account_set_only_by_the_deprecated_alias_is_switched_in_both_fields() {
+    let mut pod = deployment_pod();
+    pod["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("serviceAccountName");
+    let (injection, patched) = inject(&pod, SidecarMode::Container);
+    assert!(injection.uses_checker_account);
+    for field in ["serviceAccountName", "serviceAccount"] {
+        assert_eq!(
+            patched["spec"][field],
+            contract::CHECKER_SERVICE_ACCOUNT,
+            "{field}"
+        );
+    }
+
+    let mut custom = deployment_pod();
+    custom["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("serviceAccountName");
+    custom["spec"]["serviceAccount"] = json!("builder");
+    let (injection, patched) = inject(&custom, SidecarMode::Container);
+    assert!(!injection.uses_checker_account);
+    assert_eq!(injection.service_account, "builder");
+    assert_eq!(patched["spec"]["serviceAccount"], "builder");
+    assert!(patched["spec"].get("serviceAccountName").is_none());
+}
+
+#[test]
 fn pod_without_api_token_volume_gets_its_own_for_the_sidecar() {
     let mut pod = deployment_pod();
     pod["spec"].as_object_mut().unwrap().remove("volumes");

@@ -11,6 +11,11 @@ use pod_reloaded_webhook::server::{self, HealthState};
 use pod_reloaded_webhook::tls::{self, CertificateFiles};
 use tracing::{error, info, warn};
 
+/// Every admission parses and builds many small JSON values; glibc's and musl's
+/// allocators were a third of the CPU under load (perf, see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// In-flight admission requests get this long after SIGTERM; the API server times out at 5s.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
