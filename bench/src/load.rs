@@ -48,8 +48,11 @@ fn check(body: &Body, status: u16, answer: &[u8]) -> Result<(), String> {
     if response["uid"].as_str() != Some(body.uid.as_str()) {
         return Err(format!("uid {} instead of {}", response["uid"], body.uid));
     }
-    if response["patch"].is_null() {
-        return Err(format!("no patch (warnings: {})", response["warnings"]));
+    if response["patch"].as_str().is_none_or(str::is_empty) {
+        return Err(format!(
+            "no base64 patch (warnings: {})",
+            response["warnings"]
+        ));
     }
     Ok(())
 }

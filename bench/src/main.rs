@@ -72,6 +72,9 @@ struct Settings {
     /// Sidecar rounds (at interval 1s).
     #[arg(long, default_value_t = 120)]
     rounds: usize,
+    /// Sidecar binaries to measure side by side (default: the release build's).
+    #[arg(long)]
+    sidecar_binary: Vec<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -92,7 +95,7 @@ fn main() -> anyhow::Result<()> {
                 machine();
                 webhook(&settings).await?;
                 sidecar(&settings).await?;
-                sizes()
+                sizes(&settings)
             }
         }
     })
@@ -132,22 +135,27 @@ fn memory_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// User + system CPU time of a process.
+/// CPU time of a process, summed over its threads from `/proc/<pid>/task/*/schedstat`
+/// (nanoseconds: the tick counts of `/proc/<pid>/stat` are too coarse for a sidecar round).
 fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let per_second = Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(100);
-    Duration::from_secs_f64(ticks as f64 / per_second as f64)
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let nanos: u64 = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(nanos)
+}
+
+/// A path as given relative to the working directory, for tables.
+fn shown(path: &Path) -> String {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    path.strip_prefix(&cwd)
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }
 
 fn mib(kib: u64) -> String {
@@ -371,7 +379,81 @@ async fn webhook(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What one sidecar binary did over the rounds; counts are from the harness, not its log.
+struct SidecarFigures {
+    rounds: usize,
+    steady_rss_kib: u64,
+    peak_rss_kib: u64,
+    cpu_per_round: Duration,
+    cpu_total: Duration,
+    heads: usize,
+    manifest_gets: usize,
+    tokens: usize,
+    api_reads: usize,
+    api_writes: usize,
+}
+
 async fn sidecar(settings: &Settings) -> anyhow::Result<()> {
+    let binaries = if settings.sidecar_binary.is_empty() {
+        vec![binary("pod-reloaded-sidecar")]
+    } else {
+        settings.sidecar_binary.clone()
+    };
+    let mut measured = Vec::new();
+    for path in &binaries {
+        measured.push((path, sidecar_rounds(settings, path).await?));
+    }
+    println!("### Sidecar: {} rounds at interval 1s, one watched multi-arch tag, Bearer tokens living 30s\n", settings.rounds);
+    let header: Vec<String> = measured
+        .iter()
+        .map(|(path, _)| format!("`{}` ({})", path.display(), linkage(path)))
+        .collect();
+    println!("| measure | {} |", header.join(" | "));
+    println!("|---|{}", "---|".repeat(measured.len()));
+    let row = |name: &str, value: &dyn Fn(&SidecarFigures) -> String| {
+        let cells: Vec<String> = measured.iter().map(|(_, f)| value(f)).collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    };
+    let per_round = |n: usize, f: &SidecarFigures| {
+        format!(
+            "{:.3} ({n} in {} rounds)",
+            n as f64 / f.rounds as f64,
+            f.rounds
+        )
+    };
+    row("steady RSS (median after round 10)", &|f| {
+        mib(f.steady_rss_kib)
+    });
+    row("peak RSS (VmHWM)", &|f| mib(f.peak_rss_kib));
+    row("CPU per round (after round 10)", &|f| {
+        format!("{:.2} ms", f.cpu_per_round.as_secs_f64() * 1000.0)
+    });
+    row("CPU in total", &|f| {
+        format!("{:.2} s", f.cpu_total.as_secs_f64())
+    });
+    row("registry HEAD per round (the first answered 401)", &|f| {
+        per_round(f.heads, f)
+    });
+    row("registry GET manifest per round", &|f| {
+        per_round(f.manifest_gets, f)
+    });
+    row("token requests per round", &|f| per_round(f.tokens, f));
+    row("API reads per round", &|f| per_round(f.api_reads, f));
+    row("API writes", &|f| f.api_writes.to_string());
+    println!();
+    Ok(())
+}
+
+/// "static" or "dynamic", from whether the ELF file names a program interpreter.
+fn linkage(path: &Path) -> &'static str {
+    match std::fs::read(path) {
+        Ok(bytes) if bytes.windows(15).any(|w| w == b"ld-linux-x86-64") => "dynamic",
+        Ok(_) => "static",
+        Err(_) => "unreadable",
+    }
+}
+
+async fn sidecar_rounds(settings: &Settings, sidecar: &Path) -> anyhow::Result<SidecarFigures> {
     let registry = Registry::start(RegistryOptions::default()).await;
     let pushed = registry
         .push_index(
@@ -405,9 +487,15 @@ async fn sidecar(settings: &Settings) -> anyhow::Result<()> {
     );
     let pod_path = workloads::pod_path("web-1");
 
-    let mut command =
+    let harness_command =
         workloads::sidecar_command(&api, "web-1", "web", "1s", Some(&proxy.base_url()));
-    command.env("RUST_LOG", "warn");
+    let mut command = Command::new(sidecar);
+    command.env_clear().env("RUST_LOG", "warn");
+    for (name, value) in harness_command.get_envs() {
+        if let Some(value) = value {
+            command.env(name, value);
+        }
+    }
     let process = Running::spawn(command);
     let pid = process.child.id();
     let mut samples = Vec::new();
@@ -418,12 +506,7 @@ async fn sidecar(settings: &Settings) -> anyhow::Result<()> {
         if rounds >= 10 {
             samples.push(memory_kib(pid).0);
             if cpu_at_10.is_none() {
-                cpu_at_10 = Some((
-                    rounds,
-                    cpu_time(pid),
-                    proxy.requests().len(),
-                    api.requests().len(),
-                ));
+                cpu_at_10 = Some((rounds, cpu_time(pid)));
             }
         }
         if rounds >= settings.rounds {
@@ -439,57 +522,46 @@ async fn sidecar(settings: &Settings) -> anyhow::Result<()> {
     let (_, peak) = memory_kib(pid);
     let cpu_total = cpu_time(pid);
     let rounds = api.requests_to("GET", &pod_path).len();
-    let (rounds_at_10, cpu_10, _, _) = cpu_at_10.context("never reached 10 rounds")?;
+    let (rounds_at_10, cpu_10) = cpu_at_10.context("never reached 10 rounds")?;
     drop(process);
     samples.sort_unstable();
     let steady = samples[samples.len() / 2];
     let steady_rounds = (rounds - rounds_at_10).max(1) as f64;
-    let heads = proxy.count("HEAD", "/manifests/");
-    let gets = proxy.count("GET", "/manifests/");
-    let tokens = proxy.count("GET", "/token");
-    let api_reads = api.requests().iter().filter(|r| !r.is_write()).count();
-    let api_writes = api.requests().iter().filter(|r| r.is_write()).count();
-    let per_round = |n: usize| format!("{:.3}", n as f64 / rounds as f64);
-
-    println!("### Sidecar: {rounds} rounds at interval 1s, one watched multi-arch tag, Bearer tokens living 30s\n");
-    println!("| measure | value |");
-    println!("|---|---|");
-    println!("| steady RSS (median after round 10) | {} |", mib(steady));
-    println!("| peak RSS (VmHWM) | {} |", mib(peak));
-    println!(
-        "| CPU per round (after round 10) | {:.2} ms |",
-        (cpu_total.saturating_sub(cpu_10)).as_secs_f64() * 1000.0 / steady_rounds
-    );
-    println!("| CPU in total | {:.2} s |", cpu_total.as_secs_f64());
-    println!(
-        "| registry HEAD per round | {} ({heads} in {rounds} rounds, the first one answered 401) |",
-        per_round(heads)
-    );
-    println!(
-        "| registry GET manifest per round | {} ({gets}) |",
-        per_round(gets)
-    );
-    println!(
-        "| token requests per round | {} ({tokens}) |",
-        per_round(tokens)
-    );
-    println!(
-        "| API reads per round | {} ({api_reads}) |",
-        per_round(api_reads)
-    );
-    println!("| API writes | {api_writes} |");
-    println!();
-    Ok(())
+    let api_requests = api.requests();
+    Ok(SidecarFigures {
+        rounds,
+        steady_rss_kib: steady,
+        peak_rss_kib: peak,
+        cpu_per_round: cpu_total.saturating_sub(cpu_10).div_f64(steady_rounds),
+        cpu_total,
+        heads: proxy.count("HEAD", "/manifests/"),
+        manifest_gets: proxy.count("GET", "/manifests/"),
+        tokens: proxy.count("GET", "/token"),
+        api_reads: api_requests.iter().filter(|r| !r.is_write()).count(),
+        api_writes: api_requests.iter().filter(|r| r.is_write()).count(),
+    })
 }
 
-fn sizes() -> anyhow::Result<()> {
-    println!("### Release binaries (stripped, `cargo build --release`)\n");
-    println!("| binary | size |");
-    println!("|---|---|");
-    for name in ["pod-reloaded-webhook", "pod-reloaded-sidecar"] {
-        let path: PathBuf = binary(name);
-        let bytes = std::fs::metadata(Path::new(&path))?.len();
-        println!("| {name} | {} |", mib(bytes / 1024));
+fn sizes(settings: &Settings) -> anyhow::Result<()> {
+    println!("### Release binaries (stripped)\n");
+    println!("| binary | linkage | size |");
+    println!("|---|---|---|");
+    let mut paths = vec![
+        binary("pod-reloaded-webhook"),
+        binary("pod-reloaded-sidecar"),
+    ];
+    paths.extend(settings.sidecar_binary.iter().cloned());
+    paths.dedup();
+    for path in paths {
+        let bytes = std::fs::metadata(&path)
+            .with_context(|| format!("{}", path.display()))?
+            .len();
+        println!(
+            "| `{}` | {} | {} |",
+            shown(&path),
+            linkage(&path),
+            mib(bytes / 1024)
+        );
     }
     println!();
     Ok(())

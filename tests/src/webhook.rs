@@ -155,19 +155,13 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     Ok((code, body))
 }
 
-/// The JSON Patch in an AdmissionReview response, whether `patch` is base64 text or the
-/// byte array kube-rs writes (Go decodes both into `[]byte`).
+/// The JSON Patch in an AdmissionReview response: base64 text, as the API server's Go
+/// types encode `[]byte`.
 pub fn response_patch(review: &Value) -> Option<json_patch::Patch> {
-    let raw: Vec<u8> = match &review["response"]["patch"] {
-        Value::String(text) => base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .ok()?,
-        Value::Array(bytes) => bytes
-            .iter()
-            .map(|b| b.as_u64().map(|b| b as u8))
-            .collect::<Option<_>>()?,
-        _ => return None,
-    };
+    let text = review["response"]["patch"].as_str()?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()?;
     serde_json::from_slice(&raw).ok()
 }
 

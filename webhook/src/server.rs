@@ -8,10 +8,10 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use pod_reloaded_contract as contract;
 
-use crate::admission::Admission;
+use crate::admission::{encode_review, Admission};
 
 /// Largest AdmissionReview accepted; kube-apiserver's own request limit is 3 MiB.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -25,7 +25,17 @@ pub fn admission_router(admission: Arc<Admission>) -> Router {
 
 async fn mutate(State(admission): State<Arc<Admission>>, body: Bytes) -> Response {
     match admission.review(&body).await {
-        Ok(review) => Json(review).into_response(),
+        Ok(review) => match encode_review(review) {
+            Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+            Err(error) => {
+                tracing::error!(%error, "could not serialize an AdmissionReview response");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("could not serialize the response: {error}\n"),
+                )
+                    .into_response()
+            }
+        },
         Err(invalid) => (StatusCode::BAD_REQUEST, format!("{invalid}\n")).into_response(),
     }
 }
