@@ -24,10 +24,17 @@ test: deps
 	$(CARGO) test --workspace
 
 ## Benchmarks of the release binaries; tables go to bench-results/latest.md (see BENCHMARKS.md).
+## The sidecar is measured twice: as `cargo build --release` links it (dynamic glibc) and as
+## one static binary, which is what its image ships.
+HOST_TARGET = $(shell rustc -vV | sed -n 's/^host: //p')
+STATIC_SIDECAR = target/$(HOST_TARGET)/release/pod-reloaded-sidecar
 bench: deps
 	$(CARGO) build --release --workspace --bins
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(HOST_TARGET) -p pod-reloaded-sidecar
 	mkdir -p bench-results
-	./target/release/pod-reloaded-bench all | tee bench-results/latest.md
+	./target/release/pod-reloaded-bench all \
+		--sidecar-binary target/release/pod-reloaded-sidecar \
+		--sidecar-binary $(STATIC_SIDECAR) | tee bench-results/latest.md
 
 lint:
 	$(CARGO) fmt --all --check

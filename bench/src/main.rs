@@ -39,7 +39,7 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Which {
-    /// Everything: webhook, sidecar, binary sizes.
+    /// Everything: admission CPU, webhook, sidecar, binary sizes.
     All(Settings),
     /// Webhook throughput and latency against the baseline, readiness time, RSS.
     Webhook(Settings),
@@ -93,6 +93,7 @@ fn main() -> anyhow::Result<()> {
             Which::Sidecar(settings) => sidecar(&settings).await,
             Which::All(settings) => {
                 machine();
+                admission_cpu(2000).await;
                 webhook(&settings).await?;
                 sidecar(&settings).await?;
                 sizes(&settings)
@@ -304,11 +305,19 @@ async fn webhook(settings: &Settings) -> anyhow::Result<()> {
         humantime::format_duration(settings.duration)
     );
     println!(
-        "| C | server | req/s | ratio to baseline | p50 ms | p90 ms | p99 ms | max ms | failed |"
+        "| C | server | req/s | ratio to baseline | p50 ms | p90 ms | p99 ms | max ms | server CPU µs/req | failed |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let ours_pid = ours.process.child.id();
+    let baseline_pid = baseline_process.child.id();
+    // CPU the server process spent per answered request during one run.
+    let cpu_per_request = |before: Duration, pid: u32, result: &load::LoadResult| {
+        let requests = (result.ok + result.failed).max(1) as f64;
+        cpu_time(pid).saturating_sub(before).as_secs_f64() * 1e6 / requests
+    };
     let mut peak_rss = 0;
     for &concurrency in &settings.concurrency {
+        let cpu_before = cpu_time(baseline_pid);
         let base = load::run(
             baseline_port,
             &certs.ca,
@@ -317,7 +326,9 @@ async fn webhook(settings: &Settings) -> anyhow::Result<()> {
             settings.duration,
         )
         .await;
-        let pid = ours.process.child.id();
+        let base_cpu = cpu_per_request(cpu_before, baseline_pid, &base);
+        let pid = ours_pid;
+        let cpu_before = cpu_time(ours_pid);
         let sampler = tokio::spawn(async move {
             let mut peak = 0;
             let until = Instant::now() + Duration::from_secs(3600);
@@ -338,15 +349,16 @@ async fn webhook(settings: &Settings) -> anyhow::Result<()> {
             settings.duration,
         )
         .await;
+        let mine_cpu = cpu_per_request(cpu_before, ours_pid, &mine);
         sampler.abort();
         peak_rss = peak_rss.max(memory_kib(pid).0);
-        for (name, result) in [
-            ("baseline (hyper+rustls, no work)", &base),
-            ("pod-reloaded-webhook", &mine),
+        for (name, result, cpu) in [
+            ("baseline (hyper+rustls, no work)", &base, base_cpu),
+            ("pod-reloaded-webhook", &mine, mine_cpu),
         ] {
             let ratio = result.throughput() / base.throughput();
             println!(
-                "| {concurrency} | {name} | {:.0} | {ratio:.2}x | {} | {} | {} | {} | {} |",
+                "| {concurrency} | {name} | {:.0} | {ratio:.2}x | {} | {} | {} | {} | {cpu:.0} | {} |",
                 result.throughput(),
                 ms(result.percentile(0.5)),
                 ms(result.percentile(0.9)),
@@ -355,7 +367,7 @@ async fn webhook(settings: &Settings) -> anyhow::Result<()> {
                 result.failed,
             );
             if let Some(reason) = &result.first_failure {
-                println!("|  | first failure: {reason} | | | | | | | |");
+                println!("|  | first failure: {reason} | | | | | | | | |");
             }
         }
     }
@@ -444,12 +456,35 @@ async fn sidecar(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// "static" or "dynamic", from whether the ELF file names a program interpreter.
+/// "dynamic" when the ELF file has a program interpreter (`PT_INTERP`), else "static".
 fn linkage(path: &Path) -> &'static str {
-    match std::fs::read(path) {
-        Ok(bytes) if bytes.windows(15).any(|w| w == b"ld-linux-x86-64") => "dynamic",
-        Ok(_) => "static",
-        Err(_) => "unreadable",
+    const PT_INTERP: u32 = 3;
+    let Ok(elf) = std::fs::read(path) else {
+        return "unreadable";
+    };
+    let u16_at = |at: usize| {
+        elf.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |at: usize| {
+        elf.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |at: usize| {
+        elf.get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    // ELF64 little-endian: e_phoff at 0x20, e_phentsize at 0x36, e_phnum at 0x38.
+    let (Some(offset), Some(size), Some(count)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+        return "not ELF64";
+    };
+    let has_interpreter = (0..usize::from(count))
+        .any(|i| u32_at(offset as usize + i * usize::from(size)) == Some(PT_INTERP));
+    if has_interpreter {
+        "dynamic"
+    } else {
+        "static"
     }
 }
 
@@ -550,8 +585,12 @@ fn sizes(settings: &Settings) -> anyhow::Result<()> {
         binary("pod-reloaded-webhook"),
         binary("pod-reloaded-sidecar"),
     ];
-    paths.extend(settings.sidecar_binary.iter().cloned());
-    paths.dedup();
+    for extra in &settings.sidecar_binary {
+        let extra = extra.canonicalize().unwrap_or_else(|_| extra.clone());
+        if !paths.contains(&extra) {
+            paths.push(extra);
+        }
+    }
     for path in paths {
         let bytes = std::fs::metadata(&path)
             .with_context(|| format!("{}", path.display()))?
