@@ -315,7 +315,7 @@ async fn webhook(settings: &Settings) -> anyhow::Result<()> {
         let requests = (result.ok + result.failed).max(1) as f64;
         cpu_time(pid).saturating_sub(before).as_secs_f64() * 1e6 / requests
     };
-    let mut peak_rss = 0;
+    let mut rss_after_runs = 0;
     for &concurrency in &settings.concurrency {
         let cpu_before = cpu_time(baseline_pid);
         let base = load::run(
@@ -327,20 +327,7 @@ async fn webhook(settings: &Settings) -> anyhow::Result<()> {
         )
         .await;
         let base_cpu = cpu_per_request(cpu_before, baseline_pid, &base);
-        let pid = ours_pid;
         let cpu_before = cpu_time(ours_pid);
-        let sampler = tokio::spawn(async move {
-            let mut peak = 0;
-            let until = Instant::now() + Duration::from_secs(3600);
-            while Instant::now() < until {
-                peak = peak.max(memory_kib(pid).0);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                if peak > 0 && memory_kib(pid).0 == 0 {
-                    break;
-                }
-            }
-            peak
-        });
         let mine = load::run(
             ours.port,
             &certs.ca,
@@ -350,8 +337,7 @@ async fn webhook(settings: &Settings) -> anyhow::Result<()> {
         )
         .await;
         let mine_cpu = cpu_per_request(cpu_before, ours_pid, &mine);
-        sampler.abort();
-        peak_rss = peak_rss.max(memory_kib(pid).0);
+        rss_after_runs = rss_after_runs.max(memory_kib(ours_pid).0);
         for (name, result, cpu) in [
             ("baseline (hyper+rustls, no work)", &base, base_cpu),
             ("pod-reloaded-webhook", &mine, mine_cpu),
@@ -371,7 +357,7 @@ async fn webhook(settings: &Settings) -> anyhow::Result<()> {
             }
         }
     }
-    let (rss, hwm) = memory_kib(ours.process.child.id());
+    let (rss, hwm) = memory_kib(ours_pid);
     println!();
     println!("### Webhook: start-up and memory\n");
     println!("| measure | value |");
@@ -383,7 +369,7 @@ async fn webhook(settings: &Settings) -> anyhow::Result<()> {
     );
     println!(
         "| RSS after the load runs / peak (VmHWM) | {} / {} |",
-        mib(rss.max(peak_rss)),
+        mib(rss.max(rss_after_runs)),
         mib(hwm)
     );
     drop(baseline_process);

@@ -58,6 +58,20 @@ impl Setup {
         format!("{}/demo/app@{digest}", self.registry.host())
     }
 
+    /// Deployment `web` and its pod `web-1`, running the first push; returns the owner.
+    fn web_running_first_push(&self) -> Value {
+        let owner = deployment(&self.api, "web", &self.image, json!({}));
+        running_pod(
+            &self.api,
+            "web-1",
+            Some(&owner),
+            &self.image,
+            &self.image_id(&self.first.digest),
+            EARLY,
+        );
+        owner
+    }
+
     fn command(&self, pod: &str) -> Command {
         sidecar_command(&self.api, pod, "web", "1s", Some(&self.registry.base_url))
     }
@@ -260,15 +274,7 @@ async fn a_recorded_restart_is_not_repeated_and_warns_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_conflict_is_read_again_and_decided_again() {
     let s = setup().await;
-    let owner = deployment(&s.api, "web", &s.image, json!({}));
-    running_pod(
-        &s.api,
-        "web-1",
-        Some(&owner),
-        &s.image,
-        &s.image_id(&s.first.digest),
-        EARLY,
-    );
+    s.web_running_first_push();
     let second = s.push_new("v2").await;
     s.api.interfere_with_next_patch(&deployment_path("web"));
     let (code, output) = run_once(s.command("web-1")).await;
@@ -351,15 +357,7 @@ async fn pods_without_a_restartable_owner_are_never_patched() {
 async fn bad_registry_answers_never_restart() {
     let s = setup().await;
     s.push_new("v2").await; // a real change is there to be (wrongly) acted on
-    let owner = deployment(&s.api, "web", &s.image, json!({}));
-    running_pod(
-        &s.api,
-        "web-1",
-        Some(&owner),
-        &s.image,
-        &s.image_id(&s.first.digest),
-        EARLY,
-    );
+    let owner = s.web_running_first_push();
     let proxy = FaultProxy::start(&s.registry.base_url, None).await;
     let faults = [
         Fault::Status(500),
@@ -451,15 +449,7 @@ async fn bad_registry_answers_never_restart() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_loop_survives_errors_and_honours_retry_after() {
     let s = setup().await;
-    let owner = deployment(&s.api, "web", &s.image, json!({}));
-    running_pod(
-        &s.api,
-        "web-1",
-        Some(&owner),
-        &s.image,
-        &s.image_id(&s.first.digest),
-        EARLY,
-    );
+    s.web_running_first_push();
     let second = s.push_new("v2").await;
     let proxy = FaultProxy::start(&s.registry.base_url, None).await;
     proxy.set_fault(Fault::TooManyRequests {
@@ -597,15 +587,7 @@ async fn an_unchanged_round_costs_one_head_and_no_writes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_and_sigint_stop_it_within_a_second() {
     let s = setup().await;
-    let owner = deployment(&s.api, "web", &s.image, json!({}));
-    running_pod(
-        &s.api,
-        "web-1",
-        Some(&owner),
-        &s.image,
-        &s.image_id(&s.first.digest),
-        EARLY,
-    );
+    s.web_running_first_push();
     for signal in ["TERM", "INT"] {
         s.api.clear_requests();
         let mut sidecar = Running::spawn(sidecar_command(

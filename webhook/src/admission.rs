@@ -1,5 +1,6 @@
 //! The admission path: parse an AdmissionReview, decide, run the side effect, answer.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -80,33 +81,28 @@ impl Admission {
         // that does not parse that way (another kind, an invalid Pod, not a review at all)
         // is parsed again generically, to skip it or to say exactly what is wrong.
         let (response, result) = match serde_json::from_slice::<AdmissionReview<Pod>>(body) {
-            Ok(review) => {
-                let request = checked(review)?;
-                match not_injectable(&request) {
-                    Some(reason) => skip(AdmissionResponse::from(&request), &request, reason),
-                    None => {
-                        let pod = request.object.as_ref().ok_or(InvalidReview::NoObject)?;
-                        self.admit(&request, pod).await
-                    }
-                }
-            }
+            Ok(review) => self.answer(checked(review)?, typed_pod).await?,
             Err(_) => {
                 let review: Review =
                     serde_json::from_slice(body).map_err(InvalidReview::NotAReview)?;
-                let request = checked(review)?;
-                match not_injectable(&request) {
-                    Some(reason) => skip(AdmissionResponse::from(&request), &request, reason),
-                    None => {
-                        let object = request.object.as_ref().ok_or(InvalidReview::NoObject)?;
-                        let pod: Pod = serde_json::to_value(object)
-                            .and_then(serde_json::from_value)
-                            .map_err(InvalidReview::NotAPod)?;
-                        self.admit(&request, &pod).await
-                    }
-                }
+                self.answer(checked(review)?, generic_pod).await?
             }
         };
         Ok((response.into_review(), result))
+    }
+
+    /// Skips what is not a Pod CREATE; admits the rest.
+    async fn answer<T: Resource>(
+        &self,
+        request: AdmissionRequest<T>,
+        as_pod: fn(&T) -> Result<Cow<'_, Pod>, InvalidReview>,
+    ) -> Result<(AdmissionResponse, AdmissionResult), InvalidReview> {
+        if let Some(reason) = not_injectable(&request) {
+            return Ok(skip(AdmissionResponse::from(&request), &request, reason));
+        }
+        let object = request.object.as_ref().ok_or(InvalidReview::NoObject)?;
+        let pod = as_pod(object)?;
+        Ok(self.admit(&request, &pod).await)
     }
 
     /// Injects a Pod being created, running the RBAC side effect unless it is a dry run.
@@ -179,6 +175,17 @@ impl Admission {
             }
         }
     }
+}
+
+fn typed_pod(pod: &Pod) -> Result<Cow<'_, Pod>, InvalidReview> {
+    Ok(Cow::Borrowed(pod))
+}
+
+fn generic_pod(object: &DynamicObject) -> Result<Cow<'_, Pod>, InvalidReview> {
+    serde_json::to_value(object)
+        .and_then(serde_json::from_value)
+        .map(Cow::Owned)
+        .map_err(InvalidReview::NotAPod)
 }
 
 /// Why a request is not a Pod CREATE, the only thing injected.
