@@ -4,7 +4,7 @@ VERSION := 0.1.0
 IMAGE_PREFIX ?= pod-reloaded
 CERTS_DIR ?= certs/out
 
-.PHONY: demo deps test build images deploy undeploy certs bench lint
+.PHONY: demo deps kubectl test build images deploy undeploy certs bench lint
 
 ## The whole loop on this machine (registry, webhook, sidecar on 127.0.0.1), as a timeline.
 demo: deps
@@ -18,8 +18,15 @@ deps:
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry >/dev/null; }
 
+## `kubectl kustomize` for the manifest tests (Debian's kubernetes-client when none is installed).
+kubectl:
+	@command -v kubectl >/dev/null || { \
+		echo "installing kubectl (Debian package kubernetes-client)"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null; }
+
 ## Build the binaries and run every test (unit, integration, end-to-end).
-test: deps
+test: deps kubectl
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 

@@ -18,7 +18,7 @@ use rcgen::{
 #[derive(Parser, Debug)]
 #[command(name = "pod-reloaded-certs", version)]
 struct Args {
-    /// Directory to write ca.crt, tls.crt, tls.key, secret.yaml and kustomization.yaml to.
+    /// Directory to write ca.crt, tls.crt, tls.key, secret.yaml, ca-bundle-patch.yaml and kustomization.yaml to.
     #[arg(long, default_value = "certs/out")]
     out_dir: PathBuf,
     /// The kustomize base the overlay builds on.
@@ -88,7 +88,8 @@ fn main() -> anyhow::Result<()> {
         &secret_yaml(&cert_pem, &key_pem, &ca_pem),
     )?;
     let base = relative_path(out, &args.manifests_dir)?;
-    write(out, "kustomization.yaml", &overlay_yaml(&base, &ca_pem))?;
+    write(out, CA_BUNDLE_PATCH, &ca_bundle_patch_yaml(&ca_pem))?;
+    write(out, "kustomization.yaml", &overlay_yaml(&base))?;
     println!(
         "wrote a CA and a serving certificate for {} to {}\ndeploy with: kubectl apply -k {}",
         names.join(", "),
@@ -97,6 +98,8 @@ fn main() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+const CA_BUNDLE_PATCH: &str = "ca-bundle-patch.yaml";
 
 fn write(dir: &Path, name: &str, contents: &str) -> anyhow::Result<()> {
     let path = dir.join(name);
@@ -118,15 +121,24 @@ fn secret_yaml(cert: &str, key: &str, ca: &str) -> String {
     )
 }
 
-fn overlay_yaml(base: &str, ca: &str) -> String {
-    let bundle = b64(ca);
+/// `bases` and `patchesJson6902` rather than their newer spellings, so the kustomize built
+/// into older kubectl (Debian's kubernetes-client, 1.20) renders the overlay too.
+fn overlay_yaml(base: &str) -> String {
     format!(
         "# Written by pod-reloaded-certs; deploy with kubectl apply -k on this directory.\n\
-         apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {base}\n  - secret.yaml\n\
-         patches:\n  - target:\n      kind: MutatingWebhookConfiguration\n      name: {config}\n    patch: |-\n\
-         \x20     - op: add\n        path: /webhooks/0/clientConfig/caBundle\n        value: {bundle}\n\
-         \x20     - op: add\n        path: /webhooks/1/clientConfig/caBundle\n        value: {bundle}\n",
+         apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nbases:\n  - {base}\nresources:\n  - secret.yaml\n\
+         patchesJson6902:\n  - target:\n      group: admissionregistration.k8s.io\n      version: v1\n\
+         \x20     kind: MutatingWebhookConfiguration\n      name: {config}\n    path: {CA_BUNDLE_PATCH}\n",
         config = contract::WEBHOOK_CONFIGURATION,
+    )
+}
+
+/// The JSON patch that puts the CA bundle into both webhooks of the configuration.
+fn ca_bundle_patch_yaml(ca: &str) -> String {
+    let bundle = b64(ca);
+    format!(
+        "- op: add\n  path: /webhooks/0/clientConfig/caBundle\n  value: {bundle}\n\
+         - op: add\n  path: /webhooks/1/clientConfig/caBundle\n  value: {bundle}\n"
     )
 }
 

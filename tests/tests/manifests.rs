@@ -18,7 +18,7 @@ fn render(dir: &Path) -> Vec<Value> {
         .arg("kustomize")
         .arg(dir)
         .output()
-        .expect("kubectl is installed (.ci/run checks)");
+        .expect("kubectl is installed (make test and .ci/run install it)");
     assert!(
         output.status.success(),
         "kubectl kustomize {} failed: {}",
