@@ -1,7 +1,15 @@
-//! The names pod-reloaded's webhook, sidecar and manifests agree on.
+//! The names and rules pod-reloaded's webhook, sidecar and manifests agree on.
 //!
-//! These are the product contract of `DESIGN.md`: users put them in their YAML, so they
-//! never change silently. Both binaries (and the manifest drift test) read them from here.
+//! These are the product contract: users put the names in their YAML, so they never
+//! change silently, and a rule both binaries apply is written once, here: image
+//! references and "is pinned" (`image`), the restartable-owner chain (`owner`), interval
+//! and registry-URL validation (`settings`), and the `<container>=<digest>` annotation
+//! format (`record`). Both binaries (and the manifest drift test) read them from here.
+
+pub mod image;
+pub mod owner;
+pub mod record;
+pub mod settings;
 
 /// Label on a namespace or pod: `enabled` opts in, `disabled` (pod only) opts out.
 pub const INJECT_LABEL: &str = "pod-reloaded.io/inject";

@@ -11,10 +11,12 @@ use crate::cluster::{Cluster, Owner, RestartOutcome};
 use crate::compare::{self, Verdict};
 use crate::config::Config;
 use crate::credentials::Credentials;
-use crate::image::{parse_image, parse_image_id, ImageSpec, RunningDigest};
 use crate::metrics::{CheckResult, Metrics};
 use crate::registry::{RegistryClient, RegistryError, Repository};
 use crate::restart::Change;
+use pod_reloaded_contract::image::{
+    parse_image, parse_image_id, ImageSpec, RunningDigest, WatchedImage,
+};
 
 /// Longest wait between rounds while errors repeat (unless the interval is longer).
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
@@ -71,27 +73,33 @@ impl Checker {
         self.said.insert(key)
     }
 
-    fn repository(&self, registry: &str, name: &str) -> Repository {
-        let base_url = match &self.config.registry_url {
-            Some(url) => url.clone(),
-            None if self
-                .config
-                .insecure_registries
-                .iter()
-                .any(|h| h == registry) =>
-            {
-                format!("http://{registry}")
+    /// Where to ask about `watched`: the override for its registry, if any, else the
+    /// registry itself (plain HTTP when listed as insecure).
+    fn repository(&self, watched: &WatchedImage) -> Repository {
+        let redirect = self
+            .config
+            .registry_url
+            .as_ref()
+            .and_then(|o| o.for_registry(&watched.registry));
+        let (base_url, host) = match redirect {
+            Some(url) => (url.base.clone(), url.host.clone()),
+            None => {
+                let insecure = self
+                    .config
+                    .insecure_registries
+                    .iter()
+                    .any(|h| h.trim().eq_ignore_ascii_case(&watched.registry));
+                let scheme = if insecure { "http" } else { "https" };
+                (
+                    format!("{scheme}://{}", watched.registry),
+                    watched.registry.clone(),
+                )
             }
-            None => format!("https://{registry}"),
         };
-        let host = base_url
-            .split_once("://")
-            .map_or(base_url.as_str(), |(_, h)| h)
-            .to_string();
         Repository {
             base_url,
             host,
-            name: name.to_string(),
+            name: watched.repository.clone(),
         }
     }
 
@@ -196,7 +204,7 @@ impl Checker {
             },
         };
 
-        let repository = self.repository(&watched.registry, &watched.repository);
+        let repository = self.repository(&watched);
         let verdict = match self
             .verdict(container, &repository, &watched.tag, &running)
             .await
@@ -294,7 +302,7 @@ impl Checker {
             Ok(Owner::NotRestartable(why)) => {
                 if self.first_time("unrestartable".to_string()) {
                     warn!(
-                        why,
+                        %why,
                         "image changed but nothing can be restarted; not restarting"
                     );
                 }

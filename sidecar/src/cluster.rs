@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
+use pod_reloaded_contract::owner::{self, NotRestartable, PodOwner, WorkloadKind};
 use tracing::{info, warn};
 
 use crate::restart::{self, Change, RestartDecision};
@@ -15,25 +16,9 @@ use crate::restart::{self, Change, RestartDecision};
 /// Re-reads after a 409 before giving up for this round.
 const MAX_CONFLICT_RETRIES: usize = 5;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WorkloadKind {
-    Deployment,
-    StatefulSet,
-    DaemonSet,
-}
-
-impl WorkloadKind {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Deployment => "Deployment",
-            Self::StatefulSet => "StatefulSet",
-            Self::DaemonSet => "DaemonSet",
-        }
-    }
-
-    fn api_resource(self) -> ApiResource {
-        ApiResource::from_gvk(&GroupVersionKind::gvk("apps", "v1", self.name()))
-    }
+fn api_resource(kind: WorkloadKind) -> ApiResource {
+    let (group, version) = kind.api_version().split_once('/').unwrap_or(("", "v1"));
+    ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind.name()))
 }
 
 /// The object a restart patches.
@@ -54,7 +39,7 @@ impl std::fmt::Display for Workload {
 pub enum Owner {
     Restartable(Workload),
     /// Bare pod, Job, a ReplicaSet without a Deployment, ...: said once, then left alone.
-    NotRestartable(String),
+    NotRestartable(NotRestartable),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -68,14 +53,6 @@ pub struct Cluster {
     namespace: String,
     /// Our pod's name, the Events' reporting instance.
     pod_name: String,
-}
-
-fn controller_of(owners: Option<&Vec<OwnerReference>>) -> Option<&OwnerReference> {
-    let owners = owners?;
-    owners
-        .iter()
-        .find(|o| o.controller == Some(true))
-        .or_else(|| owners.first())
 }
 
 impl Cluster {
@@ -96,53 +73,30 @@ impl Cluster {
 
     /// Walks Pod -> ReplicaSet -> Deployment, or Pod -> StatefulSet / DaemonSet.
     pub async fn owner(&self, pod: &Pod) -> anyhow::Result<Owner> {
-        let Some(owner) = controller_of(pod.metadata.owner_references.as_ref()) else {
-            return Ok(Owner::NotRestartable(
-                "the pod has no owner (bare pod)".to_string(),
-            ));
-        };
-        let apps = owner.api_version.starts_with("apps/");
-        let workload = |kind| {
-            Owner::Restartable(Workload {
-                kind,
-                name: owner.name.clone(),
-            })
-        };
-        match (apps, owner.kind.as_str()) {
-            (true, "StatefulSet") => Ok(workload(WorkloadKind::StatefulSet)),
-            (true, "DaemonSet") => Ok(workload(WorkloadKind::DaemonSet)),
-            (true, "ReplicaSet") => {
-                let replica_set = Api::<k8s_openapi::api::apps::v1::ReplicaSet>::namespaced(
-                    self.client.clone(),
-                    &self.namespace,
-                )
-                .get(&owner.name)
-                .await
-                .with_context(|| format!("reading ReplicaSet {}/{}", self.namespace, owner.name))?;
-                match controller_of(replica_set.metadata.owner_references.as_ref()) {
-                    Some(parent)
-                        if parent.api_version.starts_with("apps/")
-                            && parent.kind == "Deployment" =>
-                    {
-                        Ok(Owner::Restartable(Workload {
-                            kind: WorkloadKind::Deployment,
-                            name: parent.name.clone(),
-                        }))
-                    }
-                    Some(parent) => Ok(Owner::NotRestartable(format!(
-                        "ReplicaSet {} is owned by a {}, not a Deployment",
-                        owner.name, parent.kind
-                    ))),
-                    None => Ok(Owner::NotRestartable(format!(
-                        "ReplicaSet {} has no Deployment",
-                        owner.name
-                    ))),
-                }
+        let owners = pod.metadata.owner_references.as_deref().unwrap_or_default();
+        let replica_set = match owner::pod_owner(owners) {
+            Err(why) => return Ok(Owner::NotRestartable(why)),
+            Ok(PodOwner::Workload { kind, name }) => {
+                return Ok(Owner::Restartable(Workload { kind, name }))
             }
-            (_, kind) => Ok(Owner::NotRestartable(format!(
-                "the pod is owned by a {kind}, which cannot be rolling-restarted"
-            ))),
-        }
+            Ok(PodOwner::ReplicaSet { name }) => name,
+        };
+        let object = Api::<k8s_openapi::api::apps::v1::ReplicaSet>::namespaced(
+            self.client.clone(),
+            &self.namespace,
+        )
+        .get(&replica_set)
+        .await
+        .with_context(|| format!("reading ReplicaSet {}/{replica_set}", self.namespace))?;
+        let parents = object
+            .metadata
+            .owner_references
+            .as_deref()
+            .unwrap_or_default();
+        Ok(match owner::replica_set_owner(&replica_set, parents) {
+            Ok((kind, name)) => Owner::Restartable(Workload { kind, name }),
+            Err(why) => Owner::NotRestartable(why),
+        })
     }
 
     /// Decides and, when it is ours to do, patches the workload; on a 409 re-reads and
@@ -156,7 +110,7 @@ impl Cluster {
         let api: Api<DynamicObject> = Api::namespaced_with(
             self.client.clone(),
             &self.namespace,
-            &workload.kind.api_resource(),
+            &api_resource(workload.kind),
         );
         let pod_created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
         for _ in 0..MAX_CONFLICT_RETRIES {
@@ -211,7 +165,7 @@ impl Cluster {
                 ..Default::default()
             },
             involved_object: ObjectReference {
-                api_version: Some("apps/v1".to_string()),
+                api_version: Some(workload.kind.api_version().to_string()),
                 kind: Some(workload.kind.name().to_string()),
                 name: Some(workload.name.clone()),
                 namespace: Some(self.namespace.clone()),

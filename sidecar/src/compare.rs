@@ -5,7 +5,7 @@
 //! config digest of the remote manifest for our platform. Anything else is a change; an
 //! answer we do not understand is an error, never a change.
 
-use crate::image::RunningDigest;
+use pod_reloaded_contract::image::RunningDigest;
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";

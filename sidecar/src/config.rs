@@ -6,12 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use pod_reloaded_contract::settings::{self, RegistryOverride};
 use pod_reloaded_contract::{self as contract, LogFormat};
 
 use crate::registry::Platform;
-
-/// Shortest poll interval; the webhook enforces the same.
-const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// pod-reloaded's checker sidecar: restarts the owning workload when a watched
 /// container's tag points to a new digest.
@@ -23,13 +21,14 @@ pub struct Config {
     pub watch_containers: Vec<String>,
 
     /// Poll interval (humantime: 30s, 5m); jittered by ±10%.
-    #[arg(long, env = contract::ENV_INTERVAL, default_value = contract::DEFAULT_INTERVAL, value_parser = parse_interval)]
+    #[arg(long, env = contract::ENV_INTERVAL, default_value = contract::DEFAULT_INTERVAL, value_parser = settings::parse_interval)]
     pub interval: Duration,
 
-    /// Base URL of a registry (mirror) to ask instead of the one in the image reference;
+    /// Base URL of a registry (mirror) to ask instead of the one in the image reference
+    /// (a path prefix is kept), or `host=URL[,host=URL]` to redirect only those hosts;
     /// `http://` means plain HTTP.
-    #[arg(long, env = contract::ENV_REGISTRY_URL, value_parser = parse_registry_url)]
-    pub registry_url: Option<String>,
+    #[arg(long, env = contract::ENV_REGISTRY_URL, value_parser = RegistryOverride::parse)]
+    pub registry_url: Option<RegistryOverride>,
 
     /// Name of this pod.
     #[arg(long, env = contract::ENV_POD_NAME)]
@@ -75,27 +74,6 @@ pub struct Config {
         default_value = "text"
     )]
     pub log_format: LogFormat,
-}
-
-fn parse_interval(text: &str) -> Result<Duration, String> {
-    let interval =
-        humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration: {e}"))?;
-    if interval < MIN_INTERVAL {
-        return Err(format!("{text:?} is shorter than the minimum of 1s"));
-    }
-    Ok(interval)
-}
-
-fn parse_registry_url(text: &str) -> Result<String, String> {
-    let trimmed = text.trim().trim_end_matches('/');
-    let host = trimmed
-        .strip_prefix("https://")
-        .or_else(|| trimmed.strip_prefix("http://"))
-        .ok_or_else(|| format!("{text:?} must start with http:// or https://"))?;
-    if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
-        return Err(format!("{text:?} must be a scheme and host[:port] only"));
-    }
-    Ok(trimmed.to_string())
 }
 
 impl Config {

@@ -39,14 +39,6 @@ pub struct Credentials {
     by_host: HashMap<String, Credential>,
 }
 
-/// Docker Hub answers to several names; its config key is `https://index.docker.io/v1/`.
-const DOCKER_HUB_ALIASES: [&str; 4] = [
-    "docker.io",
-    "index.docker.io",
-    "registry-1.docker.io",
-    "registry.hub.docker.com",
-];
-
 /// `https://index.docker.io/v1/` -> `index.docker.io`; `host:5000` stays.
 fn host_of(key: &str) -> String {
     let without_scheme = key.split_once("://").map_or(key, |(_, rest)| rest);
@@ -59,7 +51,8 @@ fn host_of(key: &str) -> String {
 
 fn canonical_host(host: &str) -> String {
     let host = host.to_ascii_lowercase();
-    if DOCKER_HUB_ALIASES.contains(&host.as_str()) {
+    // Docker Hub answers to several names; its config key is `https://index.docker.io/v1/`.
+    if pod_reloaded_contract::image::is_docker_hub(&host) {
         "docker.io".to_string()
     } else {
         host

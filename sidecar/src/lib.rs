@@ -1,6 +1,6 @@
 //! pod-reloaded's checker sidecar.
 //!
-//! `image` reads references and running digests, `registry` speaks the distribution
+//! Image references, owners and settings come from `pod_reloaded_contract`; `registry` speaks the distribution
 //! protocol, `compare` decides whether a digest changed, `restart` whether to restart,
 //! `cluster` talks to the Kubernetes API, `checker` runs the rounds.
 
@@ -9,7 +9,6 @@ pub mod cluster;
 pub mod compare;
 pub mod config;
 pub mod credentials;
-pub mod image;
 pub mod metrics;
 pub mod registry;
 pub mod restart;

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use pod_reloaded_contract as contract;
+use pod_reloaded_contract::record::DigestRecord;
 use serde_json::{json, Value};
 
 /// A watched container whose tag now points to another digest.
@@ -32,23 +33,6 @@ pub enum RestartDecision {
     },
 }
 
-fn parse_record(value: &str) -> BTreeMap<String, String> {
-    value
-        .split(',')
-        .filter_map(|entry| entry.split_once('='))
-        .map(|(container, digest)| (container.trim().to_string(), digest.trim().to_string()))
-        .filter(|(container, digest)| !container.is_empty() && !digest.is_empty())
-        .collect()
-}
-
-fn format_record(record: &BTreeMap<String, String>) -> String {
-    record
-        .iter()
-        .map(|(container, digest)| format!("{container}={digest}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// Decides for `changes` (non-empty) given the workload template's annotations and when
 /// this pod was created.
 pub fn decide(
@@ -58,11 +42,11 @@ pub fn decide(
 ) -> RestartDecision {
     let mut record = template_annotations
         .get(contract::ANNOTATION_RESTARTED_FOR)
-        .map(|v| parse_record(v))
+        .map(|v| DigestRecord::parse(v))
         .unwrap_or_default();
     let new: Vec<&Change> = changes
         .iter()
-        .filter(|c| record.get(&c.container) != Some(&c.digest))
+        .filter(|c| record.get(&c.container) != Some(c.digest.as_str()))
         .collect();
     if new.is_empty() {
         let restarted_at = template_annotations
@@ -76,10 +60,10 @@ pub fn decide(
         return RestartDecision::AlreadyRestarted { pull_did_not_take };
     }
     for change in new {
-        record.insert(change.container.clone(), change.digest.clone());
+        record.insert(&change.container, &change.digest);
     }
     RestartDecision::Restart {
-        restarted_for: format_record(&record),
+        restarted_for: record.to_string(),
     }
 }
 

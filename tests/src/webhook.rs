@@ -176,11 +176,9 @@ pub fn warnings(review: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Reads an AdmissionReview fixture from `shared/testdata/admission/`.
+/// Reads an AdmissionReview fixture from `tests/fixtures/admission/`.
 pub fn fixture(name: &str) -> Value {
-    let path = workspace_root()
-        .join("../shared/testdata/admission")
-        .join(name);
+    let path = workspace_root().join("tests/fixtures/admission").join(name);
     let text = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_slice(&text).expect("fixture is JSON")
 }

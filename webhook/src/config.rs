@@ -122,7 +122,7 @@ pub struct Config {
 impl Config {
     /// Checks what clap cannot and builds the injection settings.
     pub fn injection_settings(&self) -> anyhow::Result<InjectionSettings> {
-        inject::validate_interval(&self.default_interval)
+        pod_reloaded_contract::settings::parse_interval(&self.default_interval)
             .map_err(|problem| anyhow::anyhow!("--default-interval: {problem}"))?;
         anyhow::ensure!(
             !self.sidecar_image.trim().is_empty(),

@@ -5,7 +5,6 @@
 //! is missing, `replace` where it exists); JSON Pointers are escaped by `jsonptr`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
 use jsonptr::PointerBuf;
@@ -16,13 +15,11 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use pod_reloaded_contract as contract;
+use pod_reloaded_contract::image::ImageReference;
+use pod_reloaded_contract::owner::{self, NotRestartable};
+use pod_reloaded_contract::settings::{self, RegistryOverride};
 use serde::Serialize;
 
-/// Controller kinds whose pods the sidecar can restart (a ReplicaSet is followed to its
-/// Deployment by the sidecar).
-const RESTARTABLE_OWNER_KINDS: [&str; 3] = ["ReplicaSet", "StatefulSet", "DaemonSet"];
-/// Shortest poll interval accepted from an annotation; shorter would hammer registries.
-const MIN_INTERVAL: Duration = Duration::from_secs(1);
 const API_ACCESS_VOLUME_PREFIX: &str = "kube-api-access-";
 const OWN_API_ACCESS_VOLUME: &str = "pod-reloaded-api-access";
 const SERVICE_ACCOUNT_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -145,29 +142,25 @@ fn plan(pod: &Pod, namespace: &str, settings: &InjectionSettings) -> Result<Plan
     )?;
 
     let interval = annotation(contract::ANNOTATION_INTERVAL).unwrap_or(&settings.default_interval);
-    validate_interval(interval).map_err(|problem| SkipReason::InvalidAnnotation {
+    settings::parse_interval(interval).map_err(|problem| SkipReason::InvalidAnnotation {
         annotation: contract::ANNOTATION_INTERVAL,
         problem,
     })?;
 
     let registry_url = annotation(contract::ANNOTATION_REGISTRY_URL);
     if let Some(url) = registry_url {
-        validate_registry_url(url).map_err(|problem| SkipReason::InvalidAnnotation {
+        RegistryOverride::parse(url).map_err(|problem| SkipReason::InvalidAnnotation {
             annotation: contract::ANNOTATION_REGISTRY_URL,
             problem,
         })?;
     }
 
-    let set_pull_policy = match annotation(contract::ANNOTATION_PULL_POLICY).unwrap_or("set") {
-        "set" => true,
-        "keep" => false,
-        other => {
-            return Err(SkipReason::InvalidAnnotation {
+    let set_pull_policy =
+        settings::parse_pull_policy(annotation(contract::ANNOTATION_PULL_POLICY).unwrap_or("set"))
+            .map_err(|problem| SkipReason::InvalidAnnotation {
                 annotation: contract::ANNOTATION_PULL_POLICY,
-                problem: format!("{other:?} is neither \"set\" nor \"keep\""),
-            })
-        }
-    };
+                problem,
+            })?;
 
     Ok(Plan {
         watched,
@@ -194,23 +187,29 @@ fn is_injected(pod: &Pod, spec: &PodSpec) -> bool {
 
 fn check_owner(pod: &Pod) -> Result<(), SkipReason> {
     let owners = pod.metadata.owner_references.as_deref().unwrap_or_default();
-    let controller = owners
-        .iter()
-        .find(|o| o.controller == Some(true))
-        .or_else(|| owners.first())
-        .ok_or(SkipReason::NoOwner)?;
-    if controller.api_version.starts_with("apps/")
-        && RESTARTABLE_OWNER_KINDS.contains(&controller.kind.as_str())
-    {
-        Ok(())
-    } else {
-        Err(SkipReason::UnrestartableOwner(controller.kind.clone()))
+    match owner::pod_owner(owners) {
+        Ok(_) => Ok(()),
+        Err(NotRestartable::NoOwner) => Err(SkipReason::NoOwner),
+        Err(why) => Err(SkipReason::UnrestartableOwner(match why {
+            NotRestartable::Kind(kind) => kind,
+            other => other.to_string(),
+        })),
     }
 }
 
-/// True when an image reference is pinned by digest (`repo@sha256:…`): nothing to watch.
-pub fn is_pinned(image: &str) -> bool {
-    image.contains('@')
+/// A container's image as the watch rules see it: a tag to watch, pinned, or invalid.
+enum ImageState {
+    Watchable,
+    Pinned,
+    Invalid(String),
+}
+
+fn image_state(image: &str) -> ImageState {
+    match ImageReference::parse(image) {
+        Ok(reference) if reference.is_pinned() => ImageState::Pinned,
+        Ok(_) => ImageState::Watchable,
+        Err(problem) => ImageState::Invalid(problem),
+    }
 }
 
 fn watched_containers(
@@ -224,60 +223,45 @@ fn watched_containers(
             .find(|c| c.name == name)
             .and_then(|c| c.image.as_deref())
     };
-    let watched: Vec<String> = match requested {
-        None => spec
-            .containers
-            .iter()
-            .filter(|c| c.image.as_deref().is_some_and(|i| !is_pinned(i)))
-            .map(|c| c.name.clone())
+    let names: Vec<&str> = match requested {
+        None => spec.containers.iter().map(|c| c.name.as_str()).collect(),
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
             .collect(),
-        Some(list) => {
-            let mut names = Vec::new();
-            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                match image_of(name) {
-                    None => {
-                        return Err(SkipReason::InvalidAnnotation {
-                            annotation: contract::ANNOTATION_WATCH_CONTAINERS,
-                            problem: format!("the pod has no container named {name:?}"),
-                        })
-                    }
-                    Some(image) if is_pinned(image) => warnings.push(format!(
-                        "pod-reloaded: container {name} is pinned by digest ({image}); not watched"
-                    )),
-                    Some(_) if names.iter().any(|n| n == name) => {}
-                    Some(_) => names.push(name.to_string()),
-                }
-            }
-            names
-        }
     };
+    let mut watched: Vec<String> = Vec::new();
+    for name in names {
+        let image = match (image_of(name), requested) {
+            (Some(image), _) => image,
+            (None, None) => continue,
+            (None, Some(_)) => {
+                return Err(SkipReason::InvalidAnnotation {
+                    annotation: contract::ANNOTATION_WATCH_CONTAINERS,
+                    problem: format!("the pod has no container named {name:?}"),
+                })
+            }
+        };
+        match image_state(image) {
+            // Only a container the user named is worth a warning: by default pinned
+            // containers are simply not watched.
+            ImageState::Pinned if requested.is_some() => warnings.push(format!(
+                "pod-reloaded: container {name} is pinned by digest ({image}); not watched"
+            )),
+            ImageState::Pinned => {}
+            ImageState::Invalid(problem) => warnings.push(format!(
+                "pod-reloaded: container {name}: {problem}; not watched"
+            )),
+            ImageState::Watchable if watched.iter().any(|n| n == name) => {}
+            ImageState::Watchable => watched.push(name.to_string()),
+        }
+    }
     if watched.is_empty() {
         Err(SkipReason::NothingToWatch)
     } else {
         Ok(watched)
     }
-}
-
-/// Checks an interval the way the sidecar will parse it.
-pub fn validate_interval(interval: &str) -> Result<(), String> {
-    let parsed = humantime::parse_duration(interval)
-        .map_err(|e| format!("{interval:?} is not a duration: {e}"))?;
-    if parsed < MIN_INTERVAL {
-        return Err(format!("{interval:?} is shorter than the minimum of 1s"));
-    }
-    Ok(())
-}
-
-fn validate_registry_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| format!("{url:?} must start with http:// or https://"))?;
-    let host = rest.split('/').next().unwrap_or_default();
-    if host.is_empty() || host.contains(char::is_whitespace) {
-        return Err(format!("{url:?} has no host"));
-    }
-    Ok(())
 }
 
 /// JSON Patch operations against the pod as the API server sent it. Pointers are built

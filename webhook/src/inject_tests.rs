@@ -550,9 +550,8 @@ fn pods_that_are_not_injected_say_why() {
 }
 
 #[test]
-fn shared_fixtures_decide_as_their_readme_says() {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/admission");
+fn fixtures_decide_as_their_readme_says() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/admission");
     let expectations = [
         ("deployment-pod-default-sa.json", true),
         ("deployment-pod-custom-sa-pull-secret.json", true),

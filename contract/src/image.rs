@@ -1,9 +1,65 @@
 //! Image references and running digests, read the way the container runtime writes them.
+//! Both binaries decide with these: the webhook which containers to watch (and pin), the
+//! sidecar what to ask the registry.
 
-use pod_reloaded_contract::is_sha256_digest;
+use crate::is_sha256_digest;
 
 /// Docker Hub's API host; `docker.io` is only the name in references.
-const DOCKER_HUB_REGISTRY: &str = "registry-1.docker.io";
+pub const DOCKER_HUB_REGISTRY: &str = "registry-1.docker.io";
+
+/// The names Docker Hub answers to in references and in docker config keys.
+const DOCKER_HUB_ALIASES: [&str; 4] = [
+    "docker.io",
+    "index.docker.io",
+    "registry-1.docker.io",
+    "registry.hub.docker.com",
+];
+
+/// True when `host` (any case) is one of Docker Hub's names.
+pub fn is_docker_hub(host: &str) -> bool {
+    DOCKER_HUB_ALIASES
+        .iter()
+        .any(|alias| alias.eq_ignore_ascii_case(host))
+}
+
+/// A parsed image reference, normalised: registry host (Docker Hub as
+/// `registry-1.docker.io`), repository path (`library/` added for one-part Hub names),
+/// and the tag and digest as written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageReference {
+    pub registry: String,
+    pub repository: String,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+}
+
+impl ImageReference {
+    /// Parses `nginx`, `host:5000/a/b:tag`, `repo@sha256:…`, `repo:tag@sha256:…`.
+    pub fn parse(image: &str) -> Result<Self, String> {
+        parse_reference(image)
+    }
+
+    /// Pinned by digest: the runtime pulls the digest and ignores any tag.
+    pub fn is_pinned(&self) -> bool {
+        self.digest.is_some()
+    }
+
+    /// The tag to ask the registry about (`latest` when none is written).
+    pub fn watched_tag(&self) -> WatchedImage {
+        WatchedImage {
+            registry: self.registry.clone(),
+            repository: self.repository.clone(),
+            tag: self.tag.clone().unwrap_or_else(|| "latest".to_string()),
+        }
+    }
+}
+
+/// True when an image reference is pinned by digest, so a container running it has no
+/// tag to watch unless it was told to. An unparseable reference is not watchable either:
+/// the caller reports it.
+pub fn is_pinned(image: &str) -> bool {
+    ImageReference::parse(image).map_or(image.contains('@'), |r| r.is_pinned())
+}
 
 /// What to ask the registry about: a repository and a tag.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,14 +86,22 @@ pub enum ImageSpec {
     Pinned(String),
 }
 
-/// Parses `nginx`, `host:5000/a/b:tag`, `repo@sha256:…` like the runtime does:
-/// no registry means Docker Hub, a one-part Hub name lives under `library/`, no tag is
-/// `latest`. The grammar is distribution's `reference` package (ASCII, as in Go).
+/// Parses an image reference into "a tag to watch" or "pinned by digest".
+pub fn parse_image(image: &str) -> Result<ImageSpec, String> {
+    let reference = ImageReference::parse(image)?;
+    Ok(match reference.digest {
+        Some(digest) => ImageSpec::Pinned(digest),
+        None => ImageSpec::Tagged(reference.watched_tag()),
+    })
+}
+
+/// Parses like the runtime does: no registry means Docker Hub, a one-part Hub name lives
+/// under `library/`. The grammar is distribution's `reference` package (ASCII, as in Go).
 ///
 /// Hand-written: the crates that parse references compile distribution's regular
 /// expression with Unicode `\w{0,127}`, which costs ~17 MB at first use and keeps ~5 MB,
 /// more than half the sidecar's memory budget (measured with heaptrack).
-pub fn parse_image(image: &str) -> Result<ImageSpec, String> {
+fn parse_reference(image: &str) -> Result<ImageReference, String> {
     let invalid = |why: &str| format!("{image:?} is not a valid image reference: {why}");
     let (name_and_tag, digest) = match image.split_once('@') {
         Some((rest, digest)) => (rest, Some(digest)),
@@ -79,10 +143,10 @@ pub fn parse_image(image: &str) -> Result<ImageSpec, String> {
                 "digest must be algorithm:hex (at least 32 hex digits)",
             ));
         }
-        return Ok(ImageSpec::Pinned(digest.to_string()));
     }
     let registry = match domain {
-        None | Some("docker.io" | "index.docker.io") => DOCKER_HUB_REGISTRY,
+        None => DOCKER_HUB_REGISTRY,
+        Some(host) if is_docker_hub(host) => DOCKER_HUB_REGISTRY,
         Some(other) => other,
     };
     let repository = if registry == DOCKER_HUB_REGISTRY && !path.contains('/') {
@@ -90,11 +154,12 @@ pub fn parse_image(image: &str) -> Result<ImageSpec, String> {
     } else {
         path.to_string()
     };
-    Ok(ImageSpec::Tagged(WatchedImage {
+    Ok(ImageReference {
         registry: registry.to_string(),
         repository,
-        tag: tag.unwrap_or("latest").to_string(),
-    }))
+        tag: tag.map(str::to_string),
+        digest: digest.map(str::to_string),
+    })
 }
 
 /// Longest repository name distribution accepts, registry included.
@@ -254,6 +319,14 @@ mod tests {
             hub("bitnami/redis", "latest")
         );
         assert_eq!(
+            tagged("registry.hub.docker.com/library/nginx:1"),
+            hub("library/nginx", "1")
+        );
+        assert_eq!(
+            tagged("registry.hub.docker.com/nginx"),
+            hub("library/nginx", "latest")
+        );
+        assert_eq!(
             tagged("prom/statsd-exporter:v1"),
             hub("prom/statsd-exporter", "v1")
         );
@@ -300,6 +373,24 @@ mod tests {
         assert_eq!(
             parse_image(&format!("nginx:1@{digest}")).unwrap(),
             ImageSpec::Pinned(digest)
+        );
+    }
+
+    #[test]
+    fn a_reference_keeps_its_tag_and_digest() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let reference = ImageReference::parse(&format!("nginx:1.27@{digest}")).unwrap();
+        assert!(reference.is_pinned());
+        assert_eq!(reference.tag.as_deref(), Some("1.27"));
+        assert_eq!(
+            reference.watched_tag().to_string(),
+            "registry-1.docker.io/library/nginx:1.27"
+        );
+        assert!(is_pinned(&format!("nginx@{digest}")));
+        assert!(!is_pinned("nginx:latest"));
+        assert!(
+            is_pinned("not valid@x"),
+            "an unparseable reference with a digest is not watched"
         );
     }
 

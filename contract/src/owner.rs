@@ -1,0 +1,189 @@
+//! Which pods can be restarted, and through which workload: the webhook injects only
+//! those, the sidecar walks the same chain to patch the workload.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+/// A workload whose template annotations roll its pods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+impl WorkloadKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Deployment => "Deployment",
+            Self::StatefulSet => "StatefulSet",
+            Self::DaemonSet => "DaemonSet",
+        }
+    }
+
+    pub fn api_version(self) -> &'static str {
+        "apps/v1"
+    }
+}
+
+/// The first step of a pod's owner chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodOwner {
+    /// Owned directly by a restartable workload.
+    Workload { kind: WorkloadKind, name: String },
+    /// Owned by a ReplicaSet, which must in turn be owned by a Deployment.
+    ReplicaSet { name: String },
+}
+
+/// Why a pod cannot be restarted by patching a workload.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotRestartable {
+    #[error("the pod has no owner (bare pod)")]
+    NoOwner,
+    #[error("the pod is owned by a {0}, which cannot be rolling-restarted")]
+    Kind(String),
+    #[error("ReplicaSet {replica_set} is owned by a {kind}, not a Deployment")]
+    ReplicaSetOwnedBy { replica_set: String, kind: String },
+    #[error("ReplicaSet {0} has no Deployment")]
+    ReplicaSetWithoutDeployment(String),
+}
+
+/// The controlling owner (or, failing that, the first one), as the garbage collector and
+/// `kubectl` pick it.
+pub fn controller_of(owners: &[OwnerReference]) -> Option<&OwnerReference> {
+    owners
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .or_else(|| owners.first())
+}
+
+fn is_apps(owner: &OwnerReference) -> bool {
+    owner.api_version.starts_with("apps/")
+}
+
+/// The pod's restartable owner, from its `ownerReferences`.
+pub fn pod_owner(owners: &[OwnerReference]) -> Result<PodOwner, NotRestartable> {
+    let owner = controller_of(owners).ok_or(NotRestartable::NoOwner)?;
+    let workload = |kind| {
+        Ok(PodOwner::Workload {
+            kind,
+            name: owner.name.clone(),
+        })
+    };
+    match (is_apps(owner), owner.kind.as_str()) {
+        (true, "StatefulSet") => workload(WorkloadKind::StatefulSet),
+        (true, "DaemonSet") => workload(WorkloadKind::DaemonSet),
+        (true, "ReplicaSet") => Ok(PodOwner::ReplicaSet {
+            name: owner.name.clone(),
+        }),
+        (_, kind) => Err(NotRestartable::Kind(kind.to_string())),
+    }
+}
+
+/// The Deployment that owns ReplicaSet `replica_set`, from the ReplicaSet's owners.
+pub fn replica_set_owner(
+    replica_set: &str,
+    owners: &[OwnerReference],
+) -> Result<(WorkloadKind, String), NotRestartable> {
+    match controller_of(owners) {
+        Some(parent) if is_apps(parent) && parent.kind == "Deployment" => {
+            Ok((WorkloadKind::Deployment, parent.name.clone()))
+        }
+        Some(parent) => Err(NotRestartable::ReplicaSetOwnedBy {
+            replica_set: replica_set.to_string(),
+            kind: parent.kind.clone(),
+        }),
+        None => Err(NotRestartable::ReplicaSetWithoutDeployment(
+            replica_set.to_string(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(
+        api_version: &str,
+        kind: &str,
+        name: &str,
+        controller: Option<bool>,
+    ) -> OwnerReference {
+        OwnerReference {
+            api_version: api_version.into(),
+            kind: kind.into(),
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            controller,
+            block_owner_deletion: None,
+        }
+    }
+
+    #[test]
+    fn pods_of_apps_controllers_are_restartable() {
+        assert_eq!(
+            pod_owner(&[owner("apps/v1", "ReplicaSet", "web-1", Some(true))]),
+            Ok(PodOwner::ReplicaSet {
+                name: "web-1".into()
+            })
+        );
+        assert_eq!(
+            pod_owner(&[owner("apps/v1", "StatefulSet", "db", Some(true))]),
+            Ok(PodOwner::Workload {
+                kind: WorkloadKind::StatefulSet,
+                name: "db".into()
+            })
+        );
+        assert_eq!(
+            pod_owner(&[owner("apps/v1", "DaemonSet", "agent", None)]),
+            Ok(PodOwner::Workload {
+                kind: WorkloadKind::DaemonSet,
+                name: "agent".into()
+            })
+        );
+    }
+
+    #[test]
+    fn the_controller_wins_over_other_owners() {
+        let owners = [
+            owner("v1", "ConfigMap", "cm", None),
+            owner("apps/v1", "StatefulSet", "db", Some(true)),
+        ];
+        assert!(matches!(pod_owner(&owners), Ok(PodOwner::Workload { .. })));
+    }
+
+    #[test]
+    fn other_owners_are_not_restartable() {
+        assert_eq!(pod_owner(&[]), Err(NotRestartable::NoOwner));
+        assert_eq!(
+            pod_owner(&[owner("batch/v1", "Job", "j", Some(true))]),
+            Err(NotRestartable::Kind("Job".into()))
+        );
+        assert_eq!(
+            pod_owner(&[owner("example.com/v1", "ReplicaSet", "x", Some(true))]),
+            Err(NotRestartable::Kind("ReplicaSet".into())),
+            "only apps/ ReplicaSets"
+        );
+    }
+
+    #[test]
+    fn replica_sets_lead_to_their_deployment() {
+        assert_eq!(
+            replica_set_owner(
+                "web-1",
+                &[owner("apps/v1", "Deployment", "web", Some(true))]
+            ),
+            Ok((WorkloadKind::Deployment, "web".into()))
+        );
+        assert!(matches!(
+            replica_set_owner(
+                "web-1",
+                &[owner("argoproj.io/v1alpha1", "Rollout", "web", Some(true))]
+            ),
+            Err(NotRestartable::ReplicaSetOwnedBy { .. })
+        ));
+        assert_eq!(
+            replica_set_owner("web-1", &[]),
+            Err(NotRestartable::ReplicaSetWithoutDeployment("web-1".into()))
+        );
+    }
+}

@@ -1,0 +1,211 @@
+//! Settings both binaries read and must agree on: the webhook validates a pod's
+//! annotations with these functions before it injects, and the sidecar parses the env the
+//! webhook wrote with the same functions, so a value the webhook accepts never stops the
+//! sidecar at start.
+
+use std::time::Duration;
+
+use crate::image::is_docker_hub;
+
+/// Shortest poll interval: shorter would hammer registries.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest poll interval. Longer is surely a typo, and the backoff arithmetic stays far
+/// from overflow.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+/// A duration as users write it (`30s`, `5m`, `1h30m`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| format!("{text:?} is not a duration: {e}"))
+}
+
+/// The poll interval: a duration from 1s to 24h.
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration(text)?;
+    if interval < MIN_INTERVAL {
+        return Err(format!("{text:?} is shorter than the minimum of 1s"));
+    }
+    if interval > MAX_INTERVAL {
+        return Err(format!("{text:?} is longer than the maximum of 24h"));
+    }
+    Ok(interval)
+}
+
+/// Where to ask for a registry's manifests: `http(s)://host[:port][/path prefix]`.
+/// Registries served under a path (Artifactory's `/api/docker/<repo>`, Nexus, Harbor
+/// proxies behind a gateway) are supported: requests go to `<url>/v2/...`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistryUrl {
+    /// `https://host[:port][/prefix]`, no trailing slash.
+    pub base: String,
+    /// `host[:port]`, for credential look-up.
+    pub host: String,
+}
+
+impl RegistryUrl {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let trimmed = text.trim().trim_end_matches('/');
+        let rest = trimmed
+            .strip_prefix("https://")
+            .or_else(|| trimmed.strip_prefix("http://"))
+            .ok_or_else(|| format!("{text:?} must start with http:// or https://"))?;
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let host_ok = !host.is_empty()
+            && host.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+            });
+        if !host_ok {
+            return Err(format!("{text:?} has no valid host[:port]"));
+        }
+        let path_ok = path.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~' | b'%')
+        }) && !path.starts_with('/')
+            && !path.contains("//");
+        if !path_ok || trimmed.contains(['?', '#']) {
+            return Err(format!(
+                "{text:?} must be scheme://host[:port][/path] without query or spaces"
+            ));
+        }
+        Ok(Self {
+            base: trimmed.to_string(),
+            host: host.to_ascii_lowercase(),
+        })
+    }
+
+    /// Plain HTTP (`http://`), for registries the user marked so.
+    pub fn is_plain_http(&self) -> bool {
+        self.base.starts_with("http://")
+    }
+}
+
+/// The `pod-reloaded.io/registry-url` setting: either one URL that every watched
+/// container is checked against (a pod usually pulls from one registry), or
+/// `host=URL[,host=URL...]` pairs that redirect only images from those hosts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RegistryOverride {
+    every_image: Option<RegistryUrl>,
+    by_host: Vec<(String, RegistryUrl)>,
+}
+
+impl RegistryOverride {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if !text.contains('=') {
+            return Ok(Self {
+                every_image: Some(RegistryUrl::parse(text)?),
+                by_host: Vec::new(),
+            });
+        }
+        let mut by_host = Vec::new();
+        for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (host, url) = entry
+                .split_once('=')
+                .ok_or_else(|| format!("{entry:?} is not host=URL"))?;
+            let host = host.trim().to_ascii_lowercase();
+            if host.is_empty() || host.contains(['/', ' ']) {
+                return Err(format!("{entry:?}: {host:?} is not a registry host[:port]"));
+            }
+            by_host.push((host, RegistryUrl::parse(url)?));
+        }
+        if by_host.is_empty() {
+            return Err(format!("{text:?} names no registry"));
+        }
+        Ok(Self {
+            every_image: None,
+            by_host,
+        })
+    }
+
+    /// The URL to ask instead of `registry` (an image's host), if any.
+    pub fn for_registry(&self, registry: &str) -> Option<&RegistryUrl> {
+        if let Some(url) = &self.every_image {
+            return Some(url);
+        }
+        self.by_host
+            .iter()
+            .find(|(host, _)| {
+                host.eq_ignore_ascii_case(registry)
+                    || (is_docker_hub(host) && is_docker_hub(registry))
+            })
+            .map(|(_, url)| url)
+    }
+}
+
+/// `pod-reloaded.io/pull-policy`: `set` (default) or `keep`.
+pub fn parse_pull_policy(text: &str) -> Result<bool, String> {
+    match text.trim() {
+        "set" => Ok(true),
+        "keep" => Ok(false),
+        other => Err(format!("{other:?} is neither \"set\" nor \"keep\"")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_are_bounded() {
+        assert_eq!(parse_interval("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_interval(" 1m "), Ok(Duration::from_secs(60)));
+        assert!(parse_interval("500ms").unwrap_err().contains("minimum"));
+        assert!(parse_interval("25h").unwrap_err().contains("maximum"));
+        assert!(parse_interval("99999999999999999s").is_err());
+        assert!(parse_interval("soon").is_err());
+    }
+
+    #[test]
+    fn registry_urls_may_have_a_path_prefix() {
+        let url = RegistryUrl::parse("https://artifactory.example.com/api/docker/hub/").unwrap();
+        assert_eq!(url.base, "https://artifactory.example.com/api/docker/hub");
+        assert_eq!(url.host, "artifactory.example.com");
+        assert!(!url.is_plain_http());
+        let plain = RegistryUrl::parse("http://127.0.0.1:5000").unwrap();
+        assert!(plain.is_plain_http());
+        assert_eq!(plain.host, "127.0.0.1:5000");
+        for bad in [
+            "registry.example.com",
+            "ftp://x",
+            "https://",
+            "https:///path",
+            "https://a b",
+            "https://host/p?q=1",
+            "https://host//double",
+        ] {
+            assert!(RegistryUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_override_applies_to_every_image_or_to_named_hosts() {
+        let all = RegistryOverride::parse("https://mirror.example.com").unwrap();
+        assert_eq!(
+            all.for_registry("ghcr.io").map(|u| u.base.as_str()),
+            Some("https://mirror.example.com")
+        );
+        let scoped = RegistryOverride::parse(
+            "docker.io=https://mirror.example.com/hub, ghcr.io=http://10.0.0.1:5000",
+        )
+        .unwrap();
+        assert_eq!(
+            scoped
+                .for_registry("registry-1.docker.io")
+                .map(|u| u.base.as_str()),
+            Some("https://mirror.example.com/hub")
+        );
+        assert_eq!(
+            scoped.for_registry("ghcr.io").map(|u| u.base.as_str()),
+            Some("http://10.0.0.1:5000")
+        );
+        assert_eq!(scoped.for_registry("quay.io"), None);
+        assert!(RegistryOverride::parse("docker.io=").is_err());
+        assert!(RegistryOverride::parse("=https://x").is_err());
+        assert!(RegistryOverride::parse(",").is_err());
+    }
+
+    #[test]
+    fn pull_policies() {
+        assert_eq!(parse_pull_policy("set"), Ok(true));
+        assert_eq!(parse_pull_policy("keep"), Ok(false));
+        assert!(parse_pull_policy("Always").is_err());
+    }
+}
