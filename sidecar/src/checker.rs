@@ -10,8 +10,8 @@ use tracing::{info, warn};
 use crate::cluster::{Cluster, Owner, RestartOutcome};
 use crate::compare::{self, Verdict};
 use crate::config::Config;
-use crate::credentials::Credentials;
 use crate::metrics::{CheckResult, Metrics};
+use crate::registry::credentials::Credentials;
 use crate::registry::{RegistryClient, RegistryError, Repository};
 use crate::restart::Change;
 use pod_reloaded_contract::image::{

@@ -7,47 +7,7 @@
 
 use pod_reloaded_contract::image::RunningDigest;
 
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-
-/// The `Accept` header of every manifest request: indexes first, so the registry answers
-/// with what a multi-arch pull would resolve.
-pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ManifestKind {
-    Index,
-    Manifest,
-}
-
-impl ManifestKind {
-    /// `None` for a media type we do not understand.
-    pub fn from_media_type(media_type: &str) -> Option<Self> {
-        match media_type.split(';').next().unwrap_or("").trim() {
-            OCI_INDEX | DOCKER_MANIFEST_LIST => Some(Self::Index),
-            OCI_MANIFEST | DOCKER_MANIFEST => Some(Self::Manifest),
-            _ => None,
-        }
-    }
-}
-
-/// What the tag points to, from the manifest HEAD (or a GET when HEAD had no digest).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RemoteTag {
-    pub digest: String,
-    pub kind: ManifestKind,
-}
-
-/// What a GET of the remote manifest adds, fetched only when the HEAD did not decide.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RemoteDetails {
-    /// Digests of the manifests an index lists (empty for a single manifest).
-    pub index_manifests: Vec<String>,
-    /// Config digest of the manifest for our platform.
-    pub platform_config: Option<String>,
-}
+use crate::registry::manifest::{ManifestKind, RemoteDetails, RemoteTag};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -107,36 +67,6 @@ mod tests {
             digest: digest(c),
             kind,
         }
-    }
-
-    #[test]
-    fn media_types() {
-        assert_eq!(
-            ManifestKind::from_media_type(OCI_INDEX),
-            Some(ManifestKind::Index)
-        );
-        assert_eq!(
-            ManifestKind::from_media_type(DOCKER_MANIFEST_LIST),
-            Some(ManifestKind::Index)
-        );
-        assert_eq!(
-            ManifestKind::from_media_type(OCI_MANIFEST),
-            Some(ManifestKind::Manifest)
-        );
-        assert_eq!(
-            ManifestKind::from_media_type(
-                "application/vnd.docker.distribution.manifest.v2+json; charset=utf-8"
-            ),
-            Some(ManifestKind::Manifest)
-        );
-        assert_eq!(
-            ManifestKind::from_media_type(
-                "application/vnd.docker.distribution.manifest.v1+prettyjws"
-            ),
-            None
-        );
-        assert_eq!(ManifestKind::from_media_type("text/html"), None);
-        assert_eq!(ManifestKind::from_media_type(""), None);
     }
 
     #[test]

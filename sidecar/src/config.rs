@@ -9,7 +9,7 @@ use clap::Parser;
 use pod_reloaded_contract::settings::{self, RegistryOverride};
 use pod_reloaded_contract::{self as contract, LogFormat};
 
-use crate::registry::Platform;
+use crate::platform::Platform;
 
 /// pod-reloaded's checker sidecar: restarts the owning workload when a watched
 /// container's tag points to a new digest.

@@ -8,7 +8,7 @@ pub mod checker;
 pub mod cluster;
 pub mod compare;
 pub mod config;
-pub mod credentials;
 pub mod metrics;
+pub mod platform;
 pub mod registry;
 pub mod restart;

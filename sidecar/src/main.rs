@@ -6,9 +6,10 @@ use clap::Parser;
 use pod_reloaded_sidecar::checker::{next_delay, Checker, RoundOutcome};
 use pod_reloaded_sidecar::cluster::Cluster;
 use pod_reloaded_sidecar::config::Config;
-use pod_reloaded_sidecar::credentials::Credentials;
 use pod_reloaded_sidecar::metrics::Metrics;
-use pod_reloaded_sidecar::registry::{Platform, RegistryClient};
+use pod_reloaded_sidecar::platform::Platform;
+use pod_reloaded_sidecar::registry::credentials::Credentials;
+use pod_reloaded_sidecar::registry::RegistryClient;
 use tracing::{error, info, warn};
 
 fn main() -> ExitCode {

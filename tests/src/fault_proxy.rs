@@ -28,6 +28,8 @@ pub enum Fault {
     DigestHeader(String),
     /// Removes `Docker-Content-Digest` (some registries and proxies do not send it).
     NoDigestHeader,
+    /// Removes `Content-Type` from manifest HEAD answers only (GETs keep it).
+    NoContentTypeOnHead,
 }
 
 /// Bearer-token auth played by the proxy.
@@ -186,6 +188,7 @@ async fn handle(
         }
     }
     let is_manifest = uri.path().contains("/manifests/");
+    let is_head = method == Method::HEAD;
     if is_manifest {
         match &fault {
             Fault::Status(code) => {
@@ -206,7 +209,10 @@ async fn handle(
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 return StatusCode::GATEWAY_TIMEOUT.into_response();
             }
-            Fault::None | Fault::DigestHeader(_) | Fault::NoDigestHeader => {}
+            Fault::None
+            | Fault::DigestHeader(_)
+            | Fault::NoDigestHeader
+            | Fault::NoContentTypeOnHead => {}
         }
     }
 
@@ -252,6 +258,9 @@ async fn handle(
         }
         (true, Fault::NoDigestHeader) => {
             copied.remove("docker-content-digest");
+        }
+        (true, Fault::NoContentTypeOnHead) if is_head => {
+            copied.remove("content-type");
         }
         _ => {}
     }

@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
-use pod_reloaded_sidecar::compare::{ManifestKind, RemoteTag};
-use pod_reloaded_sidecar::credentials::Credentials;
-use pod_reloaded_sidecar::registry::{Platform, RegistryClient, RegistryError, Repository};
+use pod_reloaded_sidecar::platform::Platform;
+use pod_reloaded_sidecar::registry::credentials::Credentials;
+use pod_reloaded_sidecar::registry::manifest::{ManifestKind, RemoteTag};
+use pod_reloaded_sidecar::registry::{RegistryClient, RegistryError, Repository};
 use pod_reloaded_tests::fault_proxy::{BearerAuth, Fault, FaultProxy};
 use pod_reloaded_tests::registry::{docker_config_json, Registry, RegistryOptions};
 
@@ -31,13 +32,12 @@ fn repository(base_url: &str, name: &str) -> Repository {
 
 fn credentials_for(host: &str, user: &str, password: &str) -> Credentials {
     let mut credentials = Credentials::default();
-    credentials
-        .add_config(
-            docker_config_json(host, user, password)
-                .to_string()
-                .as_bytes(),
-        )
-        .unwrap();
+    let problems = credentials.add_config(
+        docker_config_json(host, user, password)
+            .to_string()
+            .as_bytes(),
+    );
+    assert!(problems.is_empty(), "{problems:?}");
     credentials
 }
 
@@ -286,6 +286,33 @@ async fn bearer_tokens_are_fetched_once_and_renewed_when_expired() {
         wrong.resolve_tag(&repo, "latest").await,
         Err(RegistryError::Unauthorized { .. })
     ));
+
+    // The same registry reached as `localhost`: its challenge names a plain-HTTP realm on
+    // another host (127.0.0.1), so the pull secret is not sent there.
+    let port = guarded.host().rsplit_once(':').unwrap().1.to_string();
+    let elsewhere = Repository {
+        base_url: format!("http://localhost:{port}"),
+        host: format!("localhost:{port}"),
+        name: "demo/app".into(),
+    };
+    let careful = client(
+        plain_http(),
+        credentials_for(&elsewhere.host, "robot", "pw"),
+        "linux/amd64",
+    );
+    guarded.clear_requests();
+    let error = careful.resolve_tag(&elsewhere, "latest").await.unwrap_err();
+    assert!(
+        matches!(&error, RegistryError::Unauthorized { reason, .. } if reason.contains("not sending")),
+        "{error}"
+    );
+    assert!(
+        guarded
+            .requests()
+            .iter()
+            .all(|r| !r.path.contains("/token")),
+        "no token request carried the credentials"
+    );
 }
 
 #[tokio::test]
@@ -338,6 +365,17 @@ async fn bad_answers_are_errors_never_digests() {
     assert_eq!(
         checker.resolve_tag(&repo, "latest").await.unwrap().digest,
         pushed.digest
+    );
+    assert_eq!(proxy.count("GET", "/manifests/"), 1);
+    // A HEAD without Content-Type is not an error: the GET's answer says what it is.
+    proxy.set_fault(Fault::NoContentTypeOnHead);
+    proxy.clear_requests();
+    assert_eq!(
+        checker.resolve_tag(&repo, "latest").await.unwrap(),
+        RemoteTag {
+            digest: pushed.digest.clone(),
+            kind: ManifestKind::Manifest
+        }
     );
     assert_eq!(proxy.count("GET", "/manifests/"), 1);
     proxy.set_fault(Fault::None);

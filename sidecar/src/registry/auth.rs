@@ -1,0 +1,239 @@
+//! Registry authentication: the `WWW-Authenticate` challenge, the token answer, the
+//! cache of what to send up front, and where credentials may be sent at all.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::credentials::Credential;
+
+/// Token lifetime when the token server does not say (distribution spec default).
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// Longest a token is trusted, whatever `expires_in` says (a huge value must not overflow
+/// the clock, and a day-old token is worth renewing anyway).
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Tokens are renewed this long before they expire, so none expires in flight.
+const TOKEN_RENEW_MARGIN: Duration = Duration::from_secs(5);
+
+/// A parsed `WWW-Authenticate` challenge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Challenge {
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
+}
+
+/// Parses `Bearer realm="…",service="…",scope="…"` or `Basic realm="…"`.
+pub fn parse_challenge(header: &str) -> Option<Challenge> {
+    let (scheme, params) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
+    let mut values: HashMap<String, String> = HashMap::new();
+    let mut rest = params.trim();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
+        let after = after.trim_start();
+        let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
+            let end = quoted.find('"')?;
+            (&quoted[..end], &quoted[end + 1..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (&after[..end], &after[end..])
+        };
+        values.insert(key, value.to_string());
+        rest = remaining.trim_start().trim_start_matches(',').trim_start();
+    }
+    match scheme.to_ascii_lowercase().as_str() {
+        "basic" => Some(Challenge::Basic),
+        "bearer" => Some(Challenge::Bearer {
+            realm: values.remove("realm")?,
+            service: values.remove("service"),
+            scope: values.remove("scope"),
+        }),
+        _ => None,
+    }
+}
+
+/// What to send up front for one repository.
+#[derive(Clone)]
+pub enum CachedAuth {
+    Basic(String),
+    Bearer {
+        header: String,
+        renew_at: Instant,
+        challenge: Challenge,
+    },
+}
+
+impl CachedAuth {
+    pub fn bearer(token: &str, lifetime: Duration, challenge: Challenge, now: Instant) -> Self {
+        let lifetime = lifetime.min(MAX_TOKEN_LIFETIME);
+        Self::Bearer {
+            header: format!("Bearer {token}"),
+            renew_at: now + lifetime.saturating_sub(TOKEN_RENEW_MARGIN),
+            challenge,
+        }
+    }
+
+    pub fn header(&self) -> &str {
+        match self {
+            Self::Basic(header) | Self::Bearer { header, .. } => header,
+        }
+    }
+}
+
+/// The token server's answer.
+#[derive(serde::Deserialize)]
+pub struct TokenResponse {
+    token: Option<String>,
+    access_token: Option<String>,
+    expires_in: Option<u64>,
+}
+
+impl TokenResponse {
+    /// The token and how long it lives; `Err` when the answer carries no token.
+    pub fn parse(body: &[u8]) -> Result<(String, Duration), String> {
+        let parsed: Self = serde_json::from_slice(body)
+            .map_err(|e| format!("token response does not parse: {e}"))?;
+        let token = parsed
+            .token
+            .or(parsed.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or("token response has no token")?;
+        let lifetime = parsed.expires_in.map_or(DEFAULT_TOKEN_LIFETIME, |s| {
+            Duration::from_secs(s).min(MAX_TOKEN_LIFETIME)
+        });
+        Ok((token, lifetime))
+    }
+}
+
+pub fn basic_header(credential: &Credential) -> String {
+    use base64::Engine as _;
+    let raw = format!("{}:{}", credential.username, credential.password);
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
+}
+
+fn scheme_and_host(url: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => host,
+    };
+    Some((scheme, host))
+}
+
+/// May credentials for the registry at `registry_base_url` be sent to the token `realm`
+/// its challenge named? Over HTTPS, yes (Docker Hub's realm is another host by design).
+/// Over plain HTTP only when the registry itself was explicitly configured as plain HTTP,
+/// and only to the registry's own host: a challenge must not be able to pull secrets off
+/// the pod in clear text or to a third host.
+pub fn may_send_credentials(registry_base_url: &str, realm: &str) -> bool {
+    let (Some((realm_scheme, realm_host)), Some((registry_scheme, registry_host))) =
+        (scheme_and_host(realm), scheme_and_host(registry_base_url))
+    else {
+        return false;
+    };
+    match (
+        realm_scheme.to_ascii_lowercase().as_str(),
+        registry_scheme.to_ascii_lowercase().as_str(),
+    ) {
+        ("https", _) => true,
+        ("http", "http") => realm_host.eq_ignore_ascii_case(registry_host),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges() {
+        assert_eq!(
+            parse_challenge(
+                r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull""#
+            ),
+            Some(Challenge::Bearer {
+                realm: "https://auth.docker.io/token".into(),
+                service: Some("registry.docker.io".into()),
+                scope: Some("repository:library/nginx:pull".into()),
+            })
+        );
+        assert_eq!(
+            parse_challenge(
+                r#"Bearer realm="http://127.0.0.1:1/token", scope="repository:a/b:pull,push""#
+            ),
+            Some(Challenge::Bearer {
+                realm: "http://127.0.0.1:1/token".into(),
+                service: None,
+                scope: Some("repository:a/b:pull,push".into()),
+            })
+        );
+        assert_eq!(
+            parse_challenge(r#"Basic realm="basic-realm""#),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(parse_challenge("Negotiate"), None);
+        assert_eq!(parse_challenge("Bearer service=x"), None, "no realm");
+        assert_eq!(parse_challenge(r#"Bearer realm="unterminated"#), None);
+    }
+
+    #[test]
+    fn huge_token_lifetimes_are_capped_not_overflowed() {
+        let (token, lifetime) =
+            TokenResponse::parse(br#"{"token": "t", "expires_in": 18446744073709551615}"#).unwrap();
+        assert_eq!(token, "t");
+        assert_eq!(lifetime, MAX_TOKEN_LIFETIME);
+        let cached = CachedAuth::bearer("t", lifetime, Challenge::Basic, Instant::now());
+        assert_eq!(cached.header(), "Bearer t");
+        assert_eq!(
+            TokenResponse::parse(br#"{"access_token": "a"}"#).unwrap(),
+            ("a".to_string(), DEFAULT_TOKEN_LIFETIME)
+        );
+        assert!(TokenResponse::parse(br#"{"token": ""}"#).is_err());
+        assert!(TokenResponse::parse(b"<html>").is_err());
+    }
+
+    #[test]
+    fn credentials_go_only_over_https_or_to_the_plain_http_registry_itself() {
+        assert!(may_send_credentials(
+            "https://registry-1.docker.io",
+            "https://auth.docker.io/token"
+        ));
+        assert!(may_send_credentials(
+            "https://r.example.com",
+            "https://r.example.com:8443/token"
+        ));
+        assert!(!may_send_credentials(
+            "https://r.example.com",
+            "http://r.example.com/token"
+        ));
+        assert!(may_send_credentials(
+            "http://127.0.0.1:5000",
+            "http://127.0.0.1:5001/token"
+        ));
+        assert!(!may_send_credentials(
+            "http://127.0.0.1:5000",
+            "http://evil.example.com/token"
+        ));
+        assert!(!may_send_credentials(
+            "http://10.0.0.1:5000",
+            "http://user@10.0.0.2/token"
+        ));
+        assert!(!may_send_credentials(
+            "https://r.example.com",
+            "ftp://r.example.com/token"
+        ));
+        assert!(!may_send_credentials("https://r.example.com", "not a url"));
+    }
+}
