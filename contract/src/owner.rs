@@ -25,11 +25,26 @@ impl WorkloadKind {
     }
 }
 
+/// A workload a restart patches, as an owner reference names it (the uid lets Events
+/// show up in `kubectl describe`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct WorkloadRef {
+    pub kind: WorkloadKind,
+    pub name: String,
+    pub uid: String,
+}
+
+impl std::fmt::Display for WorkloadRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.kind.name(), self.name)
+    }
+}
+
 /// The first step of a pod's owner chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PodOwner {
     /// Owned directly by a restartable workload.
-    Workload { kind: WorkloadKind, name: String },
+    Workload(WorkloadRef),
     /// Owned by a ReplicaSet, which must in turn be owned by a Deployment.
     ReplicaSet { name: String },
 }
@@ -64,10 +79,11 @@ fn is_apps(owner: &OwnerReference) -> bool {
 pub fn pod_owner(owners: &[OwnerReference]) -> Result<PodOwner, NotRestartable> {
     let owner = controller_of(owners).ok_or(NotRestartable::NoOwner)?;
     let workload = |kind| {
-        Ok(PodOwner::Workload {
+        Ok(PodOwner::Workload(WorkloadRef {
             kind,
             name: owner.name.clone(),
-        })
+            uid: owner.uid.clone(),
+        }))
     };
     match (is_apps(owner), owner.kind.as_str()) {
         (true, "StatefulSet") => workload(WorkloadKind::StatefulSet),
@@ -83,11 +99,13 @@ pub fn pod_owner(owners: &[OwnerReference]) -> Result<PodOwner, NotRestartable> 
 pub fn replica_set_owner(
     replica_set: &str,
     owners: &[OwnerReference],
-) -> Result<(WorkloadKind, String), NotRestartable> {
+) -> Result<WorkloadRef, NotRestartable> {
     match controller_of(owners) {
-        Some(parent) if is_apps(parent) && parent.kind == "Deployment" => {
-            Ok((WorkloadKind::Deployment, parent.name.clone()))
-        }
+        Some(parent) if is_apps(parent) && parent.kind == "Deployment" => Ok(WorkloadRef {
+            kind: WorkloadKind::Deployment,
+            name: parent.name.clone(),
+            uid: parent.uid.clone(),
+        }),
         Some(parent) => Err(NotRestartable::ReplicaSetOwnedBy {
             replica_set: replica_set.to_string(),
             kind: parent.kind.clone(),
@@ -128,17 +146,19 @@ mod tests {
         );
         assert_eq!(
             pod_owner(&[owner("apps/v1", "StatefulSet", "db", Some(true))]),
-            Ok(PodOwner::Workload {
+            Ok(PodOwner::Workload(WorkloadRef {
                 kind: WorkloadKind::StatefulSet,
-                name: "db".into()
-            })
+                name: "db".into(),
+                uid: "uid-db".into()
+            }))
         );
         assert_eq!(
             pod_owner(&[owner("apps/v1", "DaemonSet", "agent", None)]),
-            Ok(PodOwner::Workload {
+            Ok(PodOwner::Workload(WorkloadRef {
                 kind: WorkloadKind::DaemonSet,
-                name: "agent".into()
-            })
+                name: "agent".into(),
+                uid: "uid-agent".into()
+            }))
         );
     }
 
@@ -148,7 +168,7 @@ mod tests {
             owner("v1", "ConfigMap", "cm", None),
             owner("apps/v1", "StatefulSet", "db", Some(true)),
         ];
-        assert!(matches!(pod_owner(&owners), Ok(PodOwner::Workload { .. })));
+        assert!(matches!(pod_owner(&owners), Ok(PodOwner::Workload(_))));
     }
 
     #[test]
@@ -172,7 +192,11 @@ mod tests {
                 "web-1",
                 &[owner("apps/v1", "Deployment", "web", Some(true))]
             ),
-            Ok((WorkloadKind::Deployment, "web".into()))
+            Ok(WorkloadRef {
+                kind: WorkloadKind::Deployment,
+                name: "web".into(),
+                uid: "uid-web".into()
+            })
         );
         assert!(matches!(
             replica_set_owner(

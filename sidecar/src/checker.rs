@@ -1,44 +1,56 @@
-//! One round of the checker, and when the next one comes.
+//! One round of the checker: observe the pod, ask the registry, compare, decide, act.
+//!
+//! The pod is read at start and then only when it matters: when the registry's answer
+//! differs from what the pod was last seen running, while a container has not started,
+//! and every `POD_REFRESH_ROUNDS` rounds as a safety net. An unchanged round costs one
+//! `HEAD` per watched tag and no API request.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
+use pod_reloaded_contract::image::{RunningDigest, WatchedImage};
 use tracing::{info, warn};
 
 use crate::cluster::{Cluster, Owner, RestartOutcome};
 use crate::compare::{self, Verdict};
 use crate::config::Config;
+use crate::decide::Change;
 use crate::metrics::{CheckResult, Metrics};
+use crate::observe::{self, ContainerState};
 use crate::registry::credentials::Credentials;
 use crate::registry::{RegistryClient, RegistryError, Repository};
-use crate::restart::Change;
-use pod_reloaded_contract::image::{
-    parse_image, parse_image_id, ImageSpec, RunningDigest, WatchedImage,
-};
 
-/// Longest wait between rounds while errors repeat (unless the interval is longer).
-const MAX_BACKOFF: Duration = Duration::from_secs(600);
+/// Rounds between two reads of an unchanged pod (a safety net: the pod's spec and status
+/// of a running container do not change without a restart).
+pub const POD_REFRESH_ROUNDS: u32 = 10;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum RoundOutcome {
     UpToDate,
+    /// A watched container has not started yet (a native sidecar starts first).
+    Waiting,
     Restarted,
     /// A change another replica already restarted for (or that did not take).
     AlreadyRestarted,
     /// Something failed; nothing was restarted. `retry_after` is the registry's wish.
     Failed {
-        retry_after: Option<Duration>,
+        retry_after: Option<std::time::Duration>,
     },
 }
 
-/// The last verdict per container, so an unchanged round costs one HEAD even when the
-/// first verdict needed the manifest (running digest is an index child or a config).
+/// The verdict for one (remote digest, running digest) pair, so an unchanged round costs
+/// one HEAD even when the first verdict needed the manifest.
 #[derive(Clone, PartialEq, Eq)]
-struct Remembered {
+struct KnownVerdict {
     remote_digest: String,
     running: RunningDigest,
+    verdict: Verdict,
+}
+
+/// What the registry said about one container, compared with what it runs.
+struct Checked {
+    remote_digest: String,
     verdict: Verdict,
 }
 
@@ -47,9 +59,12 @@ pub struct Checker {
     registry: RegistryClient,
     cluster: Cluster,
     pub metrics: Arc<Metrics>,
-    remembered: HashMap<String, Remembered>,
-    /// Things said once and not again (pinned images, unrestartable owner, warnings).
-    said: HashSet<String>,
+    /// Our pod as last read, and the rounds since.
+    pod: Option<Pod>,
+    rounds_since_pod_read: u32,
+    known_verdicts: HashMap<String, KnownVerdict>,
+    /// Warnings already logged (pinned images, unrestartable owner, ...), not repeated.
+    warned: HashSet<String>,
 }
 
 impl Checker {
@@ -64,13 +79,212 @@ impl Checker {
             registry,
             cluster,
             metrics,
-            remembered: HashMap::new(),
-            said: HashSet::new(),
+            pod: None,
+            rounds_since_pod_read: 0,
+            known_verdicts: HashMap::new(),
+            warned: HashSet::new(),
         }
     }
 
-    fn first_time(&mut self, key: String) -> bool {
-        self.said.insert(key)
+    /// True the first time `key` is warned about.
+    fn not_yet_warned(&mut self, key: String) -> bool {
+        self.warned.insert(key)
+    }
+
+    /// Reads our pod; `None` (logged) when the API does not answer.
+    async fn read_pod(&mut self) -> Option<Pod> {
+        match self.cluster.read_pod().await {
+            Ok(pod) => {
+                self.pod = Some(pod.clone());
+                self.rounds_since_pod_read = 0;
+                Some(pod)
+            }
+            Err(error) => {
+                warn!(
+                    error = format!("{error:#}"),
+                    "round failed: cannot read our pod"
+                );
+                None
+            }
+        }
+    }
+
+    pub async fn round(&mut self) -> RoundOutcome {
+        let cached = match &self.pod {
+            Some(pod) if self.rounds_since_pod_read < POD_REFRESH_ROUNDS => {
+                self.rounds_since_pod_read += 1;
+                Some(pod.clone())
+            }
+            _ => None,
+        };
+        let fresh = cached.is_none();
+        let pod = match cached {
+            Some(pod) => pod,
+            None => match self.read_pod().await {
+                Some(pod) => pod,
+                None => return RoundOutcome::Failed { retry_after: None },
+            },
+        };
+
+        let mut changes = Vec::new();
+        let mut failed = false;
+        let mut waiting = false;
+        let mut retry_after = None;
+        for observation in observe::observe(&pod, &self.config.watch_containers) {
+            let container = observation.container;
+            match observation.state {
+                ContainerState::Running { image, running } => {
+                    match self.check(&container, &image, &running).await {
+                        Ok(Checked {
+                            verdict: Verdict::Changed,
+                            remote_digest,
+                        }) => changes.push(Change {
+                            container,
+                            digest: remote_digest,
+                        }),
+                        Ok(_) => {}
+                        Err(error) => {
+                            retry_after = retry_after.max(error.retry_after());
+                            failed = true;
+                        }
+                    }
+                }
+                ContainerState::NotRunningYet { image } => {
+                    info!(container, image = %image, decision = "waiting", "container has not started yet; checking next round");
+                    waiting = true;
+                }
+                ContainerState::Pinned { image, digest } => {
+                    if self.not_yet_warned(format!("pinned:{container}")) {
+                        info!(
+                            container,
+                            image, digest, "image is pinned by digest: nothing to watch"
+                        );
+                    }
+                }
+                ContainerState::Missing => {
+                    if self.not_yet_warned(format!("missing:{container}")) {
+                        warn!(
+                            container,
+                            "the pod has no such container; check {}",
+                            pod_reloaded_contract::ENV_WATCH_CONTAINER
+                        );
+                    }
+                    self.metrics.check(CheckResult::Error);
+                    failed = true;
+                }
+                ContainerState::Unreadable { problem } => {
+                    warn!(
+                        container,
+                        problem,
+                        decision = "error",
+                        "cannot watch this container"
+                    );
+                    self.metrics.check(CheckResult::Error);
+                    failed = true;
+                }
+            }
+        }
+        if waiting {
+            // Look at the pod again next round, to see the container start.
+            self.pod = None;
+        }
+        if changes.is_empty() {
+            return if failed {
+                RoundOutcome::Failed { retry_after }
+            } else if waiting {
+                RoundOutcome::Waiting
+            } else {
+                RoundOutcome::UpToDate
+            };
+        }
+        if !fresh {
+            // The registry's answer differs from what the pod was last seen running:
+            // read the pod again before acting on it.
+            let Some(current) = self.read_pod().await else {
+                return RoundOutcome::Failed { retry_after: None };
+            };
+            if running_digests(&current) != running_digests(&pod) {
+                info!("the pod changed since it was last read; deciding next round");
+                return RoundOutcome::UpToDate;
+            }
+        }
+        // A change seen for one container is acted on even if another container's check
+        // failed: the failure means "unknown" for that container only.
+        self.restart_for(&pod, &changes).await
+    }
+
+    /// Ask the registry, then compare: the only network step of a check.
+    async fn check(
+        &mut self,
+        container: &str,
+        image: &WatchedImage,
+        running: &RunningDigest,
+    ) -> Result<Checked, RegistryError> {
+        let outcome = self.ask_and_compare(container, image, running).await;
+        match &outcome {
+            Ok(checked) => {
+                let (decision, result) = match checked.verdict {
+                    Verdict::UpToDate => ("up-to-date", CheckResult::UpToDate),
+                    Verdict::Changed => ("changed", CheckResult::Changed),
+                };
+                info!(container, image = %image, running = running.digest(), remote = checked.remote_digest, decision, "checked");
+                self.metrics.check(result);
+            }
+            Err(error) => {
+                if matches!(error, RegistryError::Unauthorized { .. }) {
+                    self.reload_credentials();
+                }
+                warn!(container, image = %image, running = running.digest(), remote = "", %error, decision = "error", "checked");
+                self.metrics.check(CheckResult::Error);
+            }
+        }
+        outcome
+    }
+
+    async fn ask_and_compare(
+        &mut self,
+        container: &str,
+        image: &WatchedImage,
+        running: &RunningDigest,
+    ) -> Result<Checked, RegistryError> {
+        let repository = self.repository(image);
+        let remote = self.registry.resolve_tag(&repository, &image.tag).await?;
+        if let Some(known) = self.known_verdicts.get(container) {
+            if known.remote_digest == remote.digest && &known.running == running {
+                return Ok(Checked {
+                    remote_digest: remote.digest,
+                    verdict: known.verdict,
+                });
+            }
+        }
+        let verdict = match compare::decide_from_head(running, &remote) {
+            Some(verdict) => verdict,
+            None => {
+                let want_config = matches!(running, RunningDigest::Config(_));
+                let details = self
+                    .registry
+                    .inspect(&repository, &remote, want_config)
+                    .await?;
+                compare::decide_from_details(running, &remote, &details).map_err(|reason| {
+                    RegistryError::Unexpected {
+                        url: repository.base_url.clone(),
+                        reason,
+                    }
+                })?
+            }
+        };
+        self.known_verdicts.insert(
+            container.to_string(),
+            KnownVerdict {
+                remote_digest: remote.digest.clone(),
+                running: running.clone(),
+                verdict,
+            },
+        );
+        Ok(Checked {
+            remote_digest: remote.digest,
+            verdict,
+        })
     }
 
     /// Where to ask about `watched`: the override for its registry, if any, else the
@@ -103,189 +317,6 @@ impl Checker {
         }
     }
 
-    pub async fn round(&mut self) -> RoundOutcome {
-        let pod = match self.cluster.read_pod().await {
-            Ok(pod) => pod,
-            Err(error) => {
-                warn!(
-                    error = format!("{error:#}"),
-                    "round failed: cannot read our pod"
-                );
-                return RoundOutcome::Failed { retry_after: None };
-            }
-        };
-        let mut changes = Vec::new();
-        let mut failed = false;
-        let mut retry_after = None;
-        for container in self.config.watch_containers.clone() {
-            match self.check_container(&pod, &container).await {
-                Ok(Some(change)) => changes.push(change),
-                Ok(None) => {}
-                Err(CheckError::Registry(error)) => {
-                    retry_after = retry_after.max(error.retry_after());
-                    failed = true;
-                }
-                Err(CheckError::Other) => failed = true,
-            }
-        }
-        if changes.is_empty() {
-            return if failed {
-                RoundOutcome::Failed { retry_after }
-            } else {
-                RoundOutcome::UpToDate
-            };
-        }
-        // A change seen for one container is acted on even if another container's check
-        // failed: the failure means "unknown" for that container only.
-        self.restart_for(&pod, &changes).await
-    }
-
-    async fn check_container(
-        &mut self,
-        pod: &Pod,
-        container: &str,
-    ) -> Result<Option<Change>, CheckError> {
-        let spec = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.containers.iter().find(|c| c.name == container));
-        let Some(image) = spec.and_then(|c| c.image.clone()) else {
-            if self.first_time(format!("missing:{container}")) {
-                warn!(
-                    container,
-                    "the pod has no such container; check {}",
-                    pod_reloaded_contract::ENV_WATCH_CONTAINER
-                );
-            }
-            self.metrics.check(CheckResult::Error);
-            return Err(CheckError::Other);
-        };
-        let watched = match parse_image(&image) {
-            Ok(ImageSpec::Tagged(watched)) => watched,
-            Ok(ImageSpec::Pinned(digest)) => {
-                if self.first_time(format!("pinned:{container}")) {
-                    info!(
-                        container,
-                        image, digest, "image is pinned by digest: nothing to watch"
-                    );
-                }
-                return Ok(None);
-            }
-            Err(error) => {
-                warn!(container, error, "cannot watch this image");
-                self.metrics.check(CheckResult::Error);
-                return Err(CheckError::Other);
-            }
-        };
-        let status = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.container_statuses.as_ref())
-            .and_then(|statuses| statuses.iter().find(|s| s.name == container));
-        let running = match status
-            .map(|s| s.image_id.as_str())
-            .filter(|id| !id.is_empty())
-        {
-            None => {
-                info!(
-                    container,
-                    image, "container has no running digest yet; checking next round"
-                );
-                self.metrics.check(CheckResult::Error);
-                return Err(CheckError::Other);
-            }
-            Some(image_id) => match parse_image_id(image_id) {
-                Ok(running) => running,
-                Err(error) => {
-                    warn!(container, error, "cannot read the running digest");
-                    self.metrics.check(CheckResult::Error);
-                    return Err(CheckError::Other);
-                }
-            },
-        };
-
-        let repository = self.repository(&watched);
-        let verdict = match self
-            .verdict(container, &repository, &watched.tag, &running)
-            .await
-        {
-            Ok(verdict) => verdict,
-            Err(error) => {
-                if matches!(error.0, RegistryError::Unauthorized { .. }) {
-                    self.reload_credentials();
-                }
-                warn!(container, image = %watched, running = running.digest(), error = %error.0, decision = "error", "no change assumed");
-                self.metrics.check(CheckResult::Error);
-                return Err(CheckError::Registry(error.0));
-            }
-        };
-        let remote = self
-            .remembered
-            .get(container)
-            .map(|r| r.remote_digest.clone())
-            .unwrap_or_default();
-        match verdict {
-            Verdict::UpToDate => {
-                info!(container, image = %watched, running = running.digest(), remote, decision = "up-to-date", "checked");
-                self.metrics.check(CheckResult::UpToDate);
-                Ok(None)
-            }
-            Verdict::Changed => {
-                info!(container, image = %watched, running = running.digest(), remote, decision = "changed", "checked");
-                self.metrics.check(CheckResult::Changed);
-                Ok(Some(Change {
-                    container: container.to_string(),
-                    digest: remote,
-                }))
-            }
-        }
-    }
-
-    async fn verdict(
-        &mut self,
-        container: &str,
-        repository: &Repository,
-        tag: &str,
-        running: &RunningDigest,
-    ) -> Result<Verdict, Boxed> {
-        let remote = self
-            .registry
-            .resolve_tag(repository, tag)
-            .await
-            .map_err(Boxed)?;
-        if let Some(known) = self.remembered.get(container) {
-            if known.remote_digest == remote.digest && &known.running == running {
-                return Ok(known.verdict);
-            }
-        }
-        let verdict = match compare::decide_from_head(running, &remote) {
-            Some(verdict) => verdict,
-            None => {
-                let want_config = matches!(running, RunningDigest::Config(_));
-                let details = self
-                    .registry
-                    .inspect(repository, &remote, want_config)
-                    .await
-                    .map_err(Boxed)?;
-                compare::decide_from_details(running, &remote, &details).map_err(|reason| {
-                    Boxed(RegistryError::Unexpected {
-                        url: repository.base_url.clone(),
-                        reason,
-                    })
-                })?
-            }
-        };
-        self.remembered.insert(
-            container.to_string(),
-            Remembered {
-                remote_digest: remote.digest,
-                running: running.clone(),
-                verdict,
-            },
-        );
-        Ok(verdict)
-    }
-
     fn reload_credentials(&self) {
         if let Some(dir) = &self.config.pull_secrets_dir {
             let (credentials, problems) = Credentials::load(dir);
@@ -296,15 +327,14 @@ impl Checker {
         }
     }
 
+    /// Decide and act: find the workload, let `decide` say whether this is ours to do,
+    /// patch it and record the Event.
     async fn restart_for(&mut self, pod: &Pod, changes: &[Change]) -> RoundOutcome {
         let workload = match self.cluster.owner(pod).await {
             Ok(Owner::Restartable(workload)) => workload,
             Ok(Owner::NotRestartable(why)) => {
-                if self.first_time("unrestartable".to_string()) {
-                    warn!(
-                        %why,
-                        "image changed but nothing can be restarted; not restarting"
-                    );
+                if self.not_yet_warned("unrestartable".to_string()) {
+                    warn!(%why, "image changed but nothing can be restarted; not restarting");
                 }
                 return RoundOutcome::Failed { retry_after: None };
             }
@@ -316,11 +346,11 @@ impl Checker {
                 return RoundOutcome::Failed { retry_after: None };
             }
         };
-        let summary: Vec<String> = changes
+        let summary = changes
             .iter()
             .map(|c| format!("{}={}", c.container, c.digest))
-            .collect();
-        let summary = summary.join(",");
+            .collect::<Vec<_>>()
+            .join(",");
         match self.cluster.restart(&workload, changes, pod).await {
             Ok(RestartOutcome::Restarted { restarted_for }) => {
                 info!(%workload, restarted_for, decision = "restart", "triggered a rolling restart");
@@ -337,7 +367,7 @@ impl Checker {
             }
             Ok(RestartOutcome::AlreadyRestarted { pull_did_not_take }) => {
                 if pull_did_not_take {
-                    if self.first_time(format!("did-not-take:{summary}")) {
+                    if self.not_yet_warned(format!("did-not-take:{summary}")) {
                         warn!(%workload, changes = summary, decision = "skip", "already restarted for this digest, but this new pod still runs the old one (loop guard)");
                         self.cluster
                             .event(
@@ -361,93 +391,13 @@ impl Checker {
     }
 }
 
-/// Why a container's check gave no verdict.
-enum CheckError {
-    Registry(RegistryError),
-    Other,
-}
-
-/// Keeps the large error type off the stack of the round future.
-struct Boxed(RegistryError);
-
-/// The wait before the next round: the interval ±10% after a good round; after `failures`
-/// failed rounds in a row, the interval doubled per failure (capped at
-/// max(interval, 10 min)) with the same jitter, and never shorter than `Retry-After`.
-pub fn next_delay(
-    interval: Duration,
-    failures: u32,
-    retry_after: Option<Duration>,
-    rng: &mut impl rand::Rng,
-) -> Duration {
-    let base = if failures == 0 {
-        interval
-    } else {
-        let factor = 2u32.saturating_pow(failures.min(16));
-        interval
-            .saturating_mul(factor)
-            .min(MAX_BACKOFF.max(interval))
-    };
-    let jitter = rng.gen_range(0.9..=1.1);
-    let delay = base.mul_f64(jitter);
-    match retry_after {
-        Some(wait) if wait > delay => wait,
-        _ => delay,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn delay_is_the_jittered_interval_when_healthy() {
-        let mut rng = rand::thread_rng();
-        for _ in 0..200 {
-            let d = next_delay(Duration::from_secs(60), 0, None, &mut rng);
-            assert!(
-                d >= Duration::from_secs(54) && d <= Duration::from_secs(66),
-                "{d:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn failures_back_off_exponentially_up_to_a_cap() {
-        let mut rng = rand::thread_rng();
-        let second =
-            |f| next_delay(Duration::from_secs(1), f, None, &mut rand::thread_rng()).as_secs_f64();
-        assert!((1.8..=2.2).contains(&second(1)));
-        assert!((7.2..=8.8).contains(&second(3)));
-        let capped = next_delay(Duration::from_secs(1), 30, None, &mut rng);
-        assert!(capped <= Duration::from_secs(660), "{capped:?}");
-        let long_interval = next_delay(Duration::from_secs(3600), 5, None, &mut rng);
-        assert!(
-            long_interval >= Duration::from_secs(3240),
-            "never faster than the interval: {long_interval:?}"
-        );
-    }
-
-    #[test]
-    fn retry_after_is_honoured() {
-        let mut rng = rand::thread_rng();
-        assert_eq!(
-            next_delay(
-                Duration::from_secs(1),
-                1,
-                Some(Duration::from_secs(30)),
-                &mut rng
-            ),
-            Duration::from_secs(30)
-        );
-        let d = next_delay(
-            Duration::from_secs(60),
-            0,
-            Some(Duration::from_secs(1)),
-            &mut rng,
-        );
-        assert!(
-            d >= Duration::from_secs(54),
-            "a short Retry-After does not shorten the interval"
-        );
-    }
+/// The `imageID`s of a pod's containers, to tell whether it changed between two reads.
+fn running_digests(pod: &Pod) -> Vec<(String, String)> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|s| (s.name.clone(), s.image_id.clone()))
+        .collect()
 }

@@ -1,5 +1,6 @@
-//! The Kubernetes API edge of the sidecar: read our pod, find the workload that owns it,
-//! patch its template with a `resourceVersion` precondition, and record Events.
+//! Act: the Kubernetes API edge of the sidecar. Read our pod, find the workload that
+//! owns it, patch its template with a `resourceVersion` precondition, and record Events.
+//! The only place the sidecar writes to the API.
 
 use std::collections::BTreeMap;
 
@@ -8,10 +9,10 @@ use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use pod_reloaded_contract::owner::{self, NotRestartable, PodOwner, WorkloadKind};
+use pod_reloaded_contract::owner::{self, NotRestartable, PodOwner, WorkloadKind, WorkloadRef};
 use tracing::{info, warn};
 
-use crate::restart::{self, Change, RestartDecision};
+use crate::decide::{self, Change, RestartDecision};
 
 /// Re-reads after a 409 before giving up for this round.
 const MAX_CONFLICT_RETRIES: usize = 5;
@@ -21,23 +22,10 @@ fn api_resource(kind: WorkloadKind) -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind.name()))
 }
 
-/// The object a restart patches.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Workload {
-    pub kind: WorkloadKind,
-    pub name: String,
-}
-
-impl std::fmt::Display for Workload {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.kind.name(), self.name)
-    }
-}
-
 /// Where the owner chain ends.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Owner {
-    Restartable(Workload),
+    Restartable(WorkloadRef),
     /// Bare pod, Job, a ReplicaSet without a Deployment, ...: said once, then left alone.
     NotRestartable(NotRestartable),
 }
@@ -76,9 +64,7 @@ impl Cluster {
         let owners = pod.metadata.owner_references.as_deref().unwrap_or_default();
         let replica_set = match owner::pod_owner(owners) {
             Err(why) => return Ok(Owner::NotRestartable(why)),
-            Ok(PodOwner::Workload { kind, name }) => {
-                return Ok(Owner::Restartable(Workload { kind, name }))
-            }
+            Ok(PodOwner::Workload(workload)) => return Ok(Owner::Restartable(workload)),
             Ok(PodOwner::ReplicaSet { name }) => name,
         };
         let object = Api::<k8s_openapi::api::apps::v1::ReplicaSet>::namespaced(
@@ -94,7 +80,7 @@ impl Cluster {
             .as_deref()
             .unwrap_or_default();
         Ok(match owner::replica_set_owner(&replica_set, parents) {
-            Ok((kind, name)) => Owner::Restartable(Workload { kind, name }),
+            Ok(workload) => Owner::Restartable(workload),
             Err(why) => Owner::NotRestartable(why),
         })
     }
@@ -103,7 +89,7 @@ impl Cluster {
     /// decides again, so of N replicas seeing the same change exactly one patch wins.
     pub async fn restart(
         &self,
-        workload: &Workload,
+        workload: &WorkloadRef,
         changes: &[Change],
         pod: &Pod,
     ) -> anyhow::Result<RestartOutcome> {
@@ -123,7 +109,7 @@ impl Cluster {
                 .pointer("/spec/template/metadata/annotations")
                 .and_then(|a| serde_json::from_value(a.clone()).ok())
                 .unwrap_or_default();
-            let restarted_for = match restart::decide(&annotations, changes, pod_created) {
+            let restarted_for = match decide::decide(&annotations, changes, pod_created) {
                 RestartDecision::AlreadyRestarted { pull_did_not_take } => {
                     return Ok(RestartOutcome::AlreadyRestarted { pull_did_not_take })
                 }
@@ -134,7 +120,7 @@ impl Cluster {
                 .resource_version
                 .clone()
                 .with_context(|| format!("{workload} has no resourceVersion"))?;
-            let patch = restart::restart_patch(&version, jiff::Timestamp::now(), &restarted_for);
+            let patch = decide::restart_patch(&version, jiff::Timestamp::now(), &restarted_for);
             match api
                 .patch(
                     &workload.name,
@@ -156,7 +142,13 @@ impl Cluster {
     }
 
     /// Records an Event on the workload; failures are logged, never fatal.
-    pub async fn event(&self, workload: &Workload, warning: bool, reason: &str, message: String) {
+    pub async fn event(
+        &self,
+        workload: &WorkloadRef,
+        warning: bool,
+        reason: &str,
+        message: String,
+    ) {
         let now = jiff::Timestamp::now();
         let event = Event {
             metadata: kube::api::ObjectMeta {
@@ -169,6 +161,7 @@ impl Cluster {
                 kind: Some(workload.kind.name().to_string()),
                 name: Some(workload.name.clone()),
                 namespace: Some(self.namespace.clone()),
+                uid: Some(workload.uid.clone()).filter(|uid| !uid.is_empty()),
                 ..Default::default()
             },
             reason: Some(reason.to_string()),

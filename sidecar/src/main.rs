@@ -3,16 +3,38 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use pod_reloaded_sidecar::checker::{next_delay, Checker, RoundOutcome};
+use pod_reloaded_sidecar::checker::{Checker, RoundOutcome};
 use pod_reloaded_sidecar::cluster::Cluster;
 use pod_reloaded_sidecar::config::Config;
 use pod_reloaded_sidecar::metrics::Metrics;
 use pod_reloaded_sidecar::platform::Platform;
 use pod_reloaded_sidecar::registry::credentials::Credentials;
 use pod_reloaded_sidecar::registry::RegistryClient;
+use pod_reloaded_sidecar::schedule::next_delay;
 use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
+    // One thread: the sidecar waits on the network almost all the time, and a small
+    // footprint matters more than parallelism.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("pod-reloaded-sidecar: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Signal handlers first: the sidecar is PID 1, where a signal without a handler is
+    // ignored, and start-up (API discovery, binding) can take a while.
+    let signals = match runtime.block_on(async { Signals::install() }) {
+        Ok(signals) => signals,
+        Err(error) => {
+            eprintln!("pod-reloaded-sidecar: cannot install signal handlers: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut config = match Config::try_parse() {
         Ok(config) => config,
         Err(error)
@@ -45,19 +67,14 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     pod_reloaded_contract::init_logging(config.log_format);
-    // One thread: the sidecar waits on the network almost all the time, and a small
-    // footprint matters more than parallelism.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            error!(%error, "cannot start the async runtime");
-            return ExitCode::FAILURE;
+    let outcome = runtime.block_on(async {
+        let mut stop = std::pin::pin!(signals.received());
+        tokio::select! {
+            outcome = run(config) => outcome,
+            _ = &mut stop => Ok(ExitCode::SUCCESS),
         }
-    };
-    match runtime.block_on(run(config)) {
+    });
+    match outcome {
         Ok(code) => code,
         Err(error) => {
             error!(error = format!("{error:#}"), "sidecar cannot start");
@@ -66,6 +83,7 @@ fn main() -> ExitCode {
     }
 }
 
+/// Starts and runs the rounds; dropped (at any await) when a signal arrives.
 async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let kube_config = kube::Config::infer()
         .await
@@ -114,13 +132,9 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
     info!(containers = %config.watch_containers.join(","), interval = %humantime::format_duration(interval), pod = %config.pod_name, namespace = %config.pod_namespace, "watching");
     let mut checker = Checker::new(config, registry, cluster, metrics);
 
-    let mut stop = std::pin::pin!(shutdown_signal());
     let mut failures: u32 = 0;
     loop {
-        let outcome = tokio::select! {
-            outcome = checker.round() => outcome,
-            _ = &mut stop => return Ok(ExitCode::SUCCESS),
-        };
+        let outcome = checker.round().await;
         let retry_after = match outcome {
             RoundOutcome::Failed { retry_after } => {
                 failures = failures.saturating_add(1);
@@ -139,10 +153,7 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
             });
         }
         let delay = next_delay(interval, failures, retry_after, &mut rand::thread_rng());
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = &mut stop => return Ok(ExitCode::SUCCESS),
-        }
+        tokio::time::sleep(delay).await;
     }
 }
 
@@ -162,19 +173,25 @@ async fn serve_metrics(address: std::net::SocketAddr, metrics: Arc<Metrics>) -> 
     Ok(())
 }
 
-/// SIGTERM or SIGINT. The sidecar is PID 1 in its container, where signals without a
-/// handler are ignored, so both are handled explicitly.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Cannot install handlers: never resolve, the default disposition applies.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: exiting"),
-        _ = int.recv() => info!("SIGINT: exiting"),
+/// SIGTERM and SIGINT, registered with the kernel as soon as this exists.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn received(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => info!("SIGTERM: exiting"),
+            _ = self.int.recv() => info!("SIGINT: exiting"),
+        }
     }
 }

@@ -218,6 +218,7 @@ impl World {
         Ok((stored, sidecar))
     }
 
+    /// API requests the sidecar of pod `name` made for its pod.
     fn pod_reads(&self, name: &str) -> usize {
         self.api
             .requests_to(
@@ -227,13 +228,15 @@ impl World {
             .len()
     }
 
-    /// Waits until `name`'s sidecar has done `rounds` more rounds (pod reads).
-    async fn rounds(&self, name: &str, rounds: usize) -> anyhow::Result<()> {
-        let target = self.pod_reads(name) + rounds;
+    /// Waits until `sidecar` has done `rounds` more rounds (its `checked` log lines:
+    /// an unchanged round reads nothing from the API, so the log is what counts).
+    async fn rounds(&self, sidecar: &Running, rounds: usize) -> anyhow::Result<()> {
+        let checked = || sidecar.output().matches(": checked ").count();
+        let target = checked() + rounds;
         let deadline = Instant::now() + INTERVAL * (rounds as u32) * 3 + Duration::from_secs(5);
-        while self.pod_reads(name) < target {
+        while checked() < target {
             if Instant::now() > deadline {
-                bail!("the sidecar of {name} stopped doing rounds");
+                bail!("the sidecar stopped doing rounds:\n{}", sidecar.output());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -378,12 +381,17 @@ pub async fn run(sink: &mut dyn FnMut(String)) -> anyhow::Result<Summary> {
     ));
 
     // 4. Rounds without a change, then a push.
-    world.rounds("app-6b8f7d9c5-a1", 3).await?;
+    world.rounds(&first_sidecar, 3).await?;
     ensure!(
         world.successful_patches() == 0,
         "patched although nothing changed"
     );
-    timeline.say("3 rounds: up to date, no patch");
+    let reads = world.pod_reads("app-6b8f7d9c5-a1");
+    ensure!(
+        reads == 1,
+        "{reads} reads of the pod in 3 unchanged rounds: only the one at start was expected"
+    );
+    timeline.say("3 rounds: up to date, no patch, 1 API read (at start)");
     let v2 = world
         .registry
         .push_index(REPOSITORY, "latest", "v2", &PLATFORMS, false)
@@ -422,7 +430,7 @@ pub async fn run(sink: &mut dyn FnMut(String)) -> anyhow::Result<Summary> {
         summary.restart_latency.as_secs_f64(),
         short(&v2.digest)
     ));
-    world.rounds("app-6b8f7d9c5-a1", 2).await?;
+    world.rounds(&first_sidecar, 2).await?;
     summary.patches_after_change = world.successful_patches();
     ensure!(
         summary.patches_after_change == 1,
@@ -452,7 +460,7 @@ pub async fn run(sink: &mut dyn FnMut(String)) -> anyhow::Result<Summary> {
         &v2.digest,
         &now_rfc3339(),
     )?;
-    world.rounds("app-7c9a8e0d6-b1", 3).await?;
+    world.rounds(&new_sidecar, 3).await?;
     ensure!(
         world.successful_patches() == 1,
         "patched again after the rollout"
@@ -467,7 +475,7 @@ pub async fn run(sink: &mut dyn FnMut(String)) -> anyhow::Result<Summary> {
     tokio::time::sleep(Duration::from_millis(1100)).await; // created after restartedAt (1s precision)
     let (_, stuck_sidecar) =
         world.run_pod(patched, "app-7c9a8e0d6-b2", &v1.digest, &now_rfc3339())?;
-    world.rounds("app-7c9a8e0d6-b2", 3).await?;
+    world.rounds(&stuck_sidecar, 3).await?;
     ensure!(
         world.successful_patches() == 1,
         "loop guard failed: patched again"
@@ -493,7 +501,7 @@ pub async fn run(sink: &mut dyn FnMut(String)) -> anyhow::Result<Summary> {
         let name = format!("app-8d0b9f1e7-c{i}");
         sidecars.push(world.run_pod(patched, &name, &v2.digest, &now_rfc3339())?.1);
     }
-    world.rounds("app-8d0b9f1e7-c0", 2).await?;
+    world.rounds(&sidecars[0], 2).await?;
     let before = world.successful_patches();
     let v3 = world
         .registry
@@ -504,8 +512,8 @@ pub async fn run(sink: &mut dyn FnMut(String)) -> anyhow::Result<Summary> {
         short(&v2.digest),
         short(&v3.digest)
     ));
-    for i in 0..3 {
-        world.rounds(&format!("app-8d0b9f1e7-c{i}"), 3).await?;
+    for sidecar in &sidecars {
+        world.rounds(sidecar, 3).await?;
     }
     summary.patches_with_replicas = world.successful_patches() - before;
     let conflicts = world

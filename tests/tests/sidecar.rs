@@ -162,7 +162,7 @@ async fn a_changed_tag_patches_the_deployment_once_with_both_annotations() {
     );
     let restarted_at = sent[contract::ANNOTATION_RESTARTED_AT].as_str().unwrap();
     assert!(
-        restarted_at.parse::<jiff_like::Rfc3339>().is_ok(),
+        restarted_at.len() == 20 && restarted_at.parse::<jiff::Timestamp>().is_ok(),
         "{restarted_at}"
     );
     let stored = template_annotations(&s.api, &deployment_path("web"));
@@ -181,6 +181,11 @@ async fn a_changed_tag_patches_the_deployment_once_with_both_annotations() {
     assert_eq!(events[0]["reason"], "ImageDigestChanged");
     assert_eq!(events[0]["involvedObject"]["kind"], "Deployment");
     assert_eq!(events[0]["involvedObject"]["name"], "web");
+    let deployment_uid = s.api.get(&deployment_path("web")).unwrap()["metadata"]["uid"].clone();
+    assert_eq!(
+        events[0]["involvedObject"]["uid"], deployment_uid,
+        "kubectl describe finds Events by uid"
+    );
     assert_eq!(
         s.writes(),
         vec![
@@ -191,25 +196,6 @@ async fn a_changed_tag_patches_the_deployment_once_with_both_annotations() {
 }
 
 /// RFC 3339 check without another dependency: `YYYY-MM-DDTHH:MM:SSZ`.
-mod jiff_like {
-    pub struct Rfc3339;
-    impl std::str::FromStr for Rfc3339 {
-        type Err = ();
-        fn from_str(s: &str) -> Result<Self, ()> {
-            let b = s.as_bytes();
-            let digits = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18];
-            let ok = b.len() == 20
-                && digits.iter().all(|&i| b[i].is_ascii_digit())
-                && b[4] == b'-'
-                && b[7] == b'-'
-                && b[10] == b'T'
-                && b[13] == b':'
-                && b[16] == b':'
-                && b[19] == b'Z';
-            ok.then_some(Rfc3339).ok_or(())
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_recorded_restart_is_not_repeated_and_warns_once() {
@@ -545,7 +531,7 @@ async fn replicas_seeing_the_same_change_patch_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_unchanged_round_costs_one_head_and_no_writes() {
+async fn an_unchanged_round_costs_one_head_and_no_api_request() {
     let s = setup().await;
     let owner = deployment(&s.api, "web", &s.image, json!({}));
     // Running an index child: the first round reads the index once, later rounds do not.
@@ -564,16 +550,14 @@ async fn an_unchanged_round_costs_one_head_and_no_writes() {
         pod_reloaded_tests::process::free_port()
     ));
     let sidecar = Running::spawn(command);
-    let rounds = eventually(Duration::from_secs(20), || {
-        s.api.requests_to("GET", &pod_path("web-1")).len() >= 4
-    })
-    .await;
+    let checked = || sidecar.output().matches(": checked ").count();
+    let rounds = eventually(Duration::from_secs(20), || checked() >= 4).await;
     assert!(rounds, "{}", sidecar.output());
-    drop(sidecar);
-    let rounds = s.api.requests_to("GET", &pod_path("web-1")).len();
+    let rounds = checked();
     let heads = proxy.count("HEAD", "/manifests/");
+    drop(sidecar);
     assert!(
-        heads == rounds || heads + 1 == rounds,
+        heads == rounds || heads == rounds + 1,
         "{heads} HEADs for {rounds} rounds"
     );
     assert_eq!(
@@ -581,7 +565,12 @@ async fn an_unchanged_round_costs_one_head_and_no_writes() {
         1,
         "index read once, then remembered"
     );
-    assert!(s.writes().is_empty());
+    assert_eq!(
+        s.api.requests().len(),
+        1,
+        "one read of the pod at start, nothing after: {:?}",
+        s.api.requests()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -639,4 +628,71 @@ async fn a_missing_or_invalid_setting_stops_it_with_one_line() {
         assert!(stderr.contains(expected), "{name}={value:?}: {stderr}");
     }
     assert!(api.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_it_while_the_api_server_does_not_answer() {
+    let s = setup().await;
+    // An "API server" that accepts connections and never answers: the first read of the
+    // pod hangs, as it can while a cluster's API is overloaded.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let kubeconfig = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        kubeconfig.path(),
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://{}\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n",
+            silent.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut command = s.command("web-1");
+    command.env("KUBECONFIG", kubeconfig.path());
+    let mut sidecar = Running::spawn(command);
+    let connected = tokio::task::block_in_place(|| {
+        silent.set_nonblocking(false).unwrap();
+        silent.accept().is_ok()
+    });
+    assert!(connected, "{}", sidecar.output());
+    sidecar.signal("TERM");
+    let status = sidecar.wait_for_exit(Duration::from_secs(2));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        sidecar.output()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_that_has_not_started_is_waited_for_not_an_error() {
+    let s = setup().await;
+    let owner = deployment(&s.api, "web", &s.image, json!({}));
+    // A native sidecar starts before the app: the app has no imageID yet.
+    running_pod(&s.api, "web-1", Some(&owner), &s.image, "", EARLY);
+    let (code, output) = run_once(s.command("web-1")).await;
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("has not started yet"), "{output}");
+    assert!(!output.contains("decision=\"error\""), "{output}");
+    assert!(s.writes().is_empty());
+
+    // Once it runs, the next round checks it (the pod is read again while waiting).
+    let mut command = s.command("web-1");
+    command.arg("--metrics-listen").arg(format!(
+        "127.0.0.1:{}",
+        pod_reloaded_tests::process::free_port()
+    ));
+    s.api.clear_requests();
+    let sidecar = Running::spawn(command);
+    let waited = eventually(Duration::from_secs(10), || {
+        sidecar.output().contains("has not started yet")
+    })
+    .await;
+    assert!(waited, "{}", sidecar.output());
+    let mut pod = s.api.get(&pod_path("web-1")).unwrap();
+    pod["status"]["containerStatuses"][0]["imageID"] = json!(s.image_id(&s.first.digest));
+    s.api.put(pod);
+    let checked = eventually(Duration::from_secs(10), || {
+        sidecar.output().contains("decision=\"up-to-date\"")
+    })
+    .await;
+    assert!(checked, "{}", sidecar.output());
 }

@@ -1,4 +1,4 @@
-//! Restart, skip or warn, given the workload's template annotations: DESIGN.md step 4 as
+//! Decide: restart, skip or warn, given the workload's template annotations (DESIGN.md step 4) as
 //! pure functions.
 //!
 //! `pod-reloaded.io/restarted-for` records `<container>=<digest>` entries (comma-separated
