@@ -430,3 +430,41 @@ async fn a_rotated_certificate_is_served_without_restart() {
         "open connection was dropped"
     );
 }
+
+#[tokio::test]
+async fn an_account_or_binding_deleted_by_hand_is_created_again_for_the_next_pod() {
+    let api = FakeApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = generate_certificates(dir.path());
+    let webhook = Webhook::start(&certs, Some(&api), &[]).await;
+    let client = webhook.client(&certs.ca);
+    let account = "/api/v1/namespaces/shop/serviceaccounts/pod-reloaded-checker";
+    let binding =
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/rolebindings/pod-reloaded-checker";
+    let request = fixture("deployment-pod-default-sa.json");
+    let answer = review(&webhook, &client, &request).await;
+    assert!(response_patch(&answer).is_some());
+    assert!(api.get(account).is_some() && api.get(binding).is_some());
+
+    // Within the remembered window, a pod costs reads only.
+    api.clear_requests();
+    review(&webhook, &client, &request).await;
+    assert!(
+        api.requests().iter().all(|r| !r.is_write()),
+        "{:?}",
+        api.requests()
+    );
+
+    // Someone deletes the account, then the binding: the next pod gets them back before
+    // it is sent to an account that does not exist.
+    for deleted in [account, binding] {
+        api.delete(deleted);
+        let answer = review(&webhook, &client, &request).await;
+        let pod = patched_object(&request, &answer);
+        assert_eq!(
+            pod["spec"]["serviceAccountName"],
+            contract::CHECKER_SERVICE_ACCOUNT
+        );
+        assert!(api.get(deleted).is_some(), "{deleted} created again");
+    }
+}

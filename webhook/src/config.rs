@@ -58,8 +58,8 @@ pub struct Config {
     #[arg(
         long,
         env = "POD_RELOADED_SIDECAR_MODE",
-        value_enum,
-        default_value = "container"
+        default_value = "container",
+        value_parser = SidecarMode::parse
     )]
     pub sidecar_mode: SidecarMode,
 

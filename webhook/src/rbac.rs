@@ -4,7 +4,9 @@
 //!
 //! Idempotent: objects are read first and only created or patched when missing or
 //! different; an `AlreadyExists` from a concurrent replica counts as success. What was
-//! ensured is remembered for a while so that steady pod churn costs no API calls.
+//! ensured is remembered for a while; within that time a pod costs only a cheap
+//! existence check of the account and binding (two concurrent GETs), so one deleted by
+//! hand is created again before a pod is sent to an account that does not exist.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -44,10 +46,14 @@ impl AccessGranter {
         create_account: bool,
     ) -> anyhow::Result<()> {
         let key = (namespace.to_string(), service_account.to_string());
-        if self.recently_ensured(&key) {
-            return Ok(());
-        }
         tokio::time::timeout(self.timeout, async {
+            if self.recently_ensured(&key)
+                && self
+                    .still_exist(namespace, service_account, create_account)
+                    .await?
+            {
+                return Ok(());
+            }
             if create_account {
                 self.ensure_service_account(namespace, service_account)
                     .await?;
@@ -65,6 +71,35 @@ impl AccessGranter {
             ensured.insert(key, Instant::now());
         }
         Ok(())
+    }
+
+    /// True when the account (if we manage it) and the binding are still there.
+    async fn still_exist(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        check_account: bool,
+    ) -> anyhow::Result<bool> {
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
+        let bindings: Api<RoleBinding> = Api::namespaced(self.client.clone(), namespace);
+        let binding = contract::checker_role_binding_name(service_account);
+        let (account, binding) = tokio::join!(
+            async {
+                if check_account {
+                    accounts
+                        .get_metadata_opt(service_account)
+                        .await
+                        .map(|a| a.is_some())
+                } else {
+                    Ok(true)
+                }
+            },
+            bindings.get_metadata_opt(&binding)
+        );
+        let account = account
+            .with_context(|| format!("reading ServiceAccount {namespace}/{service_account}"))?;
+        let binding = binding.context("reading the checker RoleBinding")?;
+        Ok(account && binding.is_some())
     }
 
     fn recently_ensured(&self, key: &(String, String)) -> bool {

@@ -1,7 +1,10 @@
 //! Patch-builder tests: every patch is applied with `json-patch` to the pod JSON and the
 //! assertions are on the resulting pod, never on the patch text.
 
+use super::templates::OWN_API_ACCESS_VOLUME;
 use super::*;
+use k8s_openapi::api::core::v1::Pod;
+use pod_reloaded_contract as contract;
 use serde_json::{json, Value};
 
 fn settings(mode: SidecarMode) -> InjectionSettings {
@@ -541,6 +544,13 @@ fn pods_that_are_not_injected_say_why() {
         skip_reason(&job, "shop"),
         SkipReason::UnrestartableOwner("Job".into())
     );
+
+    let mut windows = pod.clone();
+    windows["spec"]["os"] = json!({"name": "windows"});
+    assert_eq!(skip_reason(&windows, "shop"), SkipReason::WindowsPod);
+    let mut linux = pod.clone();
+    linux["spec"]["os"] = json!({"name": "linux"});
+    inject(&linux, SidecarMode::Container);
 
     for kind in ["StatefulSet", "DaemonSet"] {
         let mut owned = pod.clone();

@@ -1,0 +1,194 @@
+//! The patch builder: JSON Patch operations against the pod as the API server sent it
+//! (`add` where a field or map is missing, `replace` where it exists); JSON Pointers are
+//! escaped by `jsonptr`.
+
+use std::collections::BTreeMap;
+
+use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
+use jsonptr::PointerBuf;
+use k8s_openapi::api::core::v1::{Pod, PodSpec, SecretVolumeSource, Volume, VolumeMount};
+use pod_reloaded_contract as contract;
+use serde::Serialize;
+
+use super::rules::{InjectionSettings, Plan, SidecarMode};
+use super::templates::{
+    api_access_mount, env_field, env_value, sidecar_container, PULL_SECRET_VOLUME_PREFIX,
+};
+use super::Injection;
+
+/// JSON Patch operations against the pod as the API server sent it. Pointers are built
+/// from unescaped tokens by `jsonptr`, which escapes `/` and `~` (annotation keys).
+#[derive(Default)]
+struct PatchOps(Vec<PatchOperation>);
+
+impl PatchOps {
+    fn add<'t>(&mut self, path: impl IntoIterator<Item = &'t str>, value: impl Serialize) {
+        self.push(path, value, |path, value| {
+            PatchOperation::Add(AddOperation { path, value })
+        });
+    }
+
+    fn replace<'t>(&mut self, path: impl IntoIterator<Item = &'t str>, value: impl Serialize) {
+        self.push(path, value, |path, value| {
+            PatchOperation::Replace(ReplaceOperation { path, value })
+        });
+    }
+
+    /// `add` when the pod has no such field yet, `replace` when it has one.
+    fn set<'t>(
+        &mut self,
+        exists: bool,
+        path: impl IntoIterator<Item = &'t str>,
+        value: impl Serialize,
+    ) {
+        if exists {
+            self.replace(path, value);
+        } else {
+            self.add(path, value);
+        }
+    }
+
+    fn push<'t>(
+        &mut self,
+        path: impl IntoIterator<Item = &'t str>,
+        value: impl Serialize,
+        op: impl FnOnce(PointerBuf, serde_json::Value) -> PatchOperation,
+    ) {
+        // k8s-openapi types and strings always serialize; `Null` keeps the no-panic rule.
+        let value = serde_json::to_value(value).unwrap_or_default();
+        self.0.push(op(PointerBuf::from_tokens(path), value));
+    }
+}
+
+pub(super) fn build_injection(pod: &Pod, plan: Plan, settings: &InjectionSettings) -> Injection {
+    let mut warnings = plan.warnings;
+    let mut ops = PatchOps::default();
+    let empty_spec = PodSpec::default();
+    let spec = pod.spec.as_ref().unwrap_or(&empty_spec);
+
+    if plan.set_pull_policy {
+        for (index, container) in spec.containers.iter().enumerate() {
+            let policy = container.image_pull_policy.as_deref();
+            if !plan.watched.contains(&container.name) || policy == Some("Always") {
+                continue;
+            }
+            let index = index.to_string();
+            ops.set(
+                policy.is_some(),
+                ["spec", "containers", &index, "imagePullPolicy"],
+                "Always",
+            );
+            warnings.push(format!(
+                "pod-reloaded: set imagePullPolicy: Always on container {} so a restart pulls the new digest (annotate {}=keep to prevent)",
+                container.name,
+                contract::ANNOTATION_PULL_POLICY
+            ));
+        }
+    }
+
+    let current_account = spec
+        .service_account_name
+        .as_deref()
+        .or(spec.service_account.as_deref())
+        .filter(|sa| !sa.is_empty())
+        .unwrap_or("default");
+    let uses_checker_account = current_account == "default";
+    let service_account = if uses_checker_account {
+        let checker = contract::CHECKER_SERVICE_ACCOUNT;
+        ops.set(
+            spec.service_account_name.is_some(),
+            ["spec", "serviceAccountName"],
+            checker,
+        );
+        // The deprecated alias must agree, or validation rejects the pod.
+        if spec.service_account.is_some() {
+            ops.replace(["spec", "serviceAccount"], checker);
+        }
+        checker.to_string()
+    } else {
+        current_account.to_string()
+    };
+
+    let mut new_volumes = Vec::new();
+    let mut mounts = vec![api_access_mount(spec, &mut new_volumes)];
+    let pull_secrets: Vec<&str> = spec
+        .image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|s| s.name.as_str())
+        .filter(|n| !n.is_empty())
+        .collect();
+    for (index, secret) in pull_secrets.iter().enumerate() {
+        let volume_name = format!("{PULL_SECRET_VOLUME_PREFIX}{index}");
+        new_volumes.push(Volume {
+            name: volume_name.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.to_string()),
+                // A missing pull secret must not stop the application pod from starting.
+                optional: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: volume_name,
+            mount_path: format!("{}/{secret}", contract::PULL_SECRETS_MOUNT_DIR),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    if spec.volumes.is_some() {
+        for volume in &new_volumes {
+            ops.add(["spec", "volumes", "-"], volume);
+        }
+    } else if !new_volumes.is_empty() {
+        ops.add(["spec", "volumes"], &new_volumes);
+    }
+
+    let mut env = vec![
+        env_value(contract::ENV_WATCH_CONTAINER, plan.watched.join(",")),
+        env_value(contract::ENV_INTERVAL, plan.interval),
+    ];
+    if let Some(url) = plan.registry_url {
+        env.push(env_value(contract::ENV_REGISTRY_URL, url));
+    }
+    env.push(env_field(contract::ENV_POD_NAME, "metadata.name"));
+    env.push(env_field(contract::ENV_POD_NAMESPACE, "metadata.namespace"));
+    if !pull_secrets.is_empty() {
+        env.push(env_value(
+            contract::ENV_PULL_SECRETS_DIR,
+            contract::PULL_SECRETS_MOUNT_DIR.to_string(),
+        ));
+    }
+
+    let mut sidecar = sidecar_container(settings, env, mounts);
+    match settings.sidecar_mode {
+        SidecarMode::Container => ops.add(["spec", "containers", "-"], &sidecar),
+        SidecarMode::Native => {
+            sidecar.restart_policy = Some("Always".to_string());
+            if spec.init_containers.is_some() {
+                ops.add(["spec", "initContainers", "0"], &sidecar);
+            } else {
+                ops.add(["spec", "initContainers"], [&sidecar]);
+            }
+        }
+    }
+
+    let injected = contract::ANNOTATION_INJECTED;
+    if pod.metadata.annotations.is_some() {
+        ops.add(["metadata", "annotations", injected], &settings.version);
+    } else {
+        ops.add(
+            ["metadata", "annotations"],
+            BTreeMap::from([(injected, &settings.version)]),
+        );
+    }
+
+    Injection {
+        patch: json_patch::Patch(ops.0),
+        service_account,
+        uses_checker_account,
+        watched_containers: plan.watched,
+        warnings,
+    }
+}

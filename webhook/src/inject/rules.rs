@@ -1,0 +1,246 @@
+//! The injection rules: whether a pod is injected, which containers are watched, and
+//! its pod-reloaded annotations validated with the rules the sidecar applies too.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::{Pod, PodSpec, ResourceRequirements};
+use pod_reloaded_contract as contract;
+use pod_reloaded_contract::image::ImageReference;
+use pod_reloaded_contract::owner::{self, NotRestartable};
+use pod_reloaded_contract::settings::{self, RegistryOverride};
+
+/// How the sidecar is added to the pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SidecarMode {
+    /// A regular container appended to `spec.containers`.
+    Container,
+    /// A native sidecar: first `initContainer` with `restartPolicy: Always` (Kubernetes >= 1.29).
+    Native,
+}
+
+/// Everything the injection rules need from the webhook's configuration.
+#[derive(Clone, Debug)]
+pub struct InjectionSettings {
+    pub sidecar_image: String,
+    pub sidecar_resources: ResourceRequirements,
+    pub sidecar_mode: SidecarMode,
+    pub default_interval: String,
+    /// Namespaces never injected, including the webhook's own.
+    pub excluded_namespaces: BTreeSet<String>,
+    /// Written into the `pod-reloaded.io/injected` annotation.
+    pub version: String,
+}
+
+impl SidecarMode {
+    /// `container` or `native`, as the `--sidecar-mode` flag takes it.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "container" => Ok(Self::Container),
+            "native" => Ok(Self::Native),
+            other => Err(format!("{other:?} is neither \"container\" nor \"native\"")),
+        }
+    }
+}
+
+/// Why a pod is admitted unchanged; the text becomes the admission warning.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SkipReason {
+    #[error("pod-reloaded: namespace {0} is excluded from injection")]
+    ExcludedNamespace(String),
+    #[error("pod-reloaded: pod is labelled {label}={disabled}", label = contract::INJECT_LABEL, disabled = contract::INJECT_DISABLED)]
+    OptedOut,
+    #[error("pod-reloaded: pod already has the {name} sidecar", name = contract::SIDECAR_CONTAINER_NAME)]
+    AlreadyInjected,
+    #[error("pod-reloaded: pod has no owner that can be restarted (bare pod); not injected")]
+    NoOwner,
+    #[error(
+        "pod-reloaded: pod is owned by a {0}, which cannot be rolling-restarted; not injected"
+    )]
+    UnrestartableOwner(String),
+    #[error("pod-reloaded: pod runs on Windows (spec.os.name: windows), and the checker sidecar is Linux only; not injected")]
+    WindowsPod,
+    #[error("pod-reloaded: no container runs an image by tag (all are pinned by digest); nothing to watch")]
+    NothingToWatch,
+    #[error("pod-reloaded: annotation {annotation}: {problem}; not injected")]
+    InvalidAnnotation {
+        annotation: &'static str,
+        problem: String,
+    },
+}
+
+/// What was read and validated from the pod before any change is made.
+pub(super) struct Plan {
+    pub(super) watched: Vec<String>,
+    pub(super) interval: String,
+    pub(super) registry_url: Option<String>,
+    pub(super) set_pull_policy: bool,
+    pub(super) warnings: Vec<String>,
+}
+
+pub(super) fn plan(
+    pod: &Pod,
+    namespace: &str,
+    settings: &InjectionSettings,
+) -> Result<Plan, SkipReason> {
+    if settings.excluded_namespaces.contains(namespace) {
+        return Err(SkipReason::ExcludedNamespace(namespace.to_string()));
+    }
+    let metadata = &pod.metadata;
+    let label = metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(contract::INJECT_LABEL));
+    if label.map(String::as_str) == Some(contract::INJECT_DISABLED) {
+        return Err(SkipReason::OptedOut);
+    }
+    let spec = pod.spec.as_ref().ok_or(SkipReason::NothingToWatch)?;
+    if is_injected(pod, spec) {
+        return Err(SkipReason::AlreadyInjected);
+    }
+    check_owner(pod)?;
+    // The sidecar image is Linux only; on a Windows node it could not start.
+    if spec
+        .os
+        .as_ref()
+        .is_some_and(|os| os.name.eq_ignore_ascii_case("windows"))
+    {
+        return Err(SkipReason::WindowsPod);
+    }
+
+    let annotation = |key: &str| {
+        metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    };
+    let mut warnings = Vec::new();
+    let watched = watched_containers(
+        spec,
+        annotation(contract::ANNOTATION_WATCH_CONTAINERS),
+        &mut warnings,
+    )?;
+
+    let interval = annotation(contract::ANNOTATION_INTERVAL).unwrap_or(&settings.default_interval);
+    settings::parse_interval(interval).map_err(|problem| SkipReason::InvalidAnnotation {
+        annotation: contract::ANNOTATION_INTERVAL,
+        problem,
+    })?;
+
+    let registry_url = annotation(contract::ANNOTATION_REGISTRY_URL);
+    if let Some(url) = registry_url {
+        RegistryOverride::parse(url).map_err(|problem| SkipReason::InvalidAnnotation {
+            annotation: contract::ANNOTATION_REGISTRY_URL,
+            problem,
+        })?;
+    }
+
+    let set_pull_policy =
+        settings::parse_pull_policy(annotation(contract::ANNOTATION_PULL_POLICY).unwrap_or("set"))
+            .map_err(|problem| SkipReason::InvalidAnnotation {
+                annotation: contract::ANNOTATION_PULL_POLICY,
+                problem,
+            })?;
+
+    Ok(Plan {
+        watched,
+        interval: interval.to_string(),
+        registry_url: registry_url.map(str::to_string),
+        set_pull_policy,
+        warnings,
+    })
+}
+
+fn is_injected(pod: &Pod, spec: &PodSpec) -> bool {
+    let has_sidecar = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| c.name == contract::SIDECAR_CONTAINER_NAME);
+    let annotated = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(contract::ANNOTATION_INJECTED));
+    has_sidecar || annotated
+}
+
+fn check_owner(pod: &Pod) -> Result<(), SkipReason> {
+    let owners = pod.metadata.owner_references.as_deref().unwrap_or_default();
+    match owner::pod_owner(owners) {
+        Ok(_) => Ok(()),
+        Err(NotRestartable::NoOwner) => Err(SkipReason::NoOwner),
+        Err(why) => Err(SkipReason::UnrestartableOwner(match why {
+            NotRestartable::Kind(kind) => kind,
+            other => other.to_string(),
+        })),
+    }
+}
+
+/// A container's image as the watch rules see it: a tag to watch, pinned, or invalid.
+enum ImageState {
+    Watchable,
+    Pinned,
+    Invalid(String),
+}
+
+fn image_state(image: &str) -> ImageState {
+    match ImageReference::parse(image) {
+        Ok(reference) if reference.is_pinned() => ImageState::Pinned,
+        Ok(_) => ImageState::Watchable,
+        Err(problem) => ImageState::Invalid(problem),
+    }
+}
+
+fn watched_containers(
+    spec: &PodSpec,
+    requested: Option<&str>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<String>, SkipReason> {
+    let image_of = |name: &str| {
+        spec.containers
+            .iter()
+            .find(|c| c.name == name)
+            .and_then(|c| c.image.as_deref())
+    };
+    let names: Vec<&str> = match requested {
+        None => spec.containers.iter().map(|c| c.name.as_str()).collect(),
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .collect(),
+    };
+    let mut watched: Vec<String> = Vec::new();
+    for name in names {
+        let image = match (image_of(name), requested) {
+            (Some(image), _) => image,
+            (None, None) => continue,
+            (None, Some(_)) => {
+                return Err(SkipReason::InvalidAnnotation {
+                    annotation: contract::ANNOTATION_WATCH_CONTAINERS,
+                    problem: format!("the pod has no container named {name:?}"),
+                })
+            }
+        };
+        match image_state(image) {
+            // Only a container the user named is worth a warning: by default pinned
+            // containers are simply not watched.
+            ImageState::Pinned if requested.is_some() => warnings.push(format!(
+                "pod-reloaded: container {name} is pinned by digest ({image}); not watched"
+            )),
+            ImageState::Pinned => {}
+            ImageState::Invalid(problem) => warnings.push(format!(
+                "pod-reloaded: container {name}: {problem}; not watched"
+            )),
+            ImageState::Watchable if watched.iter().any(|n| n == name) => {}
+            ImageState::Watchable => watched.push(name.to_string()),
+        }
+    }
+    if watched.is_empty() {
+        Err(SkipReason::NothingToWatch)
+    } else {
+        Ok(watched)
+    }
+}
