@@ -21,11 +21,26 @@ pub const ANNOTATION_WATCH_CONTAINERS: &str = "pod-reloaded.io/watch-containers"
 pub const ANNOTATION_INTERVAL: &str = "pod-reloaded.io/interval";
 pub const ANNOTATION_REGISTRY_URL: &str = "pod-reloaded.io/registry-url";
 pub const ANNOTATION_PULL_POLICY: &str = "pod-reloaded.io/pull-policy";
+/// `"false"`: the webhook never pins watched images to the restart's digest.
+pub const ANNOTATION_PIN: &str = "pod-reloaded.io/pin";
+/// `rollback` (default) or `halt`: what a failed rollout leads to.
+pub const ANNOTATION_ON_FAILURE: &str = "pod-reloaded.io/on-failure";
+/// How long new pods may fail or stay unready before a rollout has failed.
+pub const ANNOTATION_ROLLOUT_TIMEOUT: &str = "pod-reloaded.io/rollout-timeout";
+pub const DEFAULT_ROLLOUT_TIMEOUT: &str = "10m";
 
 /// Annotation the webhook writes on the pods it injected, with its version.
 pub const ANNOTATION_INJECTED: &str = "pod-reloaded.io/injected";
 /// Template annotation the sidecar writes: `<container>=<digest>` it restarted for.
 pub const ANNOTATION_RESTARTED_FOR: &str = "pod-reloaded.io/restarted-for";
+/// Template annotation the sidecar writes with each restart: `<container>=<digest>` the
+/// pods ran before, the rollback target.
+pub const ANNOTATION_ROLLED_FROM: &str = "pod-reloaded.io/rolled-from";
+/// Workload metadata annotation: `<container>=<digest>` never to be restarted to.
+pub const ANNOTATION_QUARANTINED: &str = "pod-reloaded.io/quarantined";
+/// Workload metadata annotation: the last rollout pod-reloaded started and how it went
+/// (`record::RolloutRecord`).
+pub const ANNOTATION_ROLLOUT: &str = "pod-reloaded.io/rollout";
 /// Template annotation `kubectl rollout restart` writes; changing it rolls the workload.
 pub const ANNOTATION_RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 

@@ -1,6 +1,6 @@
-//! The format of pod-reloaded's `<container>=<digest>[,...]` annotations
-//! (`restarted-for`, and the rollout annotations that reuse it), parsed and printed in
-//! one place.
+//! The formats of pod-reloaded's annotations, parsed and printed in one place:
+//! `<container>=<digest>[,...]` (`restarted-for`, `rolled-from`, `quarantined`) and the
+//! workload's rollout record (`pod-reloaded.io/rollout`).
 
 use std::collections::BTreeMap;
 
@@ -54,6 +54,94 @@ impl std::fmt::Display for DigestRecord {
     }
 }
 
+/// How the last rollout pod-reloaded started went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolloutState {
+    /// Started; its sidecars follow it.
+    Progressing,
+    Succeeded,
+    /// Failed and halted: the new digests are quarantined, nothing rolled back.
+    Failed,
+    /// Failed and rolled back to the digests the pods ran before.
+    RolledBack,
+    /// A person rolled the template back (`kubectl rollout undo`): the digests they left
+    /// are quarantined so pod-reloaded does not roll forward to them again.
+    Undone,
+}
+
+impl RolloutState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Progressing => "progressing",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::RolledBack => "rolled-back",
+            Self::Undone => "undone",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        [
+            Self::Progressing,
+            Self::Succeeded,
+            Self::Failed,
+            Self::RolledBack,
+            Self::Undone,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+/// `pod-reloaded.io/rollout` on the workload's metadata:
+/// `<state> <restartedAt> <container>=<digest>[,...]`, the restart pod-reloaded made last
+/// (the `restartedAt` and `restarted-for` it wrote) and how it went. Kept on the metadata
+/// so that it changes nothing in the pods, survives `kubectl rollout undo` (which restores
+/// an older template) and lets every replica agree on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RolloutRecord {
+    pub state: RolloutState,
+    pub restarted_at: String,
+    pub rolled_to: DigestRecord,
+}
+
+impl RolloutRecord {
+    /// `None` for a value that is not a record (then there is no rollout to follow).
+    pub fn parse(value: &str) -> Option<Self> {
+        let mut parts = value.split_whitespace();
+        let state = RolloutState::parse(parts.next()?)?;
+        let restarted_at = parts.next()?.to_string();
+        let rolled_to = DigestRecord::parse(parts.next()?);
+        if parts.next().is_some() || rolled_to.is_empty() {
+            return None;
+        }
+        Some(Self {
+            state,
+            restarted_at,
+            rolled_to,
+        })
+    }
+
+    pub fn with_state(&self, state: RolloutState) -> Self {
+        Self {
+            state,
+            ..self.clone()
+        }
+    }
+}
+
+impl std::fmt::Display for RolloutRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} {}",
+            self.state.as_str(),
+            self.restarted_at,
+            self.rolled_to
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,6 +153,30 @@ mod tests {
         assert_eq!(record.to_string(), "api=sha256:a,web=sha256:b");
         record.insert("web", "sha256:c");
         assert_eq!(DigestRecord::parse(&record.to_string()), record);
+    }
+
+    #[test]
+    fn rollout_records_round_trip() {
+        let text = "progressing 2026-11-24T10:00:00Z web=sha256:a,api=sha256:b";
+        let record = RolloutRecord::parse(text).unwrap();
+        assert_eq!(record.state, RolloutState::Progressing);
+        assert_eq!(record.restarted_at, "2026-11-24T10:00:00Z");
+        assert_eq!(record.rolled_to.get("web"), Some("sha256:a"));
+        let done = record.with_state(RolloutState::RolledBack);
+        assert_eq!(
+            done.to_string(),
+            "rolled-back 2026-11-24T10:00:00Z api=sha256:b,web=sha256:a"
+        );
+        assert_eq!(RolloutRecord::parse(&done.to_string()), Some(done));
+        for bad in [
+            "",
+            "progressing",
+            "sideways 2026 web=x",
+            "succeeded t",
+            "succeeded t x y",
+        ] {
+            assert_eq!(RolloutRecord::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -130,6 +130,43 @@ impl RegistryOverride {
     }
 }
 
+/// What a failed rollout leads to (`pod-reloaded.io/on-failure`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Roll back to the digests the pods ran before, and quarantine the new ones.
+    Rollback,
+    /// Quarantine the new digests only; the workload stays as it is.
+    Halt,
+}
+
+impl OnFailure {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "rollback" => Ok(Self::Rollback),
+            "halt" => Ok(Self::Halt),
+            other => Err(format!("{other:?} is neither \"rollback\" nor \"halt\"")),
+        }
+    }
+}
+
+/// `pod-reloaded.io/rollout-timeout`: from 1s to 24h.
+pub fn parse_rollout_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(text)?;
+    if timeout < Duration::from_secs(1) || timeout > MAX_INTERVAL {
+        return Err(format!("{text:?} is not between 1s and 24h"));
+    }
+    Ok(timeout)
+}
+
+/// `pod-reloaded.io/pin`: `"true"` (default) or `"false"`.
+pub fn parse_pin(text: &str) -> Result<bool, String> {
+    match text.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!("{other:?} is neither \"true\" nor \"false\"")),
+    }
+}
+
 /// `pod-reloaded.io/pull-policy`: `set` (default) or `keep`.
 pub fn parse_pull_policy(text: &str) -> Result<bool, String> {
     match text.trim() {
@@ -200,6 +237,18 @@ mod tests {
         assert!(RegistryOverride::parse("docker.io=").is_err());
         assert!(RegistryOverride::parse("=https://x").is_err());
         assert!(RegistryOverride::parse(",").is_err());
+    }
+
+    #[test]
+    fn rollout_settings() {
+        assert_eq!(OnFailure::parse("rollback"), Ok(OnFailure::Rollback));
+        assert_eq!(OnFailure::parse(" halt"), Ok(OnFailure::Halt));
+        assert!(OnFailure::parse("Rollback").is_err());
+        assert_eq!(parse_rollout_timeout("10m"), Ok(Duration::from_secs(600)));
+        assert!(parse_rollout_timeout("0s").is_err());
+        assert!(parse_rollout_timeout("2d").is_err());
+        assert_eq!(parse_pin("false"), Ok(false));
+        assert!(parse_pin("no").is_err());
     }
 
     #[test]

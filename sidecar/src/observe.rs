@@ -2,9 +2,7 @@
 //! digest it runs. Pure: the pod comes in, plain facts go out.
 
 use k8s_openapi::api::core::v1::Pod;
-use pod_reloaded_contract::image::{
-    parse_image, parse_image_id, ImageSpec, RunningDigest, WatchedImage,
-};
+use pod_reloaded_contract::image::{parse_image_id, ImageReference, RunningDigest, WatchedImage};
 
 /// One watched container as the pod shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,14 +51,19 @@ fn container_state(pod: &Pod, name: &str) -> ContainerState {
     let Some(image) = spec.and_then(|c| c.image.as_deref()) else {
         return ContainerState::Missing;
     };
-    let image = match parse_image(image) {
-        Ok(ImageSpec::Tagged(watched)) => watched,
-        Ok(ImageSpec::Pinned(digest)) => {
-            return ContainerState::Pinned {
-                image: image.to_string(),
-                digest,
+    // A container the sidecar was told to watch with `name:tag@digest` was pinned by the
+    // webhook to what its restart rolled out: the tag is still what is watched. Only a
+    // digest without a tag leaves nothing to watch.
+    let image = match ImageReference::parse(image) {
+        Ok(reference) => match (&reference.tag, &reference.digest) {
+            (None, Some(digest)) => {
+                return ContainerState::Pinned {
+                    image: image.to_string(),
+                    digest: digest.clone(),
+                }
             }
-        }
+            _ => reference.watched_tag(),
+        },
         Err(problem) => return ContainerState::Unreadable { problem },
     };
     let status = pod.status.as_ref().and_then(|s| {
@@ -134,6 +137,21 @@ mod tests {
             state_of(&no_status, "web"),
             ContainerState::NotRunningYet { .. }
         ));
+    }
+
+    #[test]
+    fn a_tag_pinned_by_the_webhook_is_still_watched_by_its_tag() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "web", "image": format!("nginx:latest@{}", digest('a'))}]},
+            "status": {"containerStatuses": [{"name": "web", "image": "nginx", "imageID": format!("docker.io/library/nginx@{}", digest('a')), "ready": true, "restartCount": 0}]}
+        }))
+        .unwrap();
+        let ContainerState::Running { image, running } = state_of(&pod, "web") else {
+            panic!("watched expected");
+        };
+        assert_eq!(image.tag, "latest");
+        assert_eq!(running, RunningDigest::Manifest(digest('a')));
     }
 
     #[test]

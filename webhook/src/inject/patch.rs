@@ -66,6 +66,22 @@ pub(super) fn build_injection(pod: &Pod, plan: Plan, settings: &InjectionSetting
     let empty_spec = PodSpec::default();
     let spec = pod.spec.as_ref().unwrap_or(&empty_spec);
 
+    for pin in &plan.pins {
+        let index = pin.index.to_string();
+        ops.replace(["spec", "containers", &index, "image"], &pin.image);
+    }
+    if !plan.pins.is_empty() {
+        let pinned: Vec<String> = plan
+            .pins
+            .iter()
+            .map(|p| format!("{} to {}", p.container, p.image))
+            .collect();
+        warnings.push(format!(
+            "pod-reloaded: pinned {} (the digest its restart rolled out; annotate {}=\"false\" to prevent)",
+            pinned.join(", "),
+            contract::ANNOTATION_PIN
+        ));
+    }
     if plan.set_pull_policy {
         for (index, container) in spec.containers.iter().enumerate() {
             let policy = container.image_pull_policy.as_deref();

@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::{Pod, PodSpec, ResourceRequirements};
 use pod_reloaded_contract as contract;
 use pod_reloaded_contract::image::ImageReference;
 use pod_reloaded_contract::owner::{self, NotRestartable};
+use pod_reloaded_contract::record::DigestRecord;
 use pod_reloaded_contract::settings::{self, RegistryOverride};
 
 /// How the sidecar is added to the pod.
@@ -69,7 +70,16 @@ pub enum SkipReason {
 }
 
 /// What was read and validated from the pod before any change is made.
+/// A watched container whose image is rewritten to the digest its restart rolled out.
+#[derive(Debug)]
+pub(super) struct Pin {
+    pub(super) index: usize,
+    pub(super) container: String,
+    pub(super) image: String,
+}
+
 pub(super) struct Plan {
+    pub(super) pins: Vec<Pin>,
     pub(super) watched: Vec<String>,
     pub(super) interval: String,
     pub(super) registry_url: Option<String>,
@@ -143,13 +153,64 @@ pub(super) fn plan(
                 problem,
             })?;
 
+    let invalid = |annotation: &'static str| {
+        move |problem| SkipReason::InvalidAnnotation {
+            annotation,
+            problem,
+        }
+    };
+    if let Some(value) = annotation(contract::ANNOTATION_ON_FAILURE) {
+        settings::OnFailure::parse(value).map_err(invalid(contract::ANNOTATION_ON_FAILURE))?;
+    }
+    if let Some(value) = annotation(contract::ANNOTATION_ROLLOUT_TIMEOUT) {
+        settings::parse_rollout_timeout(value)
+            .map_err(invalid(contract::ANNOTATION_ROLLOUT_TIMEOUT))?;
+    }
+    let pin = settings::parse_pin(annotation(contract::ANNOTATION_PIN).unwrap_or("true"))
+        .map_err(invalid(contract::ANNOTATION_PIN))?;
+    let pins = if pin {
+        pins(
+            spec,
+            &watched,
+            annotation(contract::ANNOTATION_RESTARTED_FOR),
+        )
+    } else {
+        Vec::new()
+    };
+
     Ok(Plan {
         watched,
         interval: interval.to_string(),
         registry_url: registry_url.map(str::to_string),
         set_pull_policy,
+        pins,
         warnings,
     })
+}
+
+/// The watched containers a restart recorded a digest for, with that digest: the pod
+/// runs exactly what the restart rolled out, whatever the tag says by the time it pulls,
+/// and whatever a node has cached. Pods only, never templates: a mutated template would
+/// make the Deployment controller fight the webhook.
+fn pins(spec: &PodSpec, watched: &[String], restarted_for: Option<&str>) -> Vec<Pin> {
+    let Some(record) = restarted_for.map(DigestRecord::parse) else {
+        return Vec::new();
+    };
+    spec.containers
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| watched.contains(&c.name))
+        .filter_map(|(index, container)| {
+            let digest = record.get(&container.name)?;
+            let image = container.image.as_deref()?;
+            let unpinned = ImageReference::parse(image).is_ok_and(|r| !r.is_pinned());
+            (unpinned && contract::is_sha256_digest(digest)).then(|| Pin {
+                index,
+                container: container.name.clone(),
+                image: format!("{image}@{digest}"),
+            })
+        })
+        .collect()
 }
 
 fn is_injected(pod: &Pod, spec: &PodSpec) -> bool {

@@ -585,3 +585,162 @@ fn fixtures_decide_as_their_readme_says() {
         );
     }
 }
+
+fn digest(c: char) -> String {
+    format!("sha256:{}", c.to_string().repeat(64))
+}
+
+/// A pod of a template a restart annotated, with containers `web`, `api` (both tags) and
+/// `db` (pinned by the user), and an init container `migrate` (a tag).
+fn restarted_pod(restarted_for: &str) -> Value {
+    let mut pod = deployment_pod();
+    pod["spec"]["containers"] = json!([
+        {"name": "web", "image": "nginx:latest"},
+        {"name": "api", "image": "registry.example.com/team/api:main", "imagePullPolicy": "Always"},
+        {"name": "db", "image": format!("postgres:16@{}", digest('d'))}
+    ]);
+    pod["spec"]["initContainers"] =
+        json!([{"name": "migrate", "image": "registry.example.com/team/migrate:main"}]);
+    set_annotations(
+        &mut pod,
+        json!({contract::ANNOTATION_RESTARTED_FOR: restarted_for}),
+    );
+    pod
+}
+
+fn image_of<'a>(pod: &'a Value, container: &str) -> &'a str {
+    pod["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(
+            pod["spec"]["initContainers"]
+                .as_array()
+                .into_iter()
+                .flatten(),
+        )
+        .find(|c| c["name"] == container)
+        .and_then(|c| c["image"].as_str())
+        .unwrap()
+}
+
+#[test]
+fn watched_images_are_pinned_to_the_digest_their_restart_rolled_out() {
+    let record = format!(
+        "web={},api={},db={},migrate={}",
+        digest('a'),
+        digest('b'),
+        digest('e'),
+        digest('f')
+    );
+    for mode in [SidecarMode::Container, SidecarMode::Native] {
+        let (injection, patched) = inject(&restarted_pod(&record), mode);
+        assert_eq!(
+            image_of(&patched, "web"),
+            format!("nginx:latest@{}", digest('a'))
+        );
+        assert_eq!(
+            image_of(&patched, "api"),
+            format!("registry.example.com/team/api:main@{}", digest('b'))
+        );
+        assert_eq!(
+            image_of(&patched, "db"),
+            format!("postgres:16@{}", digest('d')),
+            "a user's pin is kept"
+        );
+        assert_eq!(
+            image_of(&patched, "migrate"),
+            "registry.example.com/team/migrate:main",
+            "init containers are not watched, so not pinned"
+        );
+        assert_eq!(
+            image_of(&patched, contract::SIDECAR_CONTAINER_NAME),
+            "example/checker:1"
+        );
+        let said = injection.warnings.join("\n");
+        assert!(
+            said.contains("pinned web to nginx:latest@") && said.contains("api to "),
+            "{said}"
+        );
+
+        // Reinvocation: the pinned pod yields no further patch.
+        let typed: Pod = serde_json::from_value(patched).unwrap();
+        assert!(matches!(
+            decide(&typed, "shop", &settings(mode)),
+            Decision::Skip(SkipReason::AlreadyInjected)
+        ));
+    }
+}
+
+#[test]
+fn only_watched_containers_with_a_valid_digest_are_pinned() {
+    // One container listed, one not; the record's other entries are ignored.
+    let mut pod = restarted_pod(&format!(
+        "web={},api=sha256:short,ghost={}",
+        digest('a'),
+        digest('c')
+    ));
+    pod["metadata"]["annotations"][contract::ANNOTATION_WATCH_CONTAINERS] = json!("web,api");
+    let (_, patched) = inject(&pod, SidecarMode::Container);
+    assert_eq!(
+        image_of(&patched, "web"),
+        format!("nginx:latest@{}", digest('a'))
+    );
+    assert_eq!(
+        image_of(&patched, "api"),
+        "registry.example.com/team/api:main"
+    );
+
+    let mut only_api = restarted_pod(&format!("web={}", digest('a')));
+    only_api["metadata"]["annotations"][contract::ANNOTATION_WATCH_CONTAINERS] = json!("api");
+    let (_, patched) = inject(&only_api, SidecarMode::Container);
+    assert_eq!(
+        image_of(&patched, "web"),
+        "nginx:latest",
+        "not watched, not pinned"
+    );
+}
+
+#[test]
+fn pin_false_and_pods_without_a_restart_are_left_alone() {
+    let mut pod = restarted_pod(&format!("web={}", digest('a')));
+    pod["metadata"]["annotations"][contract::ANNOTATION_PIN] = json!("false");
+    let (injection, patched) = inject(&pod, SidecarMode::Container);
+    assert_eq!(image_of(&patched, "web"), "nginx:latest");
+    assert!(!injection.warnings.join("\n").contains("pinned web"));
+
+    let (_, patched) = inject(&deployment_pod(), SidecarMode::Container);
+    assert_eq!(image_of(&patched, "web"), "nginx:latest");
+
+    let mut bad = restarted_pod(&format!("web={}", digest('a')));
+    bad["metadata"]["annotations"][contract::ANNOTATION_PIN] = json!("no");
+    assert!(matches!(
+        skip_reason(&bad, "shop"),
+        SkipReason::InvalidAnnotation {
+            annotation: contract::ANNOTATION_PIN,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn rollout_annotations_are_validated() {
+    for (annotation, bad) in [
+        (contract::ANNOTATION_ON_FAILURE, "retry"),
+        (contract::ANNOTATION_ROLLOUT_TIMEOUT, "0s"),
+        (contract::ANNOTATION_ROLLOUT_TIMEOUT, "soon"),
+    ] {
+        let mut pod = deployment_pod();
+        set_annotations(&mut pod, json!({annotation: bad}));
+        assert!(
+            matches!(skip_reason(&pod, "shop"), SkipReason::InvalidAnnotation { annotation: a, .. } if a == annotation),
+            "{annotation}={bad}"
+        );
+    }
+    let mut pod = deployment_pod();
+    set_annotations(
+        &mut pod,
+        json!({contract::ANNOTATION_ON_FAILURE: "halt", contract::ANNOTATION_ROLLOUT_TIMEOUT: "5m"}),
+    );
+    inject(&pod, SidecarMode::Container);
+}
