@@ -7,19 +7,25 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use pod_reloaded_contract::image::{RunningDigest, WatchedImage};
 use tracing::{info, warn};
 
-use crate::cluster::{Cluster, Owner, RestartOutcome};
+use crate::cluster::{Cluster, Owner, Update};
 use crate::compare::{self, Verdict};
 use crate::config::Config;
-use crate::decide::Change;
-use crate::metrics::{CheckResult, Metrics};
+use crate::decide::{self, Change, RestartDecision};
+use crate::metrics::{CheckResult, Metrics, RolloutResult};
 use crate::observe::{self, ContainerState};
 use crate::registry::credentials::Credentials;
 use crate::registry::{RegistryClient, RegistryError, Repository};
+use crate::rollout::{self, FailureAction, Progress};
+use pod_reloaded_contract as contract;
+use pod_reloaded_contract::owner::WorkloadRef;
+use pod_reloaded_contract::record::{DigestRecord, RolloutRecord, RolloutState};
+use pod_reloaded_contract::settings::{self, OnFailure};
 
 /// Rounds between two reads of an unchanged pod (a safety net: the pod's spec and status
 /// of a running container do not change without a restart).
@@ -35,7 +41,7 @@ pub enum RoundOutcome {
     AlreadyRestarted,
     /// Something failed; nothing was restarted. `retry_after` is the registry's wish.
     Failed {
-        retry_after: Option<std::time::Duration>,
+        retry_after: Option<Duration>,
     },
 }
 
@@ -63,6 +69,11 @@ pub struct Checker {
     pod: Option<Pod>,
     rounds_since_pod_read: u32,
     known_verdicts: HashMap<String, KnownVerdict>,
+    /// The workload that owns our pod, once looked up (it does not change).
+    workload: Option<WorkloadRef>,
+    /// True while a rollout pod-reloaded started on our workload is followed: the
+    /// workload is read each round until its outcome is recorded.
+    following: bool,
     /// Warnings already logged (pinned images, unrestartable owner, ...), not repeated.
     warned: HashSet<String>,
 }
@@ -82,6 +93,8 @@ impl Checker {
             pod: None,
             rounds_since_pod_read: 0,
             known_verdicts: HashMap::new(),
+            workload: None,
+            following: false,
             warned: HashSet::new(),
         }
     }
@@ -126,6 +139,10 @@ impl Checker {
             },
         };
 
+        if self.following || restarted_recently(&pod) {
+            self.follow_rollout(&pod).await;
+        }
+
         let mut changes = Vec::new();
         let mut failed = false;
         let mut waiting = false;
@@ -141,6 +158,10 @@ impl Checker {
                         }) => changes.push(Change {
                             container,
                             digest: remote_digest,
+                            running: match running {
+                                RunningDigest::Manifest(digest) => Some(digest),
+                                RunningDigest::Config(_) => None,
+                            },
                         }),
                         Ok(_) => {}
                         Err(error) => {
@@ -327,68 +348,358 @@ impl Checker {
         }
     }
 
-    /// Decide and act: find the workload, let `decide` say whether this is ours to do,
-    /// patch it and record the Event.
-    async fn restart_for(&mut self, pod: &Pod, changes: &[Change]) -> RoundOutcome {
-        let workload = match self.cluster.owner(pod).await {
-            Ok(Owner::Restartable(workload)) => workload,
+    /// The workload that owns our pod, looked up once.
+    async fn workload(&mut self, pod: &Pod) -> Option<WorkloadRef> {
+        if let Some(workload) = &self.workload {
+            return Some(workload.clone());
+        }
+        match self.cluster.owner(pod).await {
+            Ok(Owner::Restartable(workload)) => {
+                self.workload = Some(workload.clone());
+                Some(workload)
+            }
             Ok(Owner::NotRestartable(why)) => {
                 if self.not_yet_warned("unrestartable".to_string()) {
-                    warn!(%why, "image changed but nothing can be restarted; not restarting");
+                    warn!(%why, "nothing can be restarted for this pod");
                 }
-                return RoundOutcome::Failed { retry_after: None };
+                None
             }
             Err(error) => {
                 warn!(
                     error = format!("{error:#}"),
-                    "cannot find the workload to restart"
+                    "cannot find the workload that owns this pod"
                 );
-                return RoundOutcome::Failed { retry_after: None };
+                None
             }
+        }
+    }
+
+    /// Decide and act: let `decide` say whether this change is ours to restart for,
+    /// patch the workload and record the Event.
+    async fn restart_for(&mut self, pod: &Pod, changes: &[Change]) -> RoundOutcome {
+        let Some(workload) = self.workload(pod).await else {
+            return RoundOutcome::Failed { retry_after: None };
         };
+        let pod_created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let now = jiff::Timestamp::now();
+        let updated = self
+            .cluster
+            .update_workload(&workload, |state, version| {
+                let decision = decide::decide_restart(state, changes, pod_created);
+                match &decision {
+                    RestartDecision::Restart(restart) => {
+                        Update::Patch(decide::restart_patch(version, now, restart), decision)
+                    }
+                    RestartDecision::Undone { left } => {
+                        let record = state
+                            .rollout()
+                            .map(|r| r.with_state(RolloutState::Undone))
+                            .unwrap_or_else(|| RolloutRecord {
+                                state: RolloutState::Undone,
+                                restarted_at: decide::restarted_at_text(now),
+                                rolled_to: left.clone(),
+                            });
+                        Update::Patch(
+                            decide::quarantine_patch(version, state, left, &record),
+                            decision,
+                        )
+                    }
+                    _ => Update::Leave(decision),
+                }
+            })
+            .await;
         let summary = changes
             .iter()
             .map(|c| format!("{}={}", c.container, c.digest))
             .collect::<Vec<_>>()
             .join(",");
-        match self.cluster.restart(&workload, changes, pod).await {
-            Ok(RestartOutcome::Restarted { restarted_for }) => {
-                info!(%workload, restarted_for, decision = "restart", "triggered a rolling restart");
+        let decision = match updated {
+            Ok((decision, true)) => decision,
+            Ok((decision, false)) => return self.skipped(&workload, pod, decision, &summary).await,
+            Err(error) => {
+                warn!(%workload, error = format!("{error:#}"), "restart failed");
+                return RoundOutcome::Failed { retry_after: None };
+            }
+        };
+        match decision {
+            RestartDecision::Restart(restart) => {
+                info!(%workload, restarted_for = %restart.restarted_for, rolled_from = %restart.rolled_from, decision = "restart", "triggered a rolling restart");
                 self.metrics.restart();
+                self.following = true;
+                let mut message = format!(
+                    "pod-reloaded restarted {workload}: the watched tag now points to {}",
+                    restart.rolled_to
+                );
+                if !restart.no_rollback_target.is_empty() {
+                    message.push_str(&format!(
+                        "; no rollback target for {} (the pods ran a bare image ID, not a pullable digest): a failed rollout will halt",
+                        restart.no_rollback_target.join(",")
+                    ));
+                }
+                self.cluster
+                    .event(&workload, false, "ImageDigestChanged", message)
+                    .await;
+                RoundOutcome::Restarted
+            }
+            RestartDecision::Undone { left } => {
+                info!(%workload, left = %left, decision = "undone", "the template was rolled back by hand; not rolling forward to what it left");
                 self.cluster
                     .event(
                         &workload,
                         false,
-                        "ImageDigestChanged",
-                        format!("pod-reloaded restarted {workload}: the watched tag now points to {summary}"),
+                        "RolloutUndone",
+                        format!("pod-reloaded saw {workload} rolled back from {left} by hand; quarantined it so it is not rolled out again (until the tag moves, or `kubectl annotate {} {}-`)", workload.kind.name().to_lowercase() + "/" + &workload.name, contract::ANNOTATION_QUARANTINED),
                     )
                     .await;
-                RoundOutcome::Restarted
-            }
-            Ok(RestartOutcome::AlreadyRestarted { pull_did_not_take }) => {
-                if pull_did_not_take {
-                    if self.not_yet_warned(format!("did-not-take:{summary}")) {
-                        warn!(%workload, changes = summary, decision = "skip", "already restarted for this digest, but this new pod still runs the old one (loop guard)");
-                        self.cluster
-                            .event(
-                                &workload,
-                                true,
-                                "ImageDigestUnchangedAfterRestart",
-                                format!("pod-reloaded already restarted {workload} for {summary}, but pod {} still runs the old digest; not restarting again (check imagePullPolicy and the registry)", pod.metadata.name.as_deref().unwrap_or("")),
-                            )
-                            .await;
-                    }
-                } else {
-                    info!(%workload, changes = summary, decision = "skip", "another replica already restarted the workload for this digest");
-                }
                 RoundOutcome::AlreadyRestarted
             }
-            Err(error) => {
-                warn!(%workload, error = format!("{error:#}"), "restart failed");
-                RoundOutcome::Failed { retry_after: None }
-            }
+            other => self.skipped(&workload, pod, other, &summary).await,
         }
     }
+
+    /// A change that is not restarted for: say why, once where it would repeat.
+    async fn skipped(
+        &mut self,
+        workload: &WorkloadRef,
+        pod: &Pod,
+        decision: RestartDecision,
+        summary: &str,
+    ) -> RoundOutcome {
+        match decision {
+            RestartDecision::AlreadyRestarted {
+                pull_did_not_take: true,
+            } => {
+                if self.not_yet_warned(format!("did-not-take:{summary}")) {
+                    warn!(%workload, changes = summary, decision = "skip", "already restarted for this digest, but this new pod still runs the old one (loop guard)");
+                    self.cluster
+                        .event(
+                            workload,
+                            true,
+                            "ImageDigestUnchangedAfterRestart",
+                            format!("pod-reloaded already restarted {workload} for {summary}, but pod {} still runs the old digest; not restarting again (check imagePullPolicy and the registry)", pod.metadata.name.as_deref().unwrap_or("")),
+                        )
+                        .await;
+                }
+            }
+            RestartDecision::AlreadyRestarted { .. } => {
+                info!(%workload, changes = summary, decision = "skip", "another replica already restarted the workload for this digest");
+            }
+            RestartDecision::Quarantined { digests } => {
+                if self.not_yet_warned(format!("quarantined:{digests}")) {
+                    warn!(%workload, quarantined = %digests, decision = "skip", "the tag serves a quarantined digest; not restarting (clear it with kubectl annotate ... {}-)", contract::ANNOTATION_QUARANTINED);
+                }
+            }
+            RestartDecision::RolloutInProgress { restarted_at } => {
+                if self.not_yet_warned(format!("in-progress:{restarted_at}:{summary}")) {
+                    info!(%workload, changes = summary, restarted_at, decision = "wait", "the rollout pod-reloaded started is still in progress; restarting when it ends");
+                }
+                self.following = true;
+            }
+            RestartDecision::Restart(_) | RestartDecision::Undone { .. } => {}
+        }
+        RoundOutcome::AlreadyRestarted
+    }
+
+    /// Follows the rollout pod-reloaded started on our workload; the first sidecar to see
+    /// it end records the outcome (success, rollback or halt), with the same precondition
+    /// as a restart so exactly one does.
+    async fn follow_rollout(&mut self, pod: &Pod) {
+        let Some(workload) = self.workload(pod).await else {
+            self.following = false;
+            return;
+        };
+        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+        let timeout = annotations
+            .get(contract::ANNOTATION_ROLLOUT_TIMEOUT)
+            .and_then(|t| settings::parse_rollout_timeout(t).ok())
+            .unwrap_or(DEFAULT_ROLLOUT_TIMEOUT);
+        let on_failure = annotations
+            .get(contract::ANNOTATION_ON_FAILURE)
+            .and_then(|t| OnFailure::parse(t).ok())
+            .unwrap_or(OnFailure::Rollback);
+        let now = jiff::Timestamp::now();
+        let kind = workload.kind;
+        let updated = self
+            .cluster
+            .update_workload(&workload, |state, version| {
+                let Some(record) = state
+                    .rollout()
+                    .filter(|r| r.state == RolloutState::Progressing)
+                else {
+                    return Update::Leave(Followed::NothingToFollow);
+                };
+                if state.rollout_in_template().is_none() {
+                    // Rolled back by hand while it was in progress: the undo sticks.
+                    let left = record.rolled_to.clone();
+                    let patch = decide::quarantine_patch(
+                        version,
+                        state,
+                        &left,
+                        &record.with_state(RolloutState::Undone),
+                    );
+                    return Update::Patch(patch, Followed::Undone(left));
+                }
+                let Ok(started) = record.restarted_at.parse::<jiff::Timestamp>() else {
+                    return Update::Leave(Followed::NothingToFollow);
+                };
+                match rollout::progress(kind, state, started, timeout, now) {
+                    Progress::Pending => Update::Leave(Followed::Pending),
+                    Progress::Succeeded => Update::Patch(
+                        rollout::success_patch(version, &record),
+                        Followed::Succeeded { record, started },
+                    ),
+                    Progress::Failed { reason } => {
+                        match rollout::failure_action(version, state, &record, on_failure, now) {
+                            FailureAction::RollBack { patch } => Update::Patch(
+                                patch,
+                                Followed::RolledBack {
+                                    record,
+                                    reason,
+                                    to: state.rolled_from(),
+                                },
+                            ),
+                            FailureAction::Halt { patch, why } => Update::Patch(
+                                patch,
+                                Followed::Halted {
+                                    record,
+                                    reason,
+                                    why,
+                                },
+                            ),
+                        }
+                    }
+                }
+            })
+            .await;
+        let followed = match updated {
+            Ok((followed, true)) => followed,
+            Ok((Followed::Pending, false)) => {
+                self.following = true;
+                return;
+            }
+            Ok((_, false)) => {
+                self.following = false;
+                return;
+            }
+            Err(error) => {
+                warn!(%workload, error = format!("{error:#}"), "cannot follow the rollout; trying next round");
+                self.following = true;
+                return;
+            }
+        };
+        self.following = false;
+        match followed {
+            Followed::Succeeded { record, started } => {
+                let took = Duration::try_from(now.duration_since(started)).unwrap_or_default();
+                let took = humantime::format_duration(Duration::from_secs(took.as_secs()));
+                info!(%workload, rolled_to = %record.rolled_to, %took, decision = "rollout-succeeded", "rollout succeeded");
+                self.metrics.rollout(RolloutResult::Succeeded);
+                self.cluster
+                    .event(
+                        &workload,
+                        false,
+                        "RolloutSucceeded",
+                        format!(
+                            "pod-reloaded's rollout of {workload} to {} succeeded in {took}",
+                            record.rolled_to
+                        ),
+                    )
+                    .await;
+            }
+            Followed::RolledBack { record, reason, to } => {
+                warn!(%workload, rolled_to = %record.rolled_to, reason, decision = "rollback", "rollout failed; rolled back and quarantined");
+                self.metrics.rollout(RolloutResult::RolledBack);
+                self.cluster
+                    .event(
+                        &workload,
+                        true,
+                        "RolloutFailed",
+                        format!(
+                            "pod-reloaded's rollout of {workload} to {} failed: {reason}",
+                            record.rolled_to
+                        ),
+                    )
+                    .await;
+                self.cluster
+                    .event(
+                        &workload,
+                        false,
+                        "RolledBack",
+                        format!(
+                            "pod-reloaded rolled {workload} back to {to} and quarantined {}",
+                            record.rolled_to
+                        ),
+                    )
+                    .await;
+            }
+            Followed::Halted {
+                record,
+                reason,
+                why,
+            } => {
+                warn!(%workload, rolled_to = %record.rolled_to, reason, decision = "halt", "rollout failed; quarantined, not rolled back");
+                self.metrics.rollout(RolloutResult::Failed);
+                let why = why.map(|w| format!("; {w}")).unwrap_or_default();
+                self.cluster
+                    .event(&workload, true, "RolloutFailed", format!("pod-reloaded's rollout of {workload} to {} failed: {reason}; quarantined, not rolled back{why}", record.rolled_to))
+                    .await;
+            }
+            Followed::Undone(left) => {
+                info!(%workload, left = %left, decision = "undone", "the template was rolled back by hand during the rollout");
+            }
+            Followed::Pending | Followed::NothingToFollow => {}
+        }
+    }
+}
+
+/// Default of `pod-reloaded.io/rollout-timeout`.
+const DEFAULT_ROLLOUT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What following a rollout came to in one round.
+enum Followed {
+    NothingToFollow,
+    Pending,
+    Succeeded {
+        record: RolloutRecord,
+        started: jiff::Timestamp,
+    },
+    RolledBack {
+        record: RolloutRecord,
+        reason: String,
+        to: DigestRecord,
+    },
+    Halted {
+        record: RolloutRecord,
+        reason: String,
+        why: Option<String>,
+    },
+    Undone(DigestRecord),
+}
+
+/// True for a pod made by a pod-reloaded restart that may still be rolling out: its
+/// template carried `restarted-for`, and its `restartedAt` is within the rollout timeout
+/// (and a minute of grace). Such pods' sidecars follow the rollout, so it is followed
+/// even when the pod that restarted it is gone.
+fn restarted_recently(pod: &Pod) -> bool {
+    let Some(annotations) = pod.metadata.annotations.as_ref() else {
+        return false;
+    };
+    if !annotations.contains_key(contract::ANNOTATION_RESTARTED_FOR) {
+        return false;
+    }
+    let Some(restarted_at) = annotations
+        .get(contract::ANNOTATION_RESTARTED_AT)
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+    else {
+        return false;
+    };
+    let timeout = annotations
+        .get(contract::ANNOTATION_ROLLOUT_TIMEOUT)
+        .and_then(|t| settings::parse_rollout_timeout(t).ok())
+        .unwrap_or(DEFAULT_ROLLOUT_TIMEOUT);
+    let age = Duration::try_from(jiff::Timestamp::now().duration_since(restarted_at))
+        .unwrap_or(Duration::ZERO);
+    age <= timeout + Duration::from_secs(60)
 }
 
 /// The `imageID`s of a pod's containers, to tell whether it changed between two reads.

@@ -2,8 +2,6 @@
 //! owns it, patch its template with a `resourceVersion` precondition, and record Events.
 //! The only place the sidecar writes to the API.
 
-use std::collections::BTreeMap;
-
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -12,7 +10,7 @@ use kube::{Api, Client};
 use pod_reloaded_contract::owner::{self, NotRestartable, PodOwner, WorkloadKind, WorkloadRef};
 use tracing::{info, warn};
 
-use crate::decide::{self, Change, RestartDecision};
+use crate::decide::WorkloadState;
 
 /// Re-reads after a 409 before giving up for this round.
 const MAX_CONFLICT_RETRIES: usize = 5;
@@ -30,10 +28,11 @@ pub enum Owner {
     NotRestartable(NotRestartable),
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub enum RestartOutcome {
-    Restarted { restarted_for: String },
-    AlreadyRestarted { pull_did_not_take: bool },
+/// What to do with a workload as read: patch it (the patch carries the read
+/// `resourceVersion`), or leave it.
+pub enum Update<T> {
+    Patch(serde_json::Value, T),
+    Leave(T),
 }
 
 pub struct Cluster {
@@ -85,42 +84,36 @@ impl Cluster {
         })
     }
 
-    /// Decides and, when it is ours to do, patches the workload; on a 409 re-reads and
-    /// decides again, so of N replicas seeing the same change exactly one patch wins.
-    pub async fn restart(
+    /// Reads the workload, lets `decide` say what to patch, and patches with the read
+    /// `resourceVersion` as precondition; on a 409 reads and decides again, so of N
+    /// replicas deciding the same thing exactly one patch wins. Returns what `decide`
+    /// said and whether its patch was applied.
+    pub async fn update_workload<T>(
         &self,
         workload: &WorkloadRef,
-        changes: &[Change],
-        pod: &Pod,
-    ) -> anyhow::Result<RestartOutcome> {
+        mut decide: impl FnMut(&WorkloadState, &str) -> Update<T>,
+    ) -> anyhow::Result<(T, bool)> {
         let api: Api<DynamicObject> = Api::namespaced_with(
             self.client.clone(),
             &self.namespace,
             &api_resource(workload.kind),
         );
-        let pod_created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
         for _ in 0..MAX_CONFLICT_RETRIES {
             let object = api
                 .get(&workload.name)
                 .await
                 .with_context(|| format!("reading {workload}"))?;
-            let annotations: BTreeMap<String, String> = object
-                .data
-                .pointer("/spec/template/metadata/annotations")
-                .and_then(|a| serde_json::from_value(a.clone()).ok())
-                .unwrap_or_default();
-            let restarted_for = match decide::decide(&annotations, changes, pod_created) {
-                RestartDecision::AlreadyRestarted { pull_did_not_take } => {
-                    return Ok(RestartOutcome::AlreadyRestarted { pull_did_not_take })
-                }
-                RestartDecision::Restart { restarted_for } => restarted_for,
-            };
             let version = object
                 .metadata
                 .resource_version
                 .clone()
                 .with_context(|| format!("{workload} has no resourceVersion"))?;
-            let patch = decide::restart_patch(&version, jiff::Timestamp::now(), &restarted_for);
+            let json =
+                serde_json::to_value(&object).with_context(|| format!("reading {workload}"))?;
+            let (patch, outcome) = match decide(&WorkloadState::from_json(&json), &version) {
+                Update::Leave(outcome) => return Ok((outcome, false)),
+                Update::Patch(patch, outcome) => (patch, outcome),
+            };
             match api
                 .patch(
                     &workload.name,
@@ -129,7 +122,7 @@ impl Cluster {
                 )
                 .await
             {
-                Ok(_) => return Ok(RestartOutcome::Restarted { restarted_for }),
+                Ok(_) => return Ok((outcome, true)),
                 Err(kube::Error::Api(status)) if status.code == 409 => {
                     info!(%workload, "conflict: another writer changed the workload; reading it again");
                 }
@@ -176,7 +169,7 @@ impl Cluster {
             }),
             reporting_component: Some("pod-reloaded.io/sidecar".to_string()),
             reporting_instance: Some(self.pod_name.clone()),
-            action: Some(if warning { "Skip" } else { "Restart" }.to_string()),
+            action: Some(reason.to_string()),
             ..Default::default()
         };
         let api: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);

@@ -1,29 +1,106 @@
-//! Decide: restart, skip or warn, given the workload's template annotations (DESIGN.md step 4) as
-//! pure functions.
+//! Decide: restart, skip or warn, given the workload as read (DESIGN.md step 4), as pure
+//! functions; and the patches that carry the decisions out.
 //!
-//! `pod-reloaded.io/restarted-for` records `<container>=<digest>` entries (comma-separated
-//! when several containers are watched). A change already recorded is never restarted for
-//! again: another replica did it, or the new pods still run the old digest (the loop
-//! guard).
+//! The template's `pod-reloaded.io/restarted-for` records `<container>=<digest>` entries.
+//! A change already recorded is never restarted for again: another replica did it, or the
+//! new pods still run the old digest (the loop guard). The workload's metadata carries the
+//! last rollout pod-reloaded started (`pod-reloaded.io/rollout`) and the digests never to
+//! restart to (`pod-reloaded.io/quarantined`).
 
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use pod_reloaded_contract as contract;
-use pod_reloaded_contract::record::DigestRecord;
+use pod_reloaded_contract::record::{DigestRecord, RolloutRecord, RolloutState};
 use serde_json::{json, Value};
 
 /// A watched container whose tag now points to another digest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {
     pub container: String,
+    /// What the tag serves now.
     pub digest: String,
+    /// The pullable digest the pod runs (`repo@sha256:` image IDs); `None` for a bare
+    /// config digest, which cannot be pulled back.
+    pub running: Option<String>,
+}
+
+/// The workload as the decisions read it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WorkloadState {
+    pub metadata_annotations: BTreeMap<String, String>,
+    pub template_annotations: BTreeMap<String, String>,
+    pub generation: Option<i64>,
+    /// `spec` and `status` as the API server returned them.
+    pub spec: Value,
+    pub status: Value,
+}
+
+impl WorkloadState {
+    /// From a workload object's JSON (`metadata`, `spec`, `status`).
+    pub fn from_json(object: &Value) -> Self {
+        let annotations = |pointer: &str| -> BTreeMap<String, String> {
+            object
+                .pointer(pointer)
+                .and_then(|a| serde_json::from_value(a.clone()).ok())
+                .unwrap_or_default()
+        };
+        Self {
+            metadata_annotations: annotations("/metadata/annotations"),
+            template_annotations: annotations("/spec/template/metadata/annotations"),
+            generation: object
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64),
+            spec: object.get("spec").cloned().unwrap_or(Value::Null),
+            status: object.get("status").cloned().unwrap_or(Value::Null),
+        }
+    }
+
+    fn template_record(&self, key: &str) -> DigestRecord {
+        self.template_annotations
+            .get(key)
+            .map(|v| DigestRecord::parse(v))
+            .unwrap_or_default()
+    }
+
+    pub fn restarted_for(&self) -> DigestRecord {
+        self.template_record(contract::ANNOTATION_RESTARTED_FOR)
+    }
+
+    pub fn rolled_from(&self) -> DigestRecord {
+        self.template_record(contract::ANNOTATION_ROLLED_FROM)
+    }
+
+    pub fn quarantined(&self) -> DigestRecord {
+        self.metadata_annotations
+            .get(contract::ANNOTATION_QUARANTINED)
+            .map(|v| DigestRecord::parse(v))
+            .unwrap_or_default()
+    }
+
+    pub fn rollout(&self) -> Option<RolloutRecord> {
+        self.metadata_annotations
+            .get(contract::ANNOTATION_ROLLOUT)
+            .and_then(|v| RolloutRecord::parse(v))
+    }
+
+    /// The rollout record when the template still carries what that rollout rolled to;
+    /// `None` when there is none, or when the template moved away from it.
+    pub fn rollout_in_template(&self) -> Option<RolloutRecord> {
+        let record = self.rollout()?;
+        let template = self.restarted_for();
+        let carried = record
+            .rolled_to
+            .iter()
+            .all(|(container, digest)| template.get(container) == Some(digest));
+        carried.then_some(record)
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum RestartDecision {
-    /// Patch the template: `restarted_for` is the annotation's new value.
-    Restart { restarted_for: String },
+    /// Patch the template.
+    Restart(Restart),
     /// Every change is already recorded.
     AlreadyRestarted {
         /// This pod was created after that restart and still runs the old digest: the new
@@ -31,25 +108,66 @@ pub enum RestartDecision {
         /// replaced by the rollout another replica started.
         pull_did_not_take: bool,
     },
+    /// Every change is to a quarantined digest.
+    Quarantined { digests: DigestRecord },
+    /// The rollout pod-reloaded started last is still in progress: the new change waits.
+    RolloutInProgress { restarted_at: String },
+    /// A person rolled the template back from the digests pod-reloaded rolled out (e.g.
+    /// `kubectl rollout undo`): those are quarantined, so the rollback sticks.
+    Undone { left: DigestRecord },
 }
 
-/// Decides for `changes` (non-empty) given the workload template's annotations and when
-/// this pod was created.
-pub fn decide(
-    template_annotations: &BTreeMap<String, String>,
+#[derive(Debug, PartialEq, Eq)]
+pub struct Restart {
+    /// The template's new `restarted-for`.
+    pub restarted_for: DigestRecord,
+    /// The new digests only.
+    pub rolled_to: DigestRecord,
+    /// Where each changed container came from, the rollback target.
+    pub rolled_from: DigestRecord,
+    /// Changed containers whose previous digest is unknown or not pullable.
+    pub no_rollback_target: Vec<String>,
+}
+
+/// Decides for `changes` (non-empty) given the workload, and when this pod was created.
+pub fn decide_restart(
+    workload: &WorkloadState,
     changes: &[Change],
     pod_created: Option<Timestamp>,
 ) -> RestartDecision {
-    let mut record = template_annotations
-        .get(contract::ANNOTATION_RESTARTED_FOR)
-        .map(|v| DigestRecord::parse(v))
-        .unwrap_or_default();
-    let new: Vec<&Change> = changes
+    let record = workload.rollout();
+    if let Some(record) = &record {
+        let active = matches!(
+            record.state,
+            RolloutState::Progressing | RolloutState::Succeeded
+        );
+        if active && workload.rollout_in_template().is_none() {
+            return RestartDecision::Undone {
+                left: record.rolled_to.clone(),
+            };
+        }
+    }
+    let quarantined = workload.quarantined();
+    let allowed: Vec<&Change> = changes
         .iter()
-        .filter(|c| record.get(&c.container) != Some(c.digest.as_str()))
+        .filter(|c| quarantined.get(&c.container) != Some(c.digest.as_str()))
+        .collect();
+    if allowed.is_empty() {
+        let mut digests = DigestRecord::default();
+        for change in changes {
+            digests.insert(&change.container, &change.digest);
+        }
+        return RestartDecision::Quarantined { digests };
+    }
+
+    let mut restarted_for = workload.restarted_for();
+    let new: Vec<&Change> = allowed
+        .into_iter()
+        .filter(|c| restarted_for.get(&c.container) != Some(c.digest.as_str()))
         .collect();
     if new.is_empty() {
-        let restarted_at = template_annotations
+        let restarted_at = workload
+            .template_annotations
             .get(contract::ANNOTATION_RESTARTED_AT)
             .and_then(|t| t.parse::<Timestamp>().ok());
         let pull_did_not_take = match (pod_created, restarted_at) {
@@ -59,27 +177,89 @@ pub fn decide(
         };
         return RestartDecision::AlreadyRestarted { pull_did_not_take };
     }
+    if let Some(record) = record.filter(|r| r.state == RolloutState::Progressing) {
+        return RestartDecision::RolloutInProgress {
+            restarted_at: record.restarted_at,
+        };
+    }
+    let mut rolled_to = DigestRecord::default();
+    let mut rolled_from = DigestRecord::default();
+    let mut no_rollback_target = Vec::new();
     for change in new {
-        record.insert(&change.container, &change.digest);
+        // The previous restart's digest is what the pods were pinned to; without one, the
+        // digest the pod was pulled by.
+        let previous = restarted_for
+            .get(&change.container)
+            .map(str::to_string)
+            .or_else(|| change.running.clone());
+        match previous {
+            Some(digest) => rolled_from.insert(&change.container, &digest),
+            None => no_rollback_target.push(change.container.clone()),
+        }
+        restarted_for.insert(&change.container, &change.digest);
+        rolled_to.insert(&change.container, &change.digest);
     }
-    RestartDecision::Restart {
-        restarted_for: record.to_string(),
-    }
+    RestartDecision::Restart(Restart {
+        restarted_for,
+        rolled_to,
+        rolled_from,
+        no_rollback_target,
+    })
 }
 
-/// The merge patch that rolls the workload, guarded by the `resourceVersion` we read so
-/// that of N replicas exactly one patch wins.
-pub fn restart_patch(
-    resource_version: &str,
-    restarted_at: Timestamp,
-    restarted_for: &str,
-) -> Value {
+/// `restartedAt` as `kubectl rollout restart` writes it.
+pub fn restarted_at_text(at: Timestamp) -> String {
+    at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// The merge patch that rolls the workload and records the rollout on its metadata,
+/// guarded by the `resourceVersion` we read so that of N replicas exactly one wins.
+pub fn restart_patch(resource_version: &str, restarted_at: Timestamp, restart: &Restart) -> Value {
+    let at = restarted_at_text(restarted_at);
+    let record = RolloutRecord {
+        state: RolloutState::Progressing,
+        restarted_at: at.clone(),
+        rolled_to: restart.rolled_to.clone(),
+    };
+    let rolled_from = if restart.rolled_from.is_empty() {
+        // A stale rolled-from of an earlier restart must not become a rollback target.
+        Value::Null
+    } else {
+        json!(restart.rolled_from.to_string())
+    };
     json!({
-        "metadata": { "resourceVersion": resource_version },
+        "metadata": {
+            "resourceVersion": resource_version,
+            "annotations": { contract::ANNOTATION_ROLLOUT: record.to_string() }
+        },
         "spec": { "template": { "metadata": { "annotations": {
-            contract::ANNOTATION_RESTARTED_AT: restarted_at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-            contract::ANNOTATION_RESTARTED_FOR: restarted_for,
+            contract::ANNOTATION_RESTARTED_AT: at,
+            contract::ANNOTATION_RESTARTED_FOR: restart.restarted_for.to_string(),
+            contract::ANNOTATION_ROLLED_FROM: rolled_from,
         }}}}
+    })
+}
+
+/// Quarantines `digests` (added to what is quarantined already) and sets the rollout
+/// record's state, on the workload's metadata only: no rollout.
+pub fn quarantine_patch(
+    resource_version: &str,
+    workload: &WorkloadState,
+    digests: &DigestRecord,
+    record: &RolloutRecord,
+) -> Value {
+    let mut quarantined = workload.quarantined();
+    for (container, digest) in digests.iter() {
+        quarantined.insert(container, digest);
+    }
+    json!({
+        "metadata": {
+            "resourceVersion": resource_version,
+            "annotations": {
+                contract::ANNOTATION_QUARANTINED: quarantined.to_string(),
+                contract::ANNOTATION_ROLLOUT: record.to_string(),
+            }
+        }
     })
 }
 
@@ -91,52 +271,106 @@ mod tests {
         format!("sha256:{}", c.to_string().repeat(64))
     }
 
-    fn change(container: &str, c: char) -> Change {
+    fn change(container: &str, c: char, running: Option<char>) -> Change {
         Change {
             container: container.into(),
             digest: digest(c),
+            running: running.map(digest),
         }
     }
 
-    fn annotations(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect()
+    fn workload(template: &[(&str, String)], metadata: &[(&str, String)]) -> WorkloadState {
+        let map = |pairs: &[(&str, String)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect()
+        };
+        WorkloadState {
+            template_annotations: map(template),
+            metadata_annotations: map(metadata),
+            ..Default::default()
+        }
+    }
+
+    fn restart_of(decision: RestartDecision) -> Restart {
+        match decision {
+            RestartDecision::Restart(restart) => restart,
+            other => panic!("expected a restart, got {other:?}"),
+        }
     }
 
     #[test]
-    fn first_change_restarts() {
+    fn first_change_restarts_and_rolls_from_the_running_digest() {
+        let restart = restart_of(decide_restart(
+            &WorkloadState::default(),
+            &[change("web", 'a', Some('0'))],
+            None,
+        ));
         assert_eq!(
-            decide(&BTreeMap::new(), &[change("web", 'a')], None),
-            RestartDecision::Restart {
-                restarted_for: format!("web={}", digest('a'))
-            }
+            restart.restarted_for.to_string(),
+            format!("web={}", digest('a'))
         );
+        assert_eq!(
+            restart.rolled_from.to_string(),
+            format!("web={}", digest('0'))
+        );
+        assert!(restart.no_rollback_target.is_empty());
+    }
+
+    #[test]
+    fn a_bare_config_digest_leaves_no_rollback_target() {
+        let restart = restart_of(decide_restart(
+            &WorkloadState::default(),
+            &[change("web", 'a', None)],
+            None,
+        ));
+        assert!(restart.rolled_from.is_empty());
+        assert_eq!(restart.no_rollback_target, vec!["web".to_string()]);
+    }
+
+    #[test]
+    fn the_previous_restart_is_the_rollback_target() {
+        let state = workload(
+            &[(
+                contract::ANNOTATION_RESTARTED_FOR,
+                format!("web={}", digest('p')),
+            )],
+            &[],
+        );
+        let restart = restart_of(decide_restart(
+            &state,
+            &[change("web", 'a', Some('x'))],
+            None,
+        ));
+        assert_eq!(restart.rolled_from.get("web"), Some(digest('p').as_str()));
     }
 
     #[test]
     fn a_recorded_change_is_not_restarted_again() {
-        let template = annotations(&[
-            (
-                contract::ANNOTATION_RESTARTED_FOR,
-                format!("web={}", digest('a')),
-            ),
-            (
-                contract::ANNOTATION_RESTARTED_AT,
-                "2026-11-24T10:00:00Z".into(),
-            ),
-        ]);
+        let state = workload(
+            &[
+                (
+                    contract::ANNOTATION_RESTARTED_FOR,
+                    format!("web={}", digest('a')),
+                ),
+                (
+                    contract::ANNOTATION_RESTARTED_AT,
+                    "2026-11-24T10:00:00Z".into(),
+                ),
+            ],
+            &[],
+        );
         let older: Timestamp = "2026-11-24T09:00:00Z".parse().unwrap();
         let newer: Timestamp = "2026-11-24T10:00:05Z".parse().unwrap();
         assert_eq!(
-            decide(&template, &[change("web", 'a')], Some(older)),
+            decide_restart(&state, &[change("web", 'a', Some('0'))], Some(older)),
             RestartDecision::AlreadyRestarted {
                 pull_did_not_take: false
             }
         );
         assert_eq!(
-            decide(&template, &[change("web", 'a')], Some(newer)),
+            decide_restart(&state, &[change("web", 'a', Some('0'))], Some(newer)),
             RestartDecision::AlreadyRestarted {
                 pull_did_not_take: true
             }
@@ -145,44 +379,153 @@ mod tests {
 
     #[test]
     fn a_newer_digest_restarts_again_and_other_entries_are_kept() {
-        let template = annotations(&[(
-            contract::ANNOTATION_RESTARTED_FOR,
-            format!("web={},sidecar={}", digest('a'), digest('s')),
-        )]);
+        let state = workload(
+            &[(
+                contract::ANNOTATION_RESTARTED_FOR,
+                format!("web={},sidecar={}", digest('a'), digest('s')),
+            )],
+            &[],
+        );
+        let restart = restart_of(decide_restart(
+            &state,
+            &[
+                change("web", 'b', Some('a')),
+                change("sidecar", 's', Some('s')),
+            ],
+            None,
+        ));
         assert_eq!(
-            decide(
-                &template,
-                &[change("web", 'b'), change("sidecar", 's')],
-                None
-            ),
-            RestartDecision::Restart {
-                restarted_for: format!("sidecar={},web={}", digest('s'), digest('b'))
+            restart.restarted_for.to_string(),
+            format!("sidecar={},web={}", digest('s'), digest('b'))
+        );
+        assert_eq!(
+            restart.rolled_to.to_string(),
+            format!("web={}", digest('b'))
+        );
+    }
+
+    #[test]
+    fn quarantined_digests_are_never_restarted_to() {
+        let state = workload(
+            &[],
+            &[(
+                contract::ANNOTATION_QUARANTINED,
+                format!("web={}", digest('q')),
+            )],
+        );
+        assert!(matches!(
+            decide_restart(&state, &[change("web", 'q', Some('0'))], None),
+            RestartDecision::Quarantined { .. }
+        ));
+        // The tag moved on: normal work resumes.
+        assert!(matches!(
+            decide_restart(&state, &[change("web", 'n', Some('0'))], None),
+            RestartDecision::Restart(_)
+        ));
+    }
+
+    #[test]
+    fn a_rollout_in_progress_holds_new_restarts() {
+        let state = workload(
+            &[(
+                contract::ANNOTATION_RESTARTED_FOR,
+                format!("web={}", digest('a')),
+            )],
+            &[(
+                contract::ANNOTATION_ROLLOUT,
+                format!("progressing 2026-11-24T10:00:00Z web={}", digest('a')),
+            )],
+        );
+        assert_eq!(
+            decide_restart(&state, &[change("web", 'b', Some('a'))], None),
+            RestartDecision::RolloutInProgress {
+                restarted_at: "2026-11-24T10:00:00Z".into()
             }
         );
     }
 
     #[test]
-    fn a_garbled_record_is_ignored_not_trusted() {
-        let template = annotations(&[(
-            contract::ANNOTATION_RESTARTED_FOR,
-            "nonsense,=x,web=".into(),
-        )]);
+    fn a_template_rolled_back_by_a_person_is_an_undo_not_a_change() {
+        // pod-reloaded rolled web to 'a'; a person's `rollout undo` restored the template
+        // of before, which records '0'. The tag still serves 'a'.
+        for state_text in ["progressing", "succeeded"] {
+            let state = workload(
+                &[(
+                    contract::ANNOTATION_RESTARTED_FOR,
+                    format!("web={}", digest('0')),
+                )],
+                &[(
+                    contract::ANNOTATION_ROLLOUT,
+                    format!("{state_text} 2026-11-24T10:00:00Z web={}", digest('a')),
+                )],
+            );
+            assert_eq!(
+                decide_restart(&state, &[change("web", 'a', Some('0'))], None),
+                RestartDecision::Undone {
+                    left: DigestRecord::parse(&format!("web={}", digest('a')))
+                }
+            );
+        }
+        // After pod-reloaded's own rollback the template differs too, but that is no undo.
+        let rolled_back = workload(
+            &[(
+                contract::ANNOTATION_RESTARTED_FOR,
+                format!("web={}", digest('0')),
+            )],
+            &[
+                (
+                    contract::ANNOTATION_ROLLOUT,
+                    format!("rolled-back 2026-11-24T10:00:00Z web={}", digest('a')),
+                ),
+                (
+                    contract::ANNOTATION_QUARANTINED,
+                    format!("web={}", digest('a')),
+                ),
+            ],
+        );
         assert!(matches!(
-            decide(&template, &[change("web", 'a')], None),
-            RestartDecision::Restart { .. }
+            decide_restart(&rolled_back, &[change("web", 'a', Some('0'))], None),
+            RestartDecision::Quarantined { .. }
         ));
     }
 
     #[test]
-    fn patch_carries_both_annotations_and_the_precondition() {
+    fn the_restart_patch_records_the_rollout_and_its_origin() {
         let at: Timestamp = "2026-11-24T10:00:00.123Z".parse().unwrap();
-        let patch = restart_patch("42", at, "web=x");
+        let restart = restart_of(decide_restart(
+            &WorkloadState::default(),
+            &[change("web", 'a', Some('0'))],
+            None,
+        ));
+        let patch = restart_patch("42", at, &restart);
         assert_eq!(patch["metadata"]["resourceVersion"], "42");
         let annotations = &patch["spec"]["template"]["metadata"]["annotations"];
         assert_eq!(
             annotations[contract::ANNOTATION_RESTARTED_AT],
             "2026-11-24T10:00:00Z"
         );
-        assert_eq!(annotations[contract::ANNOTATION_RESTARTED_FOR], "web=x");
+        assert_eq!(
+            annotations[contract::ANNOTATION_RESTARTED_FOR],
+            format!("web={}", digest('a'))
+        );
+        assert_eq!(
+            annotations[contract::ANNOTATION_ROLLED_FROM],
+            format!("web={}", digest('0'))
+        );
+        assert_eq!(
+            patch["metadata"]["annotations"][contract::ANNOTATION_ROLLOUT],
+            format!("progressing 2026-11-24T10:00:00Z web={}", digest('a'))
+        );
+        let none = restart_of(decide_restart(
+            &WorkloadState::default(),
+            &[change("web", 'a', None)],
+            None,
+        ));
+        assert_eq!(
+            restart_patch("1", at, &none)["spec"]["template"]["metadata"]["annotations"]
+                [contract::ANNOTATION_ROLLED_FROM],
+            Value::Null,
+            "a stale rolled-from is removed"
+        );
     }
 }

@@ -15,4 +15,5 @@ pub mod metrics;
 pub mod observe;
 pub mod platform;
 pub mod registry;
+pub mod rollout;
 pub mod schedule;

@@ -27,10 +27,30 @@ struct ResultLabel {
     result: &'static str,
 }
 
+/// How a rollout pod-reloaded started ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolloutResult {
+    Succeeded,
+    /// Failed and halted (quarantine only).
+    Failed,
+    RolledBack,
+}
+
+impl RolloutResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::RolledBack => "rolled_back",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     checks: Family<ResultLabel, Counter>,
     restarts: Counter,
+    rollouts: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -48,10 +68,17 @@ impl Default for Metrics {
             "Rolling restarts this sidecar triggered",
             restarts.clone(),
         );
+        let rollouts = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "pod_reloaded_rollouts",
+            "Outcomes of the rollouts this sidecar recorded, by result",
+            rollouts.clone(),
+        );
         Self {
             registry,
             checks,
             restarts,
+            rollouts,
         }
     }
 }
@@ -67,6 +94,14 @@ impl Metrics {
 
     pub fn restart(&self) {
         self.restarts.inc();
+    }
+
+    pub fn rollout(&self, result: RolloutResult) {
+        self.rollouts
+            .get_or_create(&ResultLabel {
+                result: result.as_str(),
+            })
+            .inc();
     }
 
     pub fn encode(&self) -> String {

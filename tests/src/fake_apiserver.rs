@@ -1,6 +1,7 @@
 //! A small in-process Kubernetes API server for whole-binary tests.
 //!
-//! It keeps objects by path, assigns `uid`, `resourceVersion` and `creationTimestamp`,
+//! It keeps objects by path, assigns `uid`, `resourceVersion`, `generation` and
+//! `creationTimestamp`,
 //! enforces `resourceVersion` preconditions (409 Conflict), answers 409 AlreadyExists on
 //! duplicate creates, applies JSON merge patches and JSON patches, and stores owner
 //! references as given. Every request is recorded so tests can assert on exactly what
@@ -91,6 +92,8 @@ impl FakeApiServer {
         let path = object_path(&object);
         let mut store = self.lock();
         let version = store.bump();
+        let before = store.objects.get(&path).cloned();
+        bump_generation(before.as_ref(), &mut object);
         stamp(&mut object, &version);
         store.objects.insert(path, object.clone());
         object
@@ -147,6 +150,27 @@ fn kubeconfig_yaml(address: SocketAddr) -> String {
          users:\n- name: fake\n  user:\n    token: fake-token\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\n\
          current-context: fake\n"
     )
+}
+
+/// `metadata.generation` as the API server keeps it for objects with a spec: 1 at
+/// creation, incremented by every write that changes the spec (never by status or
+/// metadata changes), so controllers' `observedGeneration` can be compared with it.
+fn bump_generation(before: Option<&Value>, after: &mut Value) {
+    if after.get("spec").is_none() {
+        return;
+    }
+    let generation = match before {
+        None => 1,
+        Some(before) => {
+            let previous = before["metadata"]["generation"].as_i64().unwrap_or(1);
+            if before.get("spec") == after.get("spec") {
+                previous
+            } else {
+                previous + 1
+            }
+        }
+    };
+    after["metadata"]["generation"] = json!(generation);
 }
 
 fn stamp(object: &mut Value, version: &str) {
@@ -297,6 +321,7 @@ fn create(store: &mut Store, collection: &str, mut object: Value) -> Response {
         object["metadata"]["namespace"] = json!(ns);
     }
     let version = store.bump();
+    bump_generation(None, &mut object);
     stamp(&mut object, &version);
     store.objects.insert(path, object.clone());
     (StatusCode::CREATED, axum::Json(object)).into_response()
@@ -376,6 +401,7 @@ fn patch(store: &mut Store, path: &str, content_type: &str, body: Value) -> Resp
         }
     }
     let version = store.bump();
+    bump_generation(Some(&stored), &mut updated);
     updated["metadata"]["resourceVersion"] = json!(version);
     store.objects.insert(path.to_string(), updated.clone());
     axum::Json(updated).into_response()
@@ -393,6 +419,7 @@ fn replace(store: &mut Store, path: &str, mut body: Value) -> Response {
         return conflict(path);
     }
     let version = store.bump();
+    bump_generation(Some(&stored), &mut body);
     body["metadata"]["resourceVersion"] = json!(version);
     store.objects.insert(path.to_string(), body.clone());
     axum::Json(body).into_response()

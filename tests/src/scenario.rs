@@ -69,12 +69,39 @@ impl World {
         format!("/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{DEPLOYMENT}")
     }
 
+    /// Restart patches applied (patches of the template; the rollout's outcome is
+    /// recorded on the metadata only).
     fn successful_patches(&self) -> usize {
         self.api
             .requests_to("PATCH", &self.deployment_path())
             .iter()
-            .filter(|r| r.status == 200)
+            .filter(|r| r.status == 200 && r.body.pointer("/spec/template").is_some())
             .count()
+    }
+
+    /// What the Deployment controller reports once every pod runs the new template.
+    fn rollout_completes(&self) -> anyhow::Result<()> {
+        let mut deployment = self
+            .api
+            .get(&self.deployment_path())
+            .context("no Deployment")?;
+        deployment["status"] = json!({
+            "observedGeneration": deployment["metadata"]["generation"],
+            "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1
+        });
+        self.api.put(deployment);
+        Ok(())
+    }
+
+    fn rollout_record(&self) -> String {
+        self.api
+            .get(&self.deployment_path())
+            .and_then(|d| {
+                d["metadata"]["annotations"][contract::ANNOTATION_ROLLOUT]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .unwrap_or_default()
     }
 
     fn events(&self, kind: &str) -> Vec<Value> {
@@ -460,14 +487,38 @@ pub async fn run(sink: &mut dyn FnMut(String)) -> anyhow::Result<Summary> {
         &v2.digest,
         &now_rfc3339(),
     )?;
+    let pinned = patched["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    ensure!(
+        pinned.ends_with(&format!("@{}", v2.digest)),
+        "the new pod is not pinned to the restart's digest: {pinned}"
+    );
+    timeline.say(format!(
+        "webhook pinned the new pod to exactly what the restart rolled out: {}",
+        pinned.replace(&v2.digest, short(&v2.digest))
+    ));
+    world.rollout_completes()?;
     world.rounds(&new_sidecar, 3).await?;
     ensure!(
         world.successful_patches() == 1,
         "patched again after the rollout"
     );
+    ensure!(
+        world.rollout_record().starts_with("succeeded "),
+        "rollout not recorded as succeeded: {:?}",
+        world.rollout_record()
+    );
+    let succeeded = world
+        .events("Normal")
+        .into_iter()
+        .find(|e| e["reason"] == "RolloutSucceeded")
+        .context("no RolloutSucceeded Event")?;
     timeline.say(format!(
-        "rollout: pod app-7c9a8e0d6-b1 runs {}; 3 rounds, no further patch",
-        short(&v2.digest)
+        "rollout: pod app-7c9a8e0d6-b1 runs {}; its sidecar saw the Deployment done: Event Normal RolloutSucceeded: {}",
+        short(&v2.digest),
+        succeeded["message"].as_str().unwrap_or("")
     ));
     drop(new_sidecar);
 

@@ -21,7 +21,10 @@ async fn push_to_tag_restarts_the_deployment_exactly_once() {
     assert_eq!(summary.patches_after_change, 1);
     assert_eq!(summary.patches_with_replicas, 1);
     assert_eq!(summary.warning_events, 1);
-    assert_eq!(summary.normal_events, 2, "one per restart");
+    assert_eq!(
+        summary.normal_events, 3,
+        "one per restart, and the first rollout's success"
+    );
     // The sidecar ran with the env the webhook injected.
     for expected in [
         format!("{}=app", contract::ENV_WATCH_CONTAINER),

@@ -1,0 +1,389 @@
+//! Following a rollout pod-reloaded started: is it done, has it failed, and the patches
+//! that record the outcome (success, rollback, or halt). Pure.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use pod_reloaded_contract as contract;
+use pod_reloaded_contract::owner::WorkloadKind;
+use pod_reloaded_contract::record::{RolloutRecord, RolloutState};
+use pod_reloaded_contract::settings::OnFailure;
+use serde_json::{json, Value};
+
+use crate::decide::{quarantine_patch, restarted_at_text, WorkloadState};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Progress {
+    Pending,
+    Succeeded,
+    Failed { reason: String },
+}
+
+fn int(value: &Value, pointer: &str) -> Option<i64> {
+    value.pointer(pointer).and_then(Value::as_i64)
+}
+
+/// Where the rollout of `workload` (started at `started`) stands at `now`.
+///
+/// Done when the controller has seen the new template and every desired pod is updated
+/// and ready (Deployment: updated = ready = desired, no old pods left; StatefulSet: the
+/// same and the update revision current; DaemonSet: updated = available = desired).
+/// Failed when a Deployment reports `ProgressDeadlineExceeded`, or when it is not done
+/// `timeout` after it started (new pods crash-looping, not pulled, or never ready).
+pub fn progress(
+    kind: WorkloadKind,
+    workload: &WorkloadState,
+    started: Timestamp,
+    timeout: Duration,
+    now: Timestamp,
+) -> Progress {
+    let status = &workload.status;
+    let observed = match (workload.generation, int(status, "/observedGeneration")) {
+        (Some(generation), Some(observed)) => observed >= generation,
+        (None, _) => true,
+        (Some(_), None) => false,
+    };
+    let desired = int(&workload.spec, "/replicas").unwrap_or(1);
+    let (done, counts) = match kind {
+        WorkloadKind::Deployment => {
+            let updated = int(status, "/updatedReplicas").unwrap_or(0);
+            let ready = int(status, "/readyReplicas").unwrap_or(0);
+            let total = int(status, "/replicas").unwrap_or(0);
+            (
+                updated >= desired && ready >= desired && total <= desired,
+                format!("{updated}/{desired} updated, {ready} ready"),
+            )
+        }
+        WorkloadKind::StatefulSet => {
+            let updated = int(status, "/updatedReplicas").unwrap_or(0);
+            let ready = int(status, "/readyReplicas").unwrap_or(0);
+            let revision_current = status.get("updateRevision") == status.get("currentRevision");
+            (
+                updated >= desired && ready >= desired && revision_current,
+                format!("{updated}/{desired} updated, {ready} ready"),
+            )
+        }
+        WorkloadKind::DaemonSet => {
+            let desired = int(status, "/desiredNumberScheduled").unwrap_or(0);
+            let updated = int(status, "/updatedNumberScheduled").unwrap_or(0);
+            let available = int(status, "/numberAvailable").unwrap_or(0);
+            (
+                updated >= desired && available >= desired,
+                format!("{updated}/{desired} updated, {available} available"),
+            )
+        }
+    };
+    if observed && done {
+        return Progress::Succeeded;
+    }
+    let deadline_exceeded = status
+        .get("conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|c| {
+            c["type"] == "Progressing"
+                && c["status"] == "False"
+                && c["reason"] == "ProgressDeadlineExceeded"
+        });
+    if let Some(condition) = deadline_exceeded {
+        return Progress::Failed {
+            reason: format!(
+                "ProgressDeadlineExceeded ({counts}): {}",
+                condition["message"].as_str().unwrap_or("")
+            ),
+        };
+    }
+    let elapsed = Duration::try_from(now.duration_since(started)).unwrap_or(Duration::ZERO);
+    if elapsed > timeout {
+        return Progress::Failed {
+            reason: format!(
+                "not done {} after the restart ({counts})",
+                humantime::format_duration(timeout)
+            ),
+        };
+    }
+    Progress::Pending
+}
+
+/// What a failed rollout leads to.
+#[derive(Debug, PartialEq)]
+pub enum FailureAction {
+    /// One patch: the template back to the previous digests (a new `restartedAt`, so the
+    /// webhook pins every new pod to them), the new digests quarantined.
+    RollBack { patch: Value },
+    /// The new digests quarantined, nothing rolled; `why` when a rollback was asked for
+    /// but there is nothing to roll back to.
+    Halt { patch: Value, why: Option<String> },
+}
+
+/// The patch for a rollout that failed, by `on-failure`.
+pub fn failure_action(
+    resource_version: &str,
+    workload: &WorkloadState,
+    record: &RolloutRecord,
+    on_failure: OnFailure,
+    now: Timestamp,
+) -> FailureAction {
+    let rolled_from = workload.rolled_from();
+    let missing: Vec<&str> = record
+        .rolled_to
+        .iter()
+        .filter(|(container, _)| rolled_from.get(container).is_none())
+        .map(|(container, _)| container)
+        .collect();
+    if on_failure == OnFailure::Rollback && missing.is_empty() {
+        let mut restarted_for = workload.restarted_for();
+        for (container, digest) in rolled_from.iter() {
+            restarted_for.insert(container, digest);
+        }
+        let mut patch = quarantine_patch(
+            resource_version,
+            workload,
+            &record.rolled_to,
+            &record.with_state(RolloutState::RolledBack),
+        );
+        patch["spec"] = json!({ "template": { "metadata": { "annotations": {
+            contract::ANNOTATION_RESTARTED_AT: restarted_at_text(now),
+            contract::ANNOTATION_RESTARTED_FOR: restarted_for.to_string(),
+            contract::ANNOTATION_ROLLED_FROM: Value::Null,
+        }}}});
+        return FailureAction::RollBack { patch };
+    }
+    let why = (on_failure == OnFailure::Rollback).then(|| {
+        format!(
+            "no rollback target for {} (the pods ran a bare image ID, not a pullable digest)",
+            missing.join(",")
+        )
+    });
+    FailureAction::Halt {
+        patch: quarantine_patch(
+            resource_version,
+            workload,
+            &record.rolled_to,
+            &record.with_state(RolloutState::Failed),
+        ),
+        why,
+    }
+}
+
+/// The metadata patch that records a rollout's success.
+pub fn success_patch(resource_version: &str, record: &RolloutRecord) -> Value {
+    json!({
+        "metadata": {
+            "resourceVersion": resource_version,
+            "annotations": {
+                contract::ANNOTATION_ROLLOUT: record.with_state(RolloutState::Succeeded).to_string(),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pod_reloaded_contract::record::DigestRecord;
+
+    const STARTED: &str = "2026-11-24T10:00:00Z";
+
+    fn at(seconds: i64) -> Timestamp {
+        STARTED.parse::<Timestamp>().unwrap() + jiff::SignedDuration::from_secs(seconds)
+    }
+
+    fn deployment(status: Value) -> WorkloadState {
+        WorkloadState {
+            generation: Some(2),
+            spec: json!({"replicas": 2}),
+            status,
+            ..Default::default()
+        }
+    }
+
+    fn progress_at(kind: WorkloadKind, state: &WorkloadState, seconds: i64) -> Progress {
+        progress(kind, state, at(0), Duration::from_secs(600), at(seconds))
+    }
+
+    #[test]
+    fn a_deployment_is_done_when_every_pod_is_updated_and_ready() {
+        let done = deployment(
+            json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2}),
+        );
+        assert_eq!(
+            progress_at(WorkloadKind::Deployment, &done, 30),
+            Progress::Succeeded
+        );
+        let stale = deployment(
+            json!({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2}),
+        );
+        assert_eq!(
+            progress_at(WorkloadKind::Deployment, &stale, 30),
+            Progress::Pending
+        );
+        let old_left = deployment(
+            json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 2, "readyReplicas": 2}),
+        );
+        assert_eq!(
+            progress_at(WorkloadKind::Deployment, &old_left, 30),
+            Progress::Pending
+        );
+        let unready = deployment(
+            json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 1}),
+        );
+        assert_eq!(
+            progress_at(WorkloadKind::Deployment, &unready, 30),
+            Progress::Pending
+        );
+    }
+
+    #[test]
+    fn a_deployment_fails_on_its_deadline_or_our_timeout() {
+        let stuck = deployment(
+            json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 1, "readyReplicas": 2,
+            "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet \"web-2\" has timed out progressing."}]}),
+        );
+        let Progress::Failed { reason } = progress_at(WorkloadKind::Deployment, &stuck, 30) else {
+            panic!("failed expected")
+        };
+        assert!(
+            reason.contains("ProgressDeadlineExceeded") && reason.contains("1/2 updated"),
+            "{reason}"
+        );
+        let slow = deployment(
+            json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 0}),
+        );
+        assert_eq!(
+            progress_at(WorkloadKind::Deployment, &slow, 600),
+            Progress::Pending
+        );
+        let Progress::Failed { reason } = progress_at(WorkloadKind::Deployment, &slow, 601) else {
+            panic!("failed expected")
+        };
+        assert!(
+            reason.contains("10m") && reason.contains("0 ready"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn statefulsets_and_daemonsets_have_their_own_counts() {
+        let sts = |current: &str| WorkloadState {
+            generation: Some(1),
+            spec: json!({"replicas": 2}),
+            status: json!({"observedGeneration": 1, "updatedReplicas": 2, "readyReplicas": 2, "updateRevision": "r2", "currentRevision": current}),
+            ..Default::default()
+        };
+        assert_eq!(
+            progress_at(WorkloadKind::StatefulSet, &sts("r2"), 5),
+            Progress::Succeeded
+        );
+        assert_eq!(
+            progress_at(WorkloadKind::StatefulSet, &sts("r1"), 5),
+            Progress::Pending
+        );
+        let ds = |available: i64| WorkloadState {
+            generation: Some(1),
+            spec: json!({}),
+            status: json!({"observedGeneration": 1, "desiredNumberScheduled": 3, "updatedNumberScheduled": 3, "numberAvailable": available}),
+            ..Default::default()
+        };
+        assert_eq!(
+            progress_at(WorkloadKind::DaemonSet, &ds(3), 5),
+            Progress::Succeeded
+        );
+        assert_eq!(
+            progress_at(WorkloadKind::DaemonSet, &ds(2), 5),
+            Progress::Pending
+        );
+        assert!(matches!(
+            progress_at(WorkloadKind::DaemonSet, &ds(2), 700),
+            Progress::Failed { .. }
+        ));
+    }
+
+    fn failed_workload(rolled_from: Option<&str>) -> (WorkloadState, RolloutRecord) {
+        let mut state = deployment(json!({}));
+        state.template_annotations.insert(
+            contract::ANNOTATION_RESTARTED_FOR.into(),
+            "web=sha256:new,api=sha256:api".into(),
+        );
+        if let Some(from) = rolled_from {
+            state
+                .template_annotations
+                .insert(contract::ANNOTATION_ROLLED_FROM.into(), from.into());
+        }
+        state.metadata_annotations.insert(
+            contract::ANNOTATION_QUARANTINED.into(),
+            "old=sha256:q".into(),
+        );
+        let record = RolloutRecord {
+            state: RolloutState::Progressing,
+            restarted_at: STARTED.into(),
+            rolled_to: DigestRecord::parse("web=sha256:new"),
+        };
+        (state, record)
+    }
+
+    #[test]
+    fn a_rollback_restores_the_previous_digests_and_quarantines_the_new_ones() {
+        let (state, record) = failed_workload(Some("web=sha256:old"));
+        let FailureAction::RollBack { patch } =
+            failure_action("7", &state, &record, OnFailure::Rollback, at(700))
+        else {
+            panic!("rollback expected")
+        };
+        assert_eq!(patch["metadata"]["resourceVersion"], "7");
+        let template = &patch["spec"]["template"]["metadata"]["annotations"];
+        assert_eq!(
+            template[contract::ANNOTATION_RESTARTED_FOR],
+            "api=sha256:api,web=sha256:old"
+        );
+        assert_eq!(
+            template[contract::ANNOTATION_RESTARTED_AT],
+            "2026-11-24T10:11:40Z"
+        );
+        assert_eq!(template[contract::ANNOTATION_ROLLED_FROM], Value::Null);
+        let metadata = &patch["metadata"]["annotations"];
+        assert_eq!(
+            metadata[contract::ANNOTATION_QUARANTINED],
+            "old=sha256:q,web=sha256:new"
+        );
+        assert_eq!(
+            metadata[contract::ANNOTATION_ROLLOUT],
+            format!("rolled-back {STARTED} web=sha256:new")
+        );
+    }
+
+    #[test]
+    fn halt_or_no_target_quarantines_without_touching_the_template() {
+        let (state, record) = failed_workload(Some("web=sha256:old"));
+        let FailureAction::Halt { patch, why } =
+            failure_action("7", &state, &record, OnFailure::Halt, at(700))
+        else {
+            panic!("halt expected")
+        };
+        assert!(why.is_none());
+        assert!(patch.get("spec").is_none());
+        assert_eq!(
+            patch["metadata"]["annotations"][contract::ANNOTATION_ROLLOUT],
+            format!("failed {STARTED} web=sha256:new")
+        );
+
+        let (state, record) = failed_workload(None);
+        let FailureAction::Halt { patch, why } =
+            failure_action("7", &state, &record, OnFailure::Rollback, at(700))
+        else {
+            panic!("halt expected without a target")
+        };
+        assert!(why.unwrap().contains("no rollback target for web"));
+        assert!(patch.get("spec").is_none());
+    }
+
+    #[test]
+    fn success_is_recorded_on_the_metadata() {
+        let (_, record) = failed_workload(None);
+        assert_eq!(
+            success_patch("3", &record)["metadata"]["annotations"][contract::ANNOTATION_ROLLOUT],
+            format!("succeeded {STARTED} web=sha256:new")
+        );
+    }
+}
