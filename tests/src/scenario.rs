@@ -34,6 +34,10 @@ pub struct Summary {
     pub patches_with_replicas: usize,
     pub normal_events: usize,
     pub warning_events: usize,
+    /// Template patches in the bad-image act: the restart to it, the rollback, and the
+    /// restart to the next good push.
+    pub patches_with_bad_image: usize,
+    pub rollbacks: usize,
     /// The env the webhook gave the sidecar (name=value, fieldRefs as name=fieldRef:path).
     pub sidecar_env: Vec<String>,
     pub total: Duration,
@@ -51,6 +55,9 @@ impl Timeline<'_> {
         (self.sink)(format!("[{at:6.2}s] {}", message.into()));
     }
 }
+
+/// Short, so the demo's bad-image act takes seconds.
+const ROLLOUT_TIMEOUT: &str = "3s";
 
 fn short(digest: &str) -> &str {
     digest.get(..19).unwrap_or(digest)
@@ -81,15 +88,52 @@ impl World {
 
     /// What the Deployment controller reports once every pod runs the new template.
     fn rollout_completes(&self) -> anyhow::Result<()> {
+        self.rollout_status(1)
+    }
+
+    /// What the Deployment controller reports while the new pods crash-loop.
+    fn rollout_stalls(&self) -> anyhow::Result<()> {
+        self.rollout_status(0)
+    }
+
+    fn rollout_status(&self, ready: u32) -> anyhow::Result<()> {
         let mut deployment = self
             .api
             .get(&self.deployment_path())
             .context("no Deployment")?;
         deployment["status"] = json!({
             "observedGeneration": deployment["metadata"]["generation"],
-            "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1
+            "replicas": 2 - ready, "updatedReplicas": 1, "readyReplicas": ready, "availableReplicas": ready
         });
         self.api.put(deployment);
+        Ok(())
+    }
+
+    /// Sets a template annotation, as `kubectl patch` would (the next ReplicaSet's pods
+    /// carry it).
+    fn annotate_template(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        let mut deployment = self
+            .api
+            .get(&self.deployment_path())
+            .context("no Deployment")?;
+        deployment["spec"]["template"]["metadata"]["annotations"][key] = json!(value);
+        self.api.put(deployment);
+        Ok(())
+    }
+
+    async fn until(
+        &self,
+        what: &str,
+        limit: Duration,
+        check: impl Fn(&Self) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        while !check(self) {
+            if Instant::now() > deadline {
+                bail!("{what}: not within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
         Ok(())
     }
 
@@ -545,6 +589,7 @@ pub async fn run(sink: &mut dyn FnMut(String)) -> anyhow::Result<Summary> {
     drop(stuck_sidecar);
 
     // 6. Three replicas see the same change: exactly one patch.
+    world.annotate_template(contract::ANNOTATION_ROLLOUT_TIMEOUT, ROLLOUT_TIMEOUT)?;
     let third_rs = world.replica_set("8d0b9f1e7")?;
     let mut sidecars = Vec::new();
     for i in 0..3 {
@@ -563,6 +608,13 @@ pub async fn run(sink: &mut dyn FnMut(String)) -> anyhow::Result<Summary> {
         short(&v2.digest),
         short(&v3.digest)
     ));
+    world
+        .until("restart to v3", Duration::from_secs(15), |w| {
+            w.successful_patches() > before
+        })
+        .await?;
+    // The new pods come up ready (within the rollout timeout).
+    world.rollout_completes()?;
     for sidecar in &sidecars {
         world.rounds(sidecar, 3).await?;
     }
@@ -583,7 +635,109 @@ pub async fn run(sink: &mut dyn FnMut(String)) -> anyhow::Result<Summary> {
         world.events("Warning").len() == summary.warning_events,
         "replicas waiting for the rollout warned"
     );
+    world
+        .until(
+            "v3 rollout recorded as succeeded",
+            Duration::from_secs(15),
+            |w| w.rollout_record().starts_with("succeeded "),
+        )
+        .await?;
+
+    // 7. A bad image: its pods crash-loop, the rollout is rolled back once, the digest is
+    //    quarantined, and the next good push rolls out.
+    let before = world.successful_patches();
+    let bad = world
+        .registry
+        .push_index(REPOSITORY, "latest", "bad", &PLATFORMS, false)
+        .await;
+    timeline.say(format!(
+        "pushed a bad image: latest -> {} (its pods will crash-loop; rollout-timeout {ROLLOUT_TIMEOUT})",
+        short(&bad.digest)
+    ));
+    world
+        .until("restart to the bad image", Duration::from_secs(15), |w| {
+            w.successful_patches() == before + 1
+        })
+        .await?;
+    world.rollout_stalls()?;
+    timeline.say("restart patch; the new pods crash-loop: 0/1 ready");
+    world
+        .until("rollback", Duration::from_secs(30), |w| {
+            w.successful_patches() == before + 2
+        })
+        .await?;
+    let template = world.template()?;
+    let rolled_back_to = template["metadata"]["annotations"][contract::ANNOTATION_RESTARTED_FOR]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    ensure!(
+        rolled_back_to == format!("{CONTAINER}={}", v3.digest),
+        "rolled back to {rolled_back_to:?}, not to the previous digest"
+    );
+    let quarantined = world
+        .api
+        .get(&world.deployment_path())
+        .and_then(|d| {
+            d["metadata"]["annotations"][contract::ANNOTATION_QUARANTINED]
+                .as_str()
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    ensure!(
+        quarantined == format!("{CONTAINER}={}", bad.digest),
+        "quarantined is {quarantined:?}"
+    );
+    let failed = world
+        .events("Warning")
+        .into_iter()
+        .find(|e| e["reason"] == "RolloutFailed")
+        .context("no RolloutFailed Event")?;
+    timeline.say(format!(
+        "Event Warning RolloutFailed: {}",
+        failed["message"].as_str().unwrap_or("")
+    ));
+    timeline.say(format!(
+        "rolled back in one patch: restarted-for={CONTAINER}={} (pods pinned to it again); quarantined {CONTAINER}={}",
+        short(&v3.digest),
+        short(&bad.digest)
+    ));
+    for sidecar in &sidecars {
+        world.rounds(sidecar, 2).await?;
+    }
+    ensure!(
+        world.successful_patches() == before + 2,
+        "rolled forward to the quarantined digest"
+    );
+    timeline.say("2 rounds with the bad image still served: no patch (quarantined)");
+    world.rollout_status(1)?;
+    let good = world
+        .registry
+        .push_index(REPOSITORY, "latest", "good", &PLATFORMS, false)
+        .await;
+    world
+        .until("restart to the good image", Duration::from_secs(15), |w| {
+            w.successful_patches() == before + 3
+        })
+        .await?;
+    world.rollout_completes()?;
+    world
+        .until("good rollout succeeded", Duration::from_secs(15), |w| {
+            w.rollout_record().starts_with("succeeded ")
+        })
+        .await?;
+    timeline.say(format!(
+        "pushed a good image: latest -> {}: one restart, rollout succeeded",
+        short(&good.digest)
+    ));
+    summary.patches_with_bad_image = world.successful_patches() - before;
+    summary.rollbacks = world
+        .events("Normal")
+        .iter()
+        .filter(|e| e["reason"] == "RolledBack")
+        .count();
     summary.normal_events = world.events("Normal").len();
+    summary.warning_events = world.events("Warning").len();
     drop(sidecars);
     summary.total = timeline.started.elapsed();
     timeline.say(format!("done in {:.1}s", summary.total.as_secs_f64()));

@@ -20,11 +20,16 @@ async fn push_to_tag_restarts_the_deployment_exactly_once() {
     );
     assert_eq!(summary.patches_after_change, 1);
     assert_eq!(summary.patches_with_replicas, 1);
-    assert_eq!(summary.warning_events, 1);
+    // The loop guard's warning, and the bad image's RolloutFailed.
+    assert_eq!(summary.warning_events, 2);
+    // ImageDigestChanged x4 (v2, v3, bad, good), RolloutSucceeded x3 (v2, v3, good),
+    // RolledBack x1.
+    assert_eq!(summary.normal_events, 8);
     assert_eq!(
-        summary.normal_events, 3,
-        "one per restart, and the first rollout's success"
+        summary.patches_with_bad_image, 3,
+        "restart, rollback, restart"
     );
+    assert_eq!(summary.rollbacks, 1);
     // The sidecar ran with the env the webhook injected.
     for expected in [
         format!("{}=app", contract::ENV_WATCH_CONTAINER),

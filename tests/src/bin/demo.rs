@@ -19,8 +19,9 @@ fn main() -> ExitCode {
     match runtime.block_on(pod_reloaded_tests::scenario::run(&mut print)) {
         Ok(summary) => {
             println!(
-                "\nOK: one restart {:.2}s after the push, no loop, one patch from 3 replicas",
-                summary.restart_latency.as_secs_f64()
+                "\nOK: one restart {:.2}s after the push, no loop, one patch from 3 replicas, {} rollback of a bad image",
+                summary.restart_latency.as_secs_f64(),
+                summary.rollbacks
             );
             ExitCode::SUCCESS
         }
