@@ -229,6 +229,27 @@ fn base_renders_and_agrees_with_the_code() {
         webhooks[1]["objectSelector"]["matchLabels"][contract::INJECT_LABEL],
         contract::INJECT_ENABLED
     );
+
+    // The policy that limits the identities the webhook binds reads exactly the
+    // RoleBindings the webhook labels, one policy and binding per workload kind.
+    for resource in ["deployments", "statefulsets", "daemonsets"] {
+        let name = format!("pod-reloaded-checker-{resource}");
+        let policy = find(&docs, "ValidatingAdmissionPolicy", &name);
+        assert_eq!(
+            policy["spec"]["matchConstraints"]["resourceRules"][0]["resources"][0],
+            resource
+        );
+        let binding = find(&docs, "ValidatingAdmissionPolicyBinding", &name);
+        assert_eq!(binding["spec"]["policyName"], name.as_str());
+        assert_eq!(
+            binding["spec"]["paramRef"]["selector"]["matchLabels"][contract::MANAGED_BY_LABEL],
+            contract::MANAGED_BY_VALUE
+        );
+        assert_eq!(
+            binding["spec"]["paramRef"]["parameterNotFoundAction"],
+            "Allow"
+        );
+    }
 }
 
 #[test]
