@@ -4,7 +4,7 @@ VERSION := 0.1.0
 IMAGE_PREFIX ?= pod-reloaded
 CERTS_DIR ?= certs/out
 
-.PHONY: demo deps kubectl test build images deploy undeploy certs bench lint
+.PHONY: demo deps kubectl test fuzz build images deploy undeploy certs bench lint
 
 ## The whole loop on this machine (registry, webhook, sidecar on 127.0.0.1), as a timeline.
 demo: deps
@@ -29,6 +29,11 @@ kubectl:
 test: deps kubectl
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+
+## Property tests of every input parser with a million cases each (CI runs them with 512).
+FUZZ_CASES ?= 1000000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p pod-reloaded-tests --test properties -- --test-threads 2
 
 ## Benchmarks of the release binaries; tables go to bench-results/latest.md (see BENCHMARKS.md).
 ## The sidecar is measured twice: as `cargo build --release` links it (dynamic glibc) and as
