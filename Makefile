@@ -33,7 +33,7 @@ test: deps kubectl
 ## Property tests of every input parser with a million cases each (CI runs them with 512).
 FUZZ_CASES ?= 1000000
 fuzz:
-	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p pod-reloaded-tests --test properties -- --test-threads 2
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --profile fuzz -p pod-reloaded-tests --test properties -- --test-threads 2
 
 ## Benchmarks of the release binaries; tables go to bench-results/latest.md (see BENCHMARKS.md).
 ## The sidecar is measured twice: as `cargo build --release` links it (dynamic glibc) and as

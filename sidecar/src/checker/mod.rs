@@ -1,0 +1,387 @@
+//! One round of the checker: observe the pod, ask the registry, compare, decide, act.
+//! `restart` decides and acts on a change; `follow` follows the rollout a restart started.
+//!
+//! The pod is read at start and then only when it matters: when the registry's answer
+//! differs from what the pod was last seen running, while a container has not started,
+//! and every `POD_REFRESH_ROUNDS` rounds as a safety net. An unchanged round costs one
+//! `HEAD` per watched tag and no API request.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use pod_reloaded_contract::image::{RunningDigest, WatchedImage};
+use tracing::{info, warn};
+
+use crate::cluster::{Cluster, Owner};
+use crate::compare::{self, Verdict};
+use crate::config::Config;
+use crate::decide::Change;
+use crate::metrics::{CheckResult, Metrics};
+use crate::observe::{self, ContainerState};
+use crate::registry::credentials::Credentials;
+use crate::registry::{RegistryClient, RegistryError, Repository};
+use pod_reloaded_contract::owner::WorkloadRef;
+
+mod follow;
+mod restart;
+
+/// Rounds between two reads of an unchanged pod (a safety net: the pod's spec and status
+/// of a running container do not change without a restart).
+pub const POD_REFRESH_ROUNDS: u32 = 10;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum RoundOutcome {
+    UpToDate,
+    /// A watched container has not started yet (a native sidecar starts first).
+    Waiting,
+    Restarted,
+    /// A change another replica already restarted for (or that did not take).
+    AlreadyRestarted,
+    /// Something failed; nothing was restarted. `retry_after` is the registry's wish.
+    Failed {
+        retry_after: Option<Duration>,
+    },
+}
+
+/// The verdict for one (remote digest, running digest) pair, so an unchanged round costs
+/// one HEAD even when the first verdict needed the manifest.
+#[derive(Clone, PartialEq, Eq)]
+struct KnownVerdict {
+    remote_digest: String,
+    running: RunningDigest,
+    verdict: Verdict,
+}
+
+/// What the registry said about one container, compared with what it runs.
+struct Checked {
+    remote_digest: String,
+    verdict: Verdict,
+}
+
+pub struct Checker {
+    config: Config,
+    registry: RegistryClient,
+    cluster: Cluster,
+    pub metrics: Arc<Metrics>,
+    /// Our pod as last read, and the rounds since.
+    pod: Option<Pod>,
+    rounds_since_pod_read: u32,
+    known_verdicts: HashMap<String, KnownVerdict>,
+    /// The workload that owns our pod, once looked up (it does not change).
+    workload: Option<WorkloadRef>,
+    /// True while a rollout pod-reloaded started on our workload is followed: the
+    /// workload is read each round until its outcome is recorded.
+    following: bool,
+    /// Warnings already logged (pinned images, unrestartable owner, ...), not repeated.
+    warned: HashSet<String>,
+}
+
+impl Checker {
+    pub fn new(
+        config: Config,
+        registry: RegistryClient,
+        cluster: Cluster,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            config,
+            registry,
+            cluster,
+            metrics,
+            pod: None,
+            rounds_since_pod_read: 0,
+            known_verdicts: HashMap::new(),
+            workload: None,
+            following: false,
+            warned: HashSet::new(),
+        }
+    }
+
+    /// True the first time `key` is warned about.
+    fn not_yet_warned(&mut self, key: String) -> bool {
+        self.warned.insert(key)
+    }
+
+    /// Reads our pod; `None` (logged) when the API does not answer.
+    async fn read_pod(&mut self) -> Option<Pod> {
+        match self.cluster.read_pod().await {
+            Ok(pod) => {
+                self.pod = Some(pod.clone());
+                self.rounds_since_pod_read = 0;
+                Some(pod)
+            }
+            Err(error) => {
+                warn!(
+                    error = format!("{error:#}"),
+                    "round failed: cannot read our pod"
+                );
+                None
+            }
+        }
+    }
+
+    pub async fn round(&mut self) -> RoundOutcome {
+        let cached = match &self.pod {
+            Some(pod) if self.rounds_since_pod_read < POD_REFRESH_ROUNDS => {
+                self.rounds_since_pod_read += 1;
+                Some(pod.clone())
+            }
+            _ => None,
+        };
+        let fresh = cached.is_none();
+        let pod = match cached {
+            Some(pod) => pod,
+            None => match self.read_pod().await {
+                Some(pod) => pod,
+                None => return RoundOutcome::Failed { retry_after: None },
+            },
+        };
+
+        if self.following || follow::restarted_recently(&pod) {
+            self.follow_rollout(&pod).await;
+        }
+
+        let mut changes = Vec::new();
+        let mut failed = false;
+        let mut waiting = false;
+        let mut retry_after = None;
+        for observation in observe::observe(&pod, &self.config.watch_containers) {
+            let container = observation.container;
+            match observation.state {
+                ContainerState::Running { image, running } => {
+                    match self.check(&container, &image, &running).await {
+                        Ok(Checked {
+                            verdict: Verdict::Changed,
+                            remote_digest,
+                        }) => changes.push(Change {
+                            container,
+                            digest: remote_digest,
+                            running: match running {
+                                RunningDigest::Manifest(digest) => Some(digest),
+                                RunningDigest::Config(_) => None,
+                            },
+                        }),
+                        Ok(_) => {}
+                        Err(error) => {
+                            retry_after = retry_after.max(error.retry_after());
+                            failed = true;
+                        }
+                    }
+                }
+                ContainerState::NotRunningYet { image } => {
+                    info!(container, image = %image, decision = "waiting", "container has not started yet; checking next round");
+                    waiting = true;
+                }
+                ContainerState::Pinned { image, digest } => {
+                    if self.not_yet_warned(format!("pinned:{container}")) {
+                        info!(
+                            container,
+                            image, digest, "image is pinned by digest: nothing to watch"
+                        );
+                    }
+                }
+                ContainerState::Missing => {
+                    if self.not_yet_warned(format!("missing:{container}")) {
+                        warn!(
+                            container,
+                            "the pod has no such container; check {}",
+                            pod_reloaded_contract::ENV_WATCH_CONTAINER
+                        );
+                    }
+                    self.metrics.check(CheckResult::Error);
+                    failed = true;
+                }
+                ContainerState::Unreadable { problem } => {
+                    warn!(
+                        container,
+                        problem,
+                        decision = "error",
+                        "cannot watch this container"
+                    );
+                    self.metrics.check(CheckResult::Error);
+                    failed = true;
+                }
+            }
+        }
+        if waiting {
+            // Look at the pod again next round, to see the container start.
+            self.pod = None;
+        }
+        if changes.is_empty() {
+            return if failed {
+                RoundOutcome::Failed { retry_after }
+            } else if waiting {
+                RoundOutcome::Waiting
+            } else {
+                RoundOutcome::UpToDate
+            };
+        }
+        if !fresh {
+            // The registry's answer differs from what the pod was last seen running:
+            // read the pod again before acting on it.
+            let Some(current) = self.read_pod().await else {
+                return RoundOutcome::Failed { retry_after: None };
+            };
+            if running_digests(&current) != running_digests(&pod) {
+                info!("the pod changed since it was last read; deciding next round");
+                return RoundOutcome::UpToDate;
+            }
+        }
+        // A change seen for one container is acted on even if another container's check
+        // failed: the failure means "unknown" for that container only.
+        self.restart_for(&pod, &changes).await
+    }
+
+    /// Ask the registry, then compare: the only network step of a check.
+    async fn check(
+        &mut self,
+        container: &str,
+        image: &WatchedImage,
+        running: &RunningDigest,
+    ) -> Result<Checked, RegistryError> {
+        let outcome = self.ask_and_compare(container, image, running).await;
+        match &outcome {
+            Ok(checked) => {
+                let (decision, result) = match checked.verdict {
+                    Verdict::UpToDate => ("up-to-date", CheckResult::UpToDate),
+                    Verdict::Changed => ("changed", CheckResult::Changed),
+                };
+                info!(container, image = %image, running = running.digest(), remote = checked.remote_digest, decision, "checked");
+                self.metrics.check(result);
+            }
+            Err(error) => {
+                if matches!(error, RegistryError::Unauthorized { .. }) {
+                    self.reload_credentials();
+                }
+                warn!(container, image = %image, running = running.digest(), remote = "", %error, decision = "error", "checked");
+                self.metrics.check(CheckResult::Error);
+            }
+        }
+        outcome
+    }
+
+    async fn ask_and_compare(
+        &mut self,
+        container: &str,
+        image: &WatchedImage,
+        running: &RunningDigest,
+    ) -> Result<Checked, RegistryError> {
+        let repository = self.repository(image);
+        let remote = self.registry.resolve_tag(&repository, &image.tag).await?;
+        if let Some(known) = self.known_verdicts.get(container) {
+            if known.remote_digest == remote.digest && &known.running == running {
+                return Ok(Checked {
+                    remote_digest: remote.digest,
+                    verdict: known.verdict,
+                });
+            }
+        }
+        let verdict = match compare::decide_from_head(running, &remote) {
+            Some(verdict) => verdict,
+            None => {
+                let want_config = matches!(running, RunningDigest::Config(_));
+                let details = self
+                    .registry
+                    .inspect(&repository, &remote, want_config)
+                    .await?;
+                compare::decide_from_details(running, &remote, &details).map_err(|reason| {
+                    RegistryError::Unexpected {
+                        url: repository.base_url.clone(),
+                        reason,
+                    }
+                })?
+            }
+        };
+        self.known_verdicts.insert(
+            container.to_string(),
+            KnownVerdict {
+                remote_digest: remote.digest.clone(),
+                running: running.clone(),
+                verdict,
+            },
+        );
+        Ok(Checked {
+            remote_digest: remote.digest,
+            verdict,
+        })
+    }
+
+    /// Where to ask about `watched`: the override for its registry, if any, else the
+    /// registry itself (plain HTTP when listed as insecure).
+    fn repository(&self, watched: &WatchedImage) -> Repository {
+        let redirect = self
+            .config
+            .registry_url
+            .as_ref()
+            .and_then(|o| o.for_registry(&watched.registry));
+        let (base_url, host) = match redirect {
+            Some(url) => (url.base.clone(), url.host.clone()),
+            None => {
+                let insecure = self
+                    .config
+                    .insecure_registries
+                    .iter()
+                    .any(|h| h.trim().eq_ignore_ascii_case(&watched.registry));
+                let scheme = if insecure { "http" } else { "https" };
+                (
+                    format!("{scheme}://{}", watched.registry),
+                    watched.registry.clone(),
+                )
+            }
+        };
+        Repository {
+            base_url,
+            host,
+            name: watched.repository.clone(),
+        }
+    }
+
+    fn reload_credentials(&self) {
+        if let Some(dir) = &self.config.pull_secrets_dir {
+            let (credentials, problems) = Credentials::load(dir);
+            for problem in problems {
+                warn!(problem, "pull secret not usable");
+            }
+            self.registry.set_credentials(credentials);
+        }
+    }
+
+    /// The workload that owns our pod, looked up once.
+    async fn workload(&mut self, pod: &Pod) -> Option<WorkloadRef> {
+        if let Some(workload) = &self.workload {
+            return Some(workload.clone());
+        }
+        match self.cluster.owner(pod).await {
+            Ok(Owner::Restartable(workload)) => {
+                self.workload = Some(workload.clone());
+                Some(workload)
+            }
+            Ok(Owner::NotRestartable(why)) => {
+                if self.not_yet_warned("unrestartable".to_string()) {
+                    warn!(%why, "nothing can be restarted for this pod");
+                }
+                None
+            }
+            Err(error) => {
+                warn!(
+                    error = format!("{error:#}"),
+                    "cannot find the workload that owns this pod"
+                );
+                None
+            }
+        }
+    }
+}
+
+/// The `imageID`s of a pod's containers, to tell whether it changed between two reads.
+fn running_digests(pod: &Pod) -> Vec<(String, String)> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|s| (s.name.clone(), s.image_id.clone()))
+        .collect()
+}
