@@ -6,6 +6,8 @@
 //! and registry-URL validation (`settings`), and the `<container>=<digest>` annotation
 //! format (`record`). Both binaries (and the manifest drift test) read them from here.
 
+#[cfg(feature = "api-mock")]
+pub mod api_mock;
 pub mod image;
 pub mod owner;
 pub mod record;

@@ -178,3 +178,157 @@ impl Cluster {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Each API call the edge makes, asserted in order over a mocked `kube::Client` (the
+    //! way kube-rs/controller-rs tests its controller): method, path, body, precondition.
+
+    use super::*;
+    use pod_reloaded_contract::api_mock::{self, expect};
+    use serde_json::{json, Value};
+
+    fn cluster() -> (Cluster, api_mock::ApiHandle) {
+        let (client, handle) = api_mock::client("shop");
+        (Cluster::new(client, "shop".into(), "web-1".into()), handle)
+    }
+
+    fn pod(owner_kind: &str, owner_name: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web-1", "namespace": "shop", "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": owner_kind, "name": owner_name, "uid": "rs-uid", "controller": true}
+            ]}
+        }))
+        .unwrap()
+    }
+
+    fn deployment(version: &str) -> Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "web-uid", "resourceVersion": version},
+            "spec": {"template": {"metadata": {"annotations": {}}}}
+        })
+    }
+
+    fn conflict() -> Value {
+        api_mock::status(409, "Conflict")
+    }
+
+    #[tokio::test]
+    async fn the_owner_chain_goes_through_the_replica_set() {
+        let (cluster, mut api) = cluster();
+        let server = tokio::spawn(async move {
+            expect(
+                &mut api,
+                "GET",
+                "/apis/apps/v1/namespaces/shop/replicasets/web-5d9",
+                200,
+                json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                       "metadata": {"name": "web-5d9", "namespace": "shop", "ownerReferences": [
+                           {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "web-uid", "controller": true}]}}),
+            )
+            .await;
+        });
+        let owner = cluster.owner(&pod("ReplicaSet", "web-5d9")).await.unwrap();
+        server.await.unwrap();
+        assert_eq!(
+            owner,
+            Owner::Restartable(WorkloadRef {
+                kind: WorkloadKind::Deployment,
+                name: "web".into(),
+                uid: "web-uid".into()
+            })
+        );
+        // A StatefulSet owner needs no request at all.
+        let (cluster, _api) = self::cluster();
+        assert!(matches!(
+            cluster.owner(&pod("StatefulSet", "db")).await.unwrap(),
+            Owner::Restartable(WorkloadRef {
+                kind: WorkloadKind::StatefulSet,
+                ..
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_update_carries_the_read_version_and_reads_again_after_a_conflict() {
+        let (cluster, mut api) = cluster();
+        let path = "/apis/apps/v1/namespaces/shop/deployments/web";
+        let server = tokio::spawn(async move {
+            expect(&mut api, "GET", path, 200, deployment("5")).await;
+            let first = expect(&mut api, "PATCH", path, 409, conflict()).await;
+            expect(&mut api, "GET", path, 200, deployment("6")).await;
+            let second = expect(&mut api, "PATCH", path, 200, deployment("7")).await;
+            (first, second)
+        });
+        let workload = WorkloadRef {
+            kind: WorkloadKind::Deployment,
+            name: "web".into(),
+            uid: "web-uid".into(),
+        };
+        let (decided, patched) = cluster
+            .update_workload(&workload, |_, version| {
+                Update::Patch(
+                    json!({"metadata": {"resourceVersion": version, "annotations": {"a": "b"}}}),
+                    version.to_string(),
+                )
+            })
+            .await
+            .unwrap();
+        let (first, second) = server.await.unwrap();
+        assert_eq!(first["metadata"]["resourceVersion"], "5");
+        assert_eq!(second["metadata"]["resourceVersion"], "6");
+        assert_eq!((decided.as_str(), patched), ("6", true));
+    }
+
+    #[tokio::test]
+    async fn leaving_a_workload_alone_sends_no_patch() {
+        let (cluster, mut api) = cluster();
+        let path = "/apis/apps/v1/namespaces/shop/deployments/web";
+        let server = tokio::spawn(async move {
+            expect(&mut api, "GET", path, 200, deployment("5")).await;
+            // Nothing else: a PATCH would find no answer and fail the test.
+            api
+        });
+        let workload = WorkloadRef {
+            kind: WorkloadKind::Deployment,
+            name: "web".into(),
+            uid: "web-uid".into(),
+        };
+        let (left, patched) = cluster
+            .update_workload(&workload, |_, _| Update::Leave(()))
+            .await
+            .unwrap();
+        let _api = server.await.unwrap();
+        assert_eq!((left, patched), ((), false));
+    }
+
+    #[tokio::test]
+    async fn events_name_the_workload_by_uid() {
+        let (cluster, mut api) = cluster();
+        let server = tokio::spawn(async move {
+            expect(
+                &mut api,
+                "POST",
+                "/api/v1/namespaces/shop/events",
+                201,
+                json!({}),
+            )
+            .await
+        });
+        let workload = WorkloadRef {
+            kind: WorkloadKind::DaemonSet,
+            name: "agent".into(),
+            uid: "agent-uid".into(),
+        };
+        cluster
+            .event(&workload, true, "RolloutFailed", "it failed".into())
+            .await;
+        let event = server.await.unwrap();
+        assert_eq!(event["involvedObject"]["kind"], "DaemonSet");
+        assert_eq!(event["involvedObject"]["uid"], "agent-uid");
+        assert_eq!(event["type"], "Warning");
+        assert_eq!(event["reason"], "RolloutFailed");
+        assert_eq!(event["reportingInstance"], "web-1");
+    }
+}

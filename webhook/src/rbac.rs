@@ -205,3 +205,128 @@ fn ignore_already_exists<T>(result: kube::Result<T>) -> kube::Result<()> {
         Err(error) => Err(error),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The side effect's API calls, asserted in order over a mocked client.
+
+    use super::*;
+    use pod_reloaded_contract::api_mock::{self, expect, expect_unordered, status};
+    use serde_json::{json, Value};
+
+    const ACCOUNT: &str = "/api/v1/namespaces/shop/serviceaccounts/pod-reloaded-checker";
+    const ACCOUNTS: &str = "/api/v1/namespaces/shop/serviceaccounts";
+    const BINDING: &str =
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/rolebindings/pod-reloaded-checker";
+    const BINDINGS: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/rolebindings";
+
+    fn granter() -> (AccessGranter, api_mock::ApiHandle) {
+        let (client, handle) = api_mock::client("shop");
+        (AccessGranter::new(client, Duration::from_secs(5)), handle)
+    }
+
+    fn binding_json(subject: &str) -> Value {
+        serde_json::to_value(role_binding("pod-reloaded-checker", "shop", subject)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_new_namespace_gets_the_account_and_the_binding_then_only_existence_checks() {
+        let (granter, mut api) = granter();
+        let server = tokio::spawn(async move {
+            expect(&mut api, "GET", ACCOUNT, 404, status(404, "NotFound")).await;
+            let account = expect(&mut api, "POST", ACCOUNTS, 201, json!({})).await;
+            expect(&mut api, "GET", BINDING, 404, status(404, "NotFound")).await;
+            let binding = expect(&mut api, "POST", BINDINGS, 201, json!({})).await;
+            // The second pod: two concurrent existence checks, nothing written.
+            let reads = expect_unordered(
+                &mut api,
+                &[
+                    ("GET", ACCOUNT, 200, json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "pod-reloaded-checker"}})),
+                    ("GET", BINDING, 200, binding_json("pod-reloaded-checker")),
+                ],
+            )
+            .await;
+            (account, binding, reads)
+        });
+        granter
+            .ensure("shop", "pod-reloaded-checker", true)
+            .await
+            .unwrap();
+        granter
+            .ensure("shop", "pod-reloaded-checker", true)
+            .await
+            .unwrap();
+        let (account, binding, reads) = server.await.unwrap();
+        assert_eq!(account["metadata"]["name"], "pod-reloaded-checker");
+        assert_eq!(
+            account["metadata"]["labels"][contract::MANAGED_BY_LABEL],
+            contract::MANAGED_BY_VALUE
+        );
+        assert_eq!(binding["roleRef"]["name"], contract::CHECKER_CLUSTER_ROLE);
+        assert_eq!(binding["subjects"][0]["name"], "pod-reloaded-checker");
+        assert_eq!(
+            reads,
+            vec![
+                ("GET".to_string(), ACCOUNT.to_string()),
+                ("GET".to_string(), BINDING.to_string())
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_binding_with_other_subjects_is_patched_and_a_race_counts_as_done() {
+        let (granter, mut api) = granter();
+        let server = tokio::spawn(async move {
+            expect(&mut api, "GET", BINDING, 200, binding_json("someone-else")).await;
+            let patch = expect(
+                &mut api,
+                "PATCH",
+                BINDING,
+                200,
+                binding_json("pod-reloaded-checker"),
+            )
+            .await;
+            // Another namespace, where a concurrent replica created the binding first.
+            expect(
+                &mut api,
+                "GET",
+                "/apis/rbac.authorization.k8s.io/v1/namespaces/pay/rolebindings/pod-reloaded-checker-api",
+                404,
+                status(404, "NotFound"),
+            )
+            .await;
+            expect(
+                &mut api,
+                "POST",
+                "/apis/rbac.authorization.k8s.io/v1/namespaces/pay/rolebindings",
+                409,
+                status(409, "AlreadyExists"),
+            )
+            .await;
+            patch
+        });
+        granter
+            .ensure("shop", "pod-reloaded-checker", false)
+            .await
+            .unwrap();
+        granter.ensure("pay", "api", false).await.unwrap();
+        let patch = server.await.unwrap();
+        assert_eq!(patch["subjects"][0]["name"], "pod-reloaded-checker");
+    }
+
+    #[tokio::test]
+    async fn a_binding_to_another_role_is_an_error() {
+        let (granter, mut api) = granter();
+        let server = tokio::spawn(async move {
+            let mut foreign = binding_json("pod-reloaded-checker");
+            foreign["roleRef"]["name"] = json!("cluster-admin");
+            expect(&mut api, "GET", BINDING, 200, foreign).await;
+        });
+        let error = granter
+            .ensure("shop", "pod-reloaded-checker", false)
+            .await
+            .unwrap_err();
+        server.await.unwrap();
+        assert!(format!("{error:#}").contains("cluster-admin"), "{error:#}");
+    }
+}
