@@ -468,3 +468,70 @@ async fn an_account_or_binding_deleted_by_hand_is_created_again_for_the_next_pod
         assert!(api.get(deleted).is_some(), "{deleted} created again");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_bodies_always_get_their_413() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = generate_certificates(dir.path());
+    let webhook = Webhook::start(&certs, None, &[]).await;
+    let client = webhook.client(&certs.ca);
+    // The client is still sending when the server knows the answer: the answer must
+    // still arrive, every time, and the connection stay usable.
+    for size in [4 * 1024 * 1024, 3 * 1024 * 1024 + 1, 8 * 1024 * 1024] {
+        for _ in 0..5 {
+            let response = client
+                .post(webhook.url(contract::WEBHOOK_MUTATE_PATH))
+                .header("content-type", "application/json")
+                .body(vec![b' '; size])
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{size} bytes: no answer: {e:?}"));
+            assert_eq!(response.status().as_u16(), 413, "{size} bytes");
+        }
+    }
+    let (status, _) = post(&webhook, &client, "{}".to_string()).await;
+    assert_eq!(status, 400, "the server still answers afterwards");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thousands_of_bad_bodies_over_keep_alive_connections_all_get_answers() {
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let certs = generate_certificates(dir.path());
+    let webhook = Webhook::start(&certs, None, &[]).await;
+    let client = webhook.client(&certs.ca);
+    let base = serde_json::to_vec(&fixture("deployment-pod-dry-run.json")).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let (mut ok, mut bad) = (0, 0);
+    for i in 0..3000 {
+        let body: Vec<u8> = match i % 3 {
+            // Truncated.
+            0 => base[..rng.gen_range(0..base.len())].to_vec(),
+            // Bytes flipped.
+            1 => {
+                let mut body = base.clone();
+                for _ in 0..rng.gen_range(1..8) {
+                    let at = rng.gen_range(0..body.len());
+                    body[at] = rng.gen();
+                }
+                body
+            }
+            // Random bytes.
+            _ => (0..rng.gen_range(0..2048)).map(|_| rng.gen()).collect(),
+        };
+        let response = client
+            .post(webhook.url(contract::WEBHOOK_MUTATE_PATH))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: no answer: {e:?}"));
+        match response.status().as_u16() {
+            200 => ok += 1,
+            400 => bad += 1,
+            other => panic!("request {i}: HTTP {other}"),
+        }
+    }
+    assert_eq!(ok + bad, 3000);
+    assert!(ok > 0 && bad > 0, "{ok} answered 200, {bad} answered 400");
+}
