@@ -30,6 +30,16 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
     Ok(interval)
 }
 
+/// A request timeout: from 100ms to 10m (0 would fail every request; hours would park a
+/// round).
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(text)?;
+    if timeout < Duration::from_millis(100) || timeout > Duration::from_secs(600) {
+        return Err(format!("{text:?} is not between 100ms and 10m"));
+    }
+    Ok(timeout)
+}
+
 /// Where to ask for a registry's manifests: `http(s)://host[:port][/path prefix]`.
 /// Registries served under a path (Artifactory's `/api/docker/<repo>`, Nexus, Harbor
 /// proxies behind a gateway) are supported: requests go to `<url>/v2/...`.
@@ -237,6 +247,13 @@ mod tests {
         assert!(RegistryOverride::parse("docker.io=").is_err());
         assert!(RegistryOverride::parse("=https://x").is_err());
         assert!(RegistryOverride::parse(",").is_err());
+    }
+
+    #[test]
+    fn timeouts_are_bounded() {
+        assert_eq!(parse_timeout("10s"), Ok(Duration::from_secs(10)));
+        assert!(parse_timeout("0s").is_err());
+        assert!(parse_timeout("1h").is_err());
     }
 
     #[test]

@@ -50,9 +50,14 @@ pub struct Config {
     #[arg(long, env = "IMAGE_CHECKER_INSECURE_REGISTRIES", value_delimiter = ',')]
     pub insecure_registries: Vec<String>,
 
-    /// Timeout of one registry request.
-    #[arg(long, env = "IMAGE_CHECKER_REGISTRY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    /// Timeout of one registry request (100ms to 10m).
+    #[arg(long, env = "IMAGE_CHECKER_REGISTRY_TIMEOUT", default_value = "10s", value_parser = settings::parse_timeout)]
     pub registry_timeout: Duration,
+
+    /// Timeout of one Kubernetes API request (100ms to 10m): a slow API server fails the
+    /// round, which is retried with backoff, instead of stalling the checker.
+    #[arg(long, env = "IMAGE_CHECKER_API_TIMEOUT", default_value = "15s", value_parser = settings::parse_timeout)]
+    pub api_timeout: Duration,
 
     /// Platform whose manifest the pod runs (os/arch[/variant]); default: this binary's.
     #[arg(long, env = "IMAGE_CHECKER_PLATFORM", value_parser = Platform::parse)]

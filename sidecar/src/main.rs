@@ -85,9 +85,12 @@ fn main() -> ExitCode {
 
 /// Starts and runs the rounds; dropped (at any await) when a signal arrives.
 async fn run(config: Config) -> anyhow::Result<ExitCode> {
-    let kube_config = kube::Config::infer()
+    let mut kube_config = kube::Config::infer()
         .await
         .context("inferring the Kubernetes API configuration")?;
+    kube_config.connect_timeout = Some(config.api_timeout);
+    kube_config.read_timeout = Some(config.api_timeout);
+    kube_config.write_timeout = Some(config.api_timeout);
     let client = kube::Client::try_from(kube_config).context("building the Kubernetes client")?;
     let cluster = Cluster::new(
         client,

@@ -44,6 +44,19 @@ struct Store {
     next_version: u64,
     /// Paths whose next PATCH is preceded by a concurrent write (to provoke a 409).
     interfere_on_patch: Vec<String>,
+    /// Faults answered instead of the real thing: (method, path prefix, fault).
+    faults: Vec<(String, String, ApiFault)>,
+}
+
+/// A misbehaving API server, for requests of one method under one path prefix.
+#[derive(Clone, Debug)]
+pub enum ApiFault {
+    /// Answers this status with a `Status` body (500, 403, 429, ...).
+    Status(u16),
+    /// Answers correctly, after this long.
+    Slow(std::time::Duration),
+    /// Starts an answer and breaks the connection in the middle of its body.
+    Reset,
 }
 
 impl Store {
@@ -137,6 +150,17 @@ impl FakeApiServer {
     /// a patch carrying the old `resourceVersion` gets a real 409 Conflict.
     pub fn interfere_with_next_patch(&self, path: &str) {
         self.lock().interfere_on_patch.push(path.to_string());
+    }
+
+    /// From now on, answers `method` requests under `path_prefix` with `fault`.
+    pub fn inject_fault(&self, method: &str, path_prefix: &str, fault: ApiFault) {
+        self.lock()
+            .faults
+            .push((method.to_string(), path_prefix.to_string(), fault));
+    }
+
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
     }
 
     pub fn kubeconfig_path(&self) -> &Path {
@@ -241,6 +265,50 @@ async fn handle(
             }
         }
     };
+    let fault = store
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .faults
+        .iter()
+        .find(|(m, prefix, _)| *m == method.as_str() && path.starts_with(prefix.as_str()))
+        .map(|(_, _, fault)| fault.clone());
+    let record = |answered: u16| {
+        let mut store = store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        store.requests.push(RecordedRequest {
+            method: method.to_string(),
+            path: path.clone(),
+            query: uri.query().unwrap_or("").to_string(),
+            content_type: content_type.clone(),
+            body: parsed.clone(),
+            status: answered,
+        });
+    };
+    match fault {
+        Some(ApiFault::Status(code)) => {
+            record(code);
+            let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return status(
+                code,
+                "Injected",
+                format!("injected fault: HTTP {}", code.as_u16()),
+            );
+        }
+        Some(ApiFault::Reset) => {
+            record(0);
+            let broken = futures_util::stream::iter([
+                Ok::<_, std::io::Error>(Bytes::from_static(b"{\"kind\": \"Pod\", ")),
+                Err(std::io::Error::other("injected fault: connection reset")),
+            ]);
+            return Response::builder()
+                .header(axum::http::header::CONTENT_TYPE, "application/json")
+                .body(axum::body::Body::from_stream(broken))
+                .unwrap_or_default();
+        }
+        Some(ApiFault::Slow(delay)) => tokio::time::sleep(delay).await,
+        None => {}
+    }
     let mut store = store
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());

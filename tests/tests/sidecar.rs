@@ -696,3 +696,99 @@ async fn a_container_that_has_not_started_is_waited_for_not_an_error() {
     .await;
     assert!(checked, "{}", sidecar.output());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_misbehaving_api_server_never_causes_a_restart_or_a_panic() {
+    use pod_reloaded_tests::fake_apiserver::ApiFault;
+    let s = setup().await;
+    s.web_running_first_push();
+    s.push_new("v2").await;
+    let pod = pod_path("web-1");
+    let workload = deployment_path("web");
+    let cases = [
+        (
+            "GET",
+            pod.as_str(),
+            ApiFault::Status(500),
+            "cannot read our pod",
+        ),
+        (
+            "GET",
+            pod.as_str(),
+            ApiFault::Status(403),
+            "cannot read our pod",
+        ),
+        ("GET", pod.as_str(), ApiFault::Reset, "cannot read our pod"),
+        (
+            "GET",
+            pod.as_str(),
+            ApiFault::Slow(Duration::from_secs(5)),
+            "cannot read our pod",
+        ),
+        (
+            "GET",
+            workload.as_str(),
+            ApiFault::Status(500),
+            "restart failed",
+        ),
+        (
+            "PATCH",
+            workload.as_str(),
+            ApiFault::Status(500),
+            "restart failed",
+        ),
+        (
+            "PATCH",
+            workload.as_str(),
+            ApiFault::Status(403),
+            "restart failed",
+        ),
+        (
+            "PATCH",
+            workload.as_str(),
+            ApiFault::Reset,
+            "restart failed",
+        ),
+    ];
+    for (method, path, fault, said) in cases {
+        s.api.clear_faults();
+        s.api.clear_requests();
+        s.api.inject_fault(method, path, fault.clone());
+        let mut command = s.command("web-1");
+        command.arg("--api-timeout").arg("1s");
+        let started = std::time::Instant::now();
+        let (code, output) = run_once(command).await;
+        assert_eq!(
+            code, 1,
+            "{method} {path} {fault:?}: an error, not a panic\n{output}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{fault:?}: bounded: {:?}",
+            started.elapsed()
+        );
+        let lines: Vec<&str> = output.lines().filter(|l| l.contains(said)).collect();
+        assert_eq!(lines.len(), 1, "{fault:?}: one clear line\n{output}");
+        let patched = s
+            .api
+            .requests_to("PATCH", &workload)
+            .iter()
+            .filter(|r| r.status == 200)
+            .count();
+        assert_eq!(patched, 0, "{fault:?}: no restart");
+        let attempts = s.api.requests_to(method, path).len();
+        assert!(attempts <= 1, "{fault:?}: {attempts} attempts in one round");
+    }
+    // Healthy again: the change is acted on.
+    s.api.clear_faults();
+    let (code, output) = run_once(s.command("web-1")).await;
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(
+        s.api
+            .requests_to("PATCH", &workload)
+            .iter()
+            .filter(|r| r.status == 200)
+            .count(),
+        1
+    );
+}
