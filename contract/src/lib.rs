@@ -12,6 +12,7 @@ pub mod image;
 pub mod owner;
 pub mod record;
 pub mod settings;
+pub mod window;
 
 /// Label on a namespace or pod: `enabled` opts in, `disabled` (pod only) opts out.
 pub const INJECT_LABEL: &str = "pod-reloaded.io/inject";
@@ -30,6 +31,19 @@ pub const ANNOTATION_ON_FAILURE: &str = "pod-reloaded.io/on-failure";
 /// How long new pods may fail or stay unready before a rollout has failed.
 pub const ANNOTATION_ROLLOUT_TIMEOUT: &str = "pod-reloaded.io/rollout-timeout";
 pub const DEFAULT_ROLLOUT_TIMEOUT: &str = "10m";
+/// `restart` (default) or `notify`: Events and the metric only, never a restart.
+pub const ANNOTATION_MODE: &str = "pod-reloaded.io/mode";
+/// Soak: the tag must serve a digest this long before it is restarted to.
+pub const ANNOTATION_MIN_AGE: &str = "pod-reloaded.io/min-age";
+/// When restarts may start (`window::RestartWindows`).
+pub const ANNOTATION_RESTART_WINDOW: &str = "pod-reloaded.io/restart-window";
+/// The least time between two restarts of one workload.
+pub const ANNOTATION_COOLDOWN: &str = "pod-reloaded.io/cooldown";
+/// Workload metadata annotation: `"true"` stops restarts of that workload.
+pub const ANNOTATION_PAUSED: &str = "pod-reloaded.io/paused";
+/// Workload metadata annotation: `<container>=<digest>@<RFC 3339>`, when each new
+/// digest was first seen (`record::PendingRecord`).
+pub const ANNOTATION_PENDING: &str = "pod-reloaded.io/pending";
 
 /// Annotation the webhook writes on the pods it injected, with its version.
 pub const ANNOTATION_INJECTED: &str = "pod-reloaded.io/injected";

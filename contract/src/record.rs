@@ -142,6 +142,70 @@ impl std::fmt::Display for RolloutRecord {
     }
 }
 
+/// `pod-reloaded.io/pending` on the workload's metadata: when each container's new digest
+/// was first seen served by its tag, `<container>=<digest>@<RFC 3339>[,...]`. On the
+/// metadata so replicas and restarted sidecars agree on one clock; a tag that moves
+/// again starts it anew.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PendingRecord(std::collections::BTreeMap<String, (String, jiff::Timestamp)>);
+
+impl PendingRecord {
+    /// Entries that do not parse are dropped (their clock starts again).
+    pub fn parse(value: &str) -> Self {
+        Self(
+            value
+                .split(',')
+                .filter_map(|entry| {
+                    let (container, rest) = entry.split_once('=')?;
+                    let (digest, since) = rest.rsplit_once('@')?;
+                    let since = since.trim().parse().ok()?;
+                    Some((
+                        container.trim().to_string(),
+                        (digest.trim().to_string(), since),
+                    ))
+                })
+                .collect(),
+        )
+    }
+
+    /// When `digest` was first seen for `container`, if it is the one recorded.
+    pub fn since(&self, container: &str, digest: &str) -> Option<jiff::Timestamp> {
+        self.0
+            .get(container)
+            .filter(|(recorded, _)| recorded == digest)
+            .map(|(_, since)| *since)
+    }
+
+    pub fn insert(&mut self, container: &str, digest: &str, since: jiff::Timestamp) {
+        self.0
+            .insert(container.to_string(), (digest.to_string(), since));
+    }
+
+    pub fn remove(&mut self, container: &str) {
+        self.0.remove(container);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Display for PendingRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (container, (digest, since))) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(
+                f,
+                "{container}={digest}@{}",
+                since.strftime("%Y-%m-%dT%H:%M:%SZ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +241,22 @@ mod tests {
         ] {
             assert_eq!(RolloutRecord::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn pending_records_round_trip() {
+        let text = "web=sha256:a@2026-11-24T10:00:00Z,api=sha256:b@2026-11-24T11:00:00Z";
+        let mut record = PendingRecord::parse(text);
+        let ten: jiff::Timestamp = "2026-11-24T10:00:00Z".parse().unwrap();
+        assert_eq!(record.since("web", "sha256:a"), Some(ten));
+        assert_eq!(
+            record.since("web", "sha256:other"),
+            None,
+            "another digest starts anew"
+        );
+        record.remove("api");
+        assert_eq!(record.to_string(), "web=sha256:a@2026-11-24T10:00:00Z");
+        assert!(PendingRecord::parse("web=sha256:a@yesterday,junk").is_empty());
     }
 
     #[test]

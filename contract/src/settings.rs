@@ -168,6 +168,33 @@ pub fn parse_rollout_timeout(text: &str) -> Result<Duration, String> {
     Ok(timeout)
 }
 
+/// `pod-reloaded.io/mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Restart,
+    /// Never restart: an Event per new digest and the metric.
+    Notify,
+}
+
+impl Mode {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "restart" => Ok(Self::Restart),
+            "notify" => Ok(Self::Notify),
+            other => Err(format!("{other:?} is neither \"restart\" nor \"notify\"")),
+        }
+    }
+}
+
+/// `pod-reloaded.io/min-age` and `pod-reloaded.io/cooldown`: from 0s to 30 days.
+pub fn parse_wait(text: &str) -> Result<Duration, String> {
+    let wait = parse_duration(text)?;
+    if wait > Duration::from_secs(30 * 24 * 3600) {
+        return Err(format!("{text:?} is longer than 30 days"));
+    }
+    Ok(wait)
+}
+
 /// `pod-reloaded.io/pin`: `"true"` (default) or `"false"`.
 pub fn parse_pin(text: &str) -> Result<bool, String> {
     match text.trim() {
@@ -247,6 +274,16 @@ mod tests {
         assert!(RegistryOverride::parse("docker.io=").is_err());
         assert!(RegistryOverride::parse("=https://x").is_err());
         assert!(RegistryOverride::parse(",").is_err());
+    }
+
+    #[test]
+    fn timing_settings() {
+        assert_eq!(Mode::parse("notify"), Ok(Mode::Notify));
+        assert!(Mode::parse("dry-run").is_err());
+        assert_eq!(parse_wait("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_wait("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_wait("31d").is_err());
+        assert!(parse_wait("-1s").is_err());
     }
 
     #[test]

@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use pod_reloaded_contract as contract;
-use pod_reloaded_contract::record::{DigestRecord, RolloutRecord, RolloutState};
+use pod_reloaded_contract::record::{DigestRecord, PendingRecord, RolloutRecord, RolloutState};
+
+use crate::timing::{self, Hold, Timing};
 use serde_json::{json, Value};
 
 /// A watched container whose tag now points to another digest.
@@ -78,6 +80,25 @@ impl WorkloadState {
             .unwrap_or_default()
     }
 
+    pub fn pending(&self) -> PendingRecord {
+        self.metadata_annotations
+            .get(contract::ANNOTATION_PENDING)
+            .map(|v| PendingRecord::parse(v))
+            .unwrap_or_default()
+    }
+
+    pub fn paused(&self) -> bool {
+        self.metadata_annotations
+            .get(contract::ANNOTATION_PAUSED)
+            .is_some_and(|v| v.trim() == "true")
+    }
+
+    pub fn last_restart(&self) -> Option<Timestamp> {
+        self.template_annotations
+            .get(contract::ANNOTATION_RESTARTED_AT)
+            .and_then(|t| t.parse().ok())
+    }
+
     pub fn rollout(&self) -> Option<RolloutRecord> {
         self.metadata_annotations
             .get(contract::ANNOTATION_ROLLOUT)
@@ -115,6 +136,14 @@ pub enum RestartDecision {
     /// A person rolled the template back from the digests pod-reloaded rolled out (e.g.
     /// `kubectl rollout undo`): those are quarantined, so the rollback sticks.
     Undone { left: DigestRecord },
+    /// Due, but held by the timing settings. `first_seen` lists the containers whose new
+    /// digest is seen for the first time: `pending` records it on the workload.
+    Held {
+        hold: Hold,
+        changes: DigestRecord,
+        pending: PendingRecord,
+        first_seen: Vec<String>,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -127,13 +156,18 @@ pub struct Restart {
     pub rolled_from: DigestRecord,
     /// Changed containers whose previous digest is unknown or not pullable.
     pub no_rollback_target: Vec<String>,
+    /// The first sights still pending once this restart is made.
+    pub pending: PendingRecord,
 }
 
-/// Decides for `changes` (non-empty) given the workload, and when this pod was created.
+/// Decides for `changes` (non-empty) given the workload, when this pod was created, its
+/// timing settings, and the time.
 pub fn decide_restart(
     workload: &WorkloadState,
     changes: &[Change],
     pod_created: Option<Timestamp>,
+    timing: &Timing,
+    now: Timestamp,
 ) -> RestartDecision {
     let record = workload.rollout();
     if let Some(record) = &record {
@@ -182,10 +216,36 @@ pub fn decide_restart(
             restarted_at: record.restarted_at,
         };
     }
+    let due: Vec<(&str, &str)> = new
+        .iter()
+        .map(|c| (c.container.as_str(), c.digest.as_str()))
+        .collect();
+    let timed = timing::timed(
+        timing,
+        &due,
+        workload.paused(),
+        workload.pending(),
+        workload.last_restart(),
+        now,
+    );
+    if let Some(hold) = timed.hold {
+        let mut changes = DigestRecord::default();
+        for (container, digest) in &due {
+            changes.insert(container, digest);
+        }
+        return RestartDecision::Held {
+            hold,
+            changes,
+            pending: timed.pending,
+            first_seen: timed.first_seen,
+        };
+    }
+    let mut pending = timed.pending;
     let mut rolled_to = DigestRecord::default();
     let mut rolled_from = DigestRecord::default();
     let mut no_rollback_target = Vec::new();
     for change in new {
+        pending.remove(&change.container);
         // The previous restart's digest is what the pods were pinned to; without one, the
         // digest the pod was pulled by.
         let previous = restarted_for
@@ -204,6 +264,7 @@ pub fn decide_restart(
         rolled_to,
         rolled_from,
         no_rollback_target,
+        pending,
     })
 }
 
@@ -227,16 +288,34 @@ pub fn restart_patch(resource_version: &str, restarted_at: Timestamp, restart: &
     } else {
         json!(restart.rolled_from.to_string())
     };
+    let pending = if restart.pending.is_empty() {
+        Value::Null
+    } else {
+        json!(restart.pending.to_string())
+    };
     json!({
         "metadata": {
             "resourceVersion": resource_version,
-            "annotations": { contract::ANNOTATION_ROLLOUT: record.to_string() }
+            "annotations": {
+                contract::ANNOTATION_ROLLOUT: record.to_string(),
+                contract::ANNOTATION_PENDING: pending,
+            }
         },
         "spec": { "template": { "metadata": { "annotations": {
             contract::ANNOTATION_RESTARTED_AT: at,
             contract::ANNOTATION_RESTARTED_FOR: restart.restarted_for.to_string(),
             contract::ANNOTATION_ROLLED_FROM: rolled_from,
         }}}}
+    })
+}
+
+/// Records first sights of new digests on the workload's metadata (no rollout).
+pub fn pending_patch(resource_version: &str, pending: &PendingRecord) -> Value {
+    json!({
+        "metadata": {
+            "resourceVersion": resource_version,
+            "annotations": { contract::ANNOTATION_PENDING: pending.to_string() }
+        }
     })
 }
 
@@ -269,6 +348,10 @@ mod tests {
 
     fn digest(c: char) -> String {
         format!("sha256:{}", c.to_string().repeat(64))
+    }
+
+    fn now() -> Timestamp {
+        "2026-11-24T12:00:00Z".parse().unwrap()
     }
 
     fn change(container: &str, c: char, running: Option<char>) -> Change {
@@ -306,6 +389,8 @@ mod tests {
             &WorkloadState::default(),
             &[change("web", 'a', Some('0'))],
             None,
+            &Timing::default(),
+            now(),
         ));
         assert_eq!(
             restart.restarted_for.to_string(),
@@ -324,6 +409,8 @@ mod tests {
             &WorkloadState::default(),
             &[change("web", 'a', None)],
             None,
+            &Timing::default(),
+            now(),
         ));
         assert!(restart.rolled_from.is_empty());
         assert_eq!(restart.no_rollback_target, vec!["web".to_string()]);
@@ -342,6 +429,8 @@ mod tests {
             &state,
             &[change("web", 'a', Some('x'))],
             None,
+            &Timing::default(),
+            now(),
         ));
         assert_eq!(restart.rolled_from.get("web"), Some(digest('p').as_str()));
     }
@@ -364,13 +453,25 @@ mod tests {
         let older: Timestamp = "2026-11-24T09:00:00Z".parse().unwrap();
         let newer: Timestamp = "2026-11-24T10:00:05Z".parse().unwrap();
         assert_eq!(
-            decide_restart(&state, &[change("web", 'a', Some('0'))], Some(older)),
+            decide_restart(
+                &state,
+                &[change("web", 'a', Some('0'))],
+                Some(older),
+                &Timing::default(),
+                now()
+            ),
             RestartDecision::AlreadyRestarted {
                 pull_did_not_take: false
             }
         );
         assert_eq!(
-            decide_restart(&state, &[change("web", 'a', Some('0'))], Some(newer)),
+            decide_restart(
+                &state,
+                &[change("web", 'a', Some('0'))],
+                Some(newer),
+                &Timing::default(),
+                now()
+            ),
             RestartDecision::AlreadyRestarted {
                 pull_did_not_take: true
             }
@@ -393,6 +494,8 @@ mod tests {
                 change("sidecar", 's', Some('s')),
             ],
             None,
+            &Timing::default(),
+            now(),
         ));
         assert_eq!(
             restart.restarted_for.to_string(),
@@ -414,12 +517,24 @@ mod tests {
             )],
         );
         assert!(matches!(
-            decide_restart(&state, &[change("web", 'q', Some('0'))], None),
+            decide_restart(
+                &state,
+                &[change("web", 'q', Some('0'))],
+                None,
+                &Timing::default(),
+                now()
+            ),
             RestartDecision::Quarantined { .. }
         ));
         // The tag moved on: normal work resumes.
         assert!(matches!(
-            decide_restart(&state, &[change("web", 'n', Some('0'))], None),
+            decide_restart(
+                &state,
+                &[change("web", 'n', Some('0'))],
+                None,
+                &Timing::default(),
+                now()
+            ),
             RestartDecision::Restart(_)
         ));
     }
@@ -437,7 +552,13 @@ mod tests {
             )],
         );
         assert_eq!(
-            decide_restart(&state, &[change("web", 'b', Some('a'))], None),
+            decide_restart(
+                &state,
+                &[change("web", 'b', Some('a'))],
+                None,
+                &Timing::default(),
+                now()
+            ),
             RestartDecision::RolloutInProgress {
                 restarted_at: "2026-11-24T10:00:00Z".into()
             }
@@ -460,7 +581,13 @@ mod tests {
                 )],
             );
             assert_eq!(
-                decide_restart(&state, &[change("web", 'a', Some('0'))], None),
+                decide_restart(
+                    &state,
+                    &[change("web", 'a', Some('0'))],
+                    None,
+                    &Timing::default(),
+                    now()
+                ),
                 RestartDecision::Undone {
                     left: DigestRecord::parse(&format!("web={}", digest('a')))
                 }
@@ -484,7 +611,13 @@ mod tests {
             ],
         );
         assert!(matches!(
-            decide_restart(&rolled_back, &[change("web", 'a', Some('0'))], None),
+            decide_restart(
+                &rolled_back,
+                &[change("web", 'a', Some('0'))],
+                None,
+                &Timing::default(),
+                now()
+            ),
             RestartDecision::Quarantined { .. }
         ));
     }
@@ -496,6 +629,8 @@ mod tests {
             &WorkloadState::default(),
             &[change("web", 'a', Some('0'))],
             None,
+            &Timing::default(),
+            now(),
         ));
         let patch = restart_patch("42", at, &restart);
         assert_eq!(patch["metadata"]["resourceVersion"], "42");
@@ -520,6 +655,8 @@ mod tests {
             &WorkloadState::default(),
             &[change("web", 'a', None)],
             None,
+            &Timing::default(),
+            now(),
         ));
         assert_eq!(
             restart_patch("1", at, &none)["spec"]["template"]["metadata"]["annotations"]
@@ -527,5 +664,66 @@ mod tests {
             Value::Null,
             "a stale rolled-from is removed"
         );
+    }
+
+    #[test]
+    fn a_held_restart_records_the_first_sight_and_the_restart_clears_it() {
+        let soak = Timing {
+            min_age: std::time::Duration::from_secs(3600),
+            ..Timing::default()
+        };
+        let RestartDecision::Held {
+            hold,
+            pending,
+            first_seen,
+            ..
+        } = decide_restart(
+            &WorkloadState::default(),
+            &[change("web", 'b', Some('a'))],
+            None,
+            &soak,
+            now(),
+        )
+        else {
+            panic!("held expected")
+        };
+        assert!(matches!(hold, Hold::Soaking { .. }));
+        assert_eq!(first_seen, vec!["web".to_string()]);
+        let patch = pending_patch("9", &pending);
+        assert_eq!(
+            patch["metadata"]["annotations"][contract::ANNOTATION_PENDING],
+            format!("web={}@2026-11-24T12:00:00Z", digest('b'))
+        );
+        // An hour later, from the recorded first sight: the restart, which clears it.
+        let state = workload(&[], &[(contract::ANNOTATION_PENDING, pending.to_string())]);
+        let later: Timestamp = "2026-11-24T13:00:00Z".parse().unwrap();
+        let restart = restart_of(decide_restart(
+            &state,
+            &[change("web", 'b', Some('a'))],
+            None,
+            &soak,
+            later,
+        ));
+        assert!(restart.pending.is_empty());
+        assert_eq!(
+            restart_patch("10", later, &restart)["metadata"]["annotations"]
+                [contract::ANNOTATION_PENDING],
+            Value::Null
+        );
+        // Paused on the workload's metadata: held, whatever the timing.
+        let paused = workload(&[], &[(contract::ANNOTATION_PAUSED, "true".into())]);
+        assert!(matches!(
+            decide_restart(
+                &paused,
+                &[change("web", 'b', Some('a'))],
+                None,
+                &Timing::default(),
+                later
+            ),
+            RestartDecision::Held {
+                hold: Hold::Paused,
+                ..
+            }
+        ));
     }
 }

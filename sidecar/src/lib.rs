@@ -17,3 +17,4 @@ pub mod platform;
 pub mod registry;
 pub mod rollout;
 pub mod schedule;
+pub mod timing;

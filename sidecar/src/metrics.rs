@@ -3,12 +3,15 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CheckResult {
     UpToDate,
     Changed,
+    /// The tag's index moved, but the image for this pod's platform is the same.
+    Equivalent,
     Error,
 }
 
@@ -17,6 +20,7 @@ impl CheckResult {
         match self {
             Self::UpToDate => "up_to_date",
             Self::Changed => "changed",
+            Self::Equivalent => "equivalent",
             Self::Error => "error",
         }
     }
@@ -25,6 +29,13 @@ impl CheckResult {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ContainerLabels {
+    namespace: String,
+    workload: String,
+    container: String,
 }
 
 /// How a rollout pod-reloaded started ended.
@@ -51,6 +62,7 @@ pub struct Metrics {
     checks: Family<ResultLabel, Counter>,
     restarts: Counter,
     rollouts: Family<ResultLabel, Counter>,
+    update_available: Family<ContainerLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -74,11 +86,18 @@ impl Default for Metrics {
             "Outcomes of the rollouts this sidecar recorded, by result",
             rollouts.clone(),
         );
+        let update_available = Family::<ContainerLabels, Gauge>::default();
+        registry.register(
+            "pod_reloaded_update_available",
+            "1 while the workload runs an older digest than its tag serves (also while a restart is deferred or in notify mode), else 0",
+            update_available.clone(),
+        );
         Self {
             registry,
             checks,
             restarts,
             rollouts,
+            update_available,
         }
     }
 }
@@ -94,6 +113,22 @@ impl Metrics {
 
     pub fn restart(&self) {
         self.restarts.inc();
+    }
+
+    pub fn update_available(
+        &self,
+        namespace: &str,
+        workload: &str,
+        container: &str,
+        available: bool,
+    ) {
+        self.update_available
+            .get_or_create(&ContainerLabels {
+                namespace: namespace.to_string(),
+                workload: workload.to_string(),
+                container: container.to_string(),
+            })
+            .set(i64::from(available));
     }
 
     pub fn rollout(&self, result: RolloutResult) {

@@ -565,11 +565,19 @@ async fn an_unchanged_round_costs_one_head_and_no_api_request() {
         1,
         "index read once, then remembered"
     );
+    let reads: Vec<String> = s
+        .api
+        .requests()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
     assert_eq!(
-        s.api.requests().len(),
-        1,
-        "one read of the pod at start, nothing after: {:?}",
-        s.api.requests()
+        reads,
+        vec![
+            format!("GET {}", pod_path("web-1")),
+            format!("GET /apis/apps/v1/namespaces/{NAMESPACE}/replicasets/web-5d9c8b7f6"),
+        ],
+        "the pod and its owner read once at start, nothing after"
     );
 }
 

@@ -37,6 +37,8 @@ pub enum RoundOutcome {
     /// A watched container has not started yet (a native sidecar starts first).
     Waiting,
     Restarted,
+    /// A restart is due but held: paused, notify mode, min-age, cooldown or window.
+    Deferred,
     /// A change another replica already restarted for (or that did not take).
     AlreadyRestarted,
     /// Something failed; nothing was restarted. `retry_after` is the registry's wish.
@@ -69,8 +71,9 @@ pub struct Checker {
     pod: Option<Pod>,
     rounds_since_pod_read: u32,
     known_verdicts: HashMap<String, KnownVerdict>,
-    /// The workload that owns our pod, once looked up (it does not change).
-    workload: Option<WorkloadRef>,
+    /// The workload that owns our pod once looked up (it does not change); `Some(None)`
+    /// when nothing can be restarted for it.
+    workload: Option<Option<WorkloadRef>>,
     /// True while a rollout pod-reloaded started on our workload is followed: the
     /// workload is read each round until its outcome is recorded.
     following: bool,
@@ -143,6 +146,12 @@ impl Checker {
             self.follow_rollout(&pod).await;
         }
 
+        // The workload names the update-available metric; looked up once.
+        let workload_name = match self.workload(&pod).await {
+            Some(workload) => workload.name,
+            None => String::new(),
+        };
+
         let mut changes = Vec::new();
         let mut failed = false;
         let mut waiting = false;
@@ -151,7 +160,16 @@ impl Checker {
             let container = observation.container;
             match observation.state {
                 ContainerState::Running { image, running } => {
-                    match self.check(&container, &image, &running).await {
+                    let checked = self.check(&container, &image, &running).await;
+                    if let Ok(checked) = &checked {
+                        self.metrics.update_available(
+                            &self.config.pod_namespace,
+                            &workload_name,
+                            &container,
+                            checked.verdict == Verdict::Changed,
+                        );
+                    }
+                    match checked {
                         Ok(Checked {
                             verdict: Verdict::Changed,
                             remote_digest,
@@ -348,20 +366,20 @@ impl Checker {
         }
     }
 
-    /// The workload that owns our pod, looked up once.
+    /// The workload that owns our pod, looked up once (an API error is tried again next
+    /// time; "nothing to restart" is remembered).
     async fn workload(&mut self, pod: &Pod) -> Option<WorkloadRef> {
-        if let Some(workload) = &self.workload {
-            return Some(workload.clone());
+        if let Some(known) = &self.workload {
+            return known.clone();
         }
         match self.cluster.owner(pod).await {
             Ok(Owner::Restartable(workload)) => {
-                self.workload = Some(workload.clone());
+                self.workload = Some(Some(workload.clone()));
                 Some(workload)
             }
             Ok(Owner::NotRestartable(why)) => {
-                if self.not_yet_warned("unrestartable".to_string()) {
-                    warn!(%why, "nothing can be restarted for this pod");
-                }
+                warn!(%why, "nothing can be restarted for this pod");
+                self.workload = Some(None);
                 None
             }
             Err(error) => {

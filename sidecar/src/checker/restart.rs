@@ -4,12 +4,13 @@
 use k8s_openapi::api::core::v1::Pod;
 use pod_reloaded_contract as contract;
 use pod_reloaded_contract::owner::WorkloadRef;
-use pod_reloaded_contract::record::{RolloutRecord, RolloutState};
+use pod_reloaded_contract::record::{DigestRecord, RolloutRecord, RolloutState};
 use tracing::{info, warn};
 
 use super::{Checker, RoundOutcome};
 use crate::cluster::Update;
 use crate::decide::{self, Change, RestartDecision};
+use crate::timing::{Hold, Timing};
 
 impl Checker {
     /// Decide and act: let `decide` say whether this change is ours to restart for,
@@ -19,11 +20,13 @@ impl Checker {
             return RoundOutcome::Failed { retry_after: None };
         };
         let pod_created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let timing =
+            Timing::from_annotations(&pod.metadata.annotations.clone().unwrap_or_default());
         let now = jiff::Timestamp::now();
         let updated = self
             .cluster
             .update_workload(&workload, |state, version| {
-                let decision = decide::decide_restart(state, changes, pod_created);
+                let decision = decide::decide_restart(state, changes, pod_created, &timing, now);
                 match &decision {
                     RestartDecision::Restart(restart) => {
                         Update::Patch(decide::restart_patch(version, now, restart), decision)
@@ -41,6 +44,13 @@ impl Checker {
                             decide::quarantine_patch(version, state, left, &record),
                             decision,
                         )
+                    }
+                    RestartDecision::Held {
+                        pending,
+                        first_seen,
+                        ..
+                    } if !first_seen.is_empty() => {
+                        Update::Patch(decide::pending_patch(version, pending), decision)
                     }
                     _ => Update::Leave(decision),
                 }
@@ -91,7 +101,31 @@ impl Checker {
                     .await;
                 RoundOutcome::AlreadyRestarted
             }
+            RestartDecision::Held { hold, changes, .. } => {
+                // We recorded the first sight of these digests: exactly one sidecar does.
+                if hold == Hold::Notify {
+                    info!(%workload, changes = %changes, decision = "notify", "a new image is available; mode notify: not restarting");
+                    self.cluster
+                        .event(
+                            &workload,
+                            false,
+                            "ImageUpdateAvailable",
+                            format!("pod-reloaded: the watched tag of {workload} now points to {changes}; not restarting ({}: notify)", contract::ANNOTATION_MODE),
+                        )
+                        .await;
+                }
+                self.held(&workload, &hold, &changes);
+                RoundOutcome::Deferred
+            }
             other => self.skipped(&workload, pod, other, &summary).await,
+        }
+    }
+
+    /// Says once per digest and reason why a due restart waits, and until when.
+    fn held(&mut self, workload: &WorkloadRef, hold: &Hold, changes: &DigestRecord) {
+        let reason = hold.describe();
+        if self.not_yet_warned(format!("held:{changes}:{}", reason_kind(hold))) {
+            info!(%workload, changes = %changes, decision = "defer", reason, "restart deferred");
         }
     }
 
@@ -133,8 +167,24 @@ impl Checker {
                 }
                 self.following = true;
             }
+            RestartDecision::Held { hold, changes, .. } => {
+                self.held(workload, &hold, &changes);
+                return RoundOutcome::Deferred;
+            }
             RestartDecision::Restart(_) | RestartDecision::Undone { .. } => {}
         }
         RoundOutcome::AlreadyRestarted
+    }
+}
+
+/// The kind of hold, so a deferral is said once per digest and reason (not each time
+/// its "until" moves).
+fn reason_kind(hold: &Hold) -> &'static str {
+    match hold {
+        Hold::Paused => "paused",
+        Hold::Notify => "notify",
+        Hold::Soaking { .. } => "min-age",
+        Hold::CoolingDown { .. } => "cooldown",
+        Hold::OutsideWindow { .. } => "window",
     }
 }

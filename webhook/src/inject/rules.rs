@@ -9,6 +9,7 @@ use pod_reloaded_contract::image::ImageReference;
 use pod_reloaded_contract::owner::{self, NotRestartable};
 use pod_reloaded_contract::record::DigestRecord;
 use pod_reloaded_contract::settings::{self, RegistryOverride};
+use pod_reloaded_contract::window::RestartWindows;
 
 /// How the sidecar is added to the pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,6 +166,17 @@ pub(super) fn plan(
     if let Some(value) = annotation(contract::ANNOTATION_ROLLOUT_TIMEOUT) {
         settings::parse_rollout_timeout(value)
             .map_err(invalid(contract::ANNOTATION_ROLLOUT_TIMEOUT))?;
+    }
+    if let Some(value) = annotation(contract::ANNOTATION_MODE) {
+        settings::Mode::parse(value).map_err(invalid(contract::ANNOTATION_MODE))?;
+    }
+    for key in [contract::ANNOTATION_MIN_AGE, contract::ANNOTATION_COOLDOWN] {
+        if let Some(value) = annotation(key) {
+            settings::parse_wait(value).map_err(invalid(key))?;
+        }
+    }
+    if let Some(value) = annotation(contract::ANNOTATION_RESTART_WINDOW) {
+        RestartWindows::parse(value).map_err(invalid(contract::ANNOTATION_RESTART_WINDOW))?;
     }
     let pin = settings::parse_pin(annotation(contract::ANNOTATION_PIN).unwrap_or("true"))
         .map_err(invalid(contract::ANNOTATION_PIN))?;

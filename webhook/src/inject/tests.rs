@@ -729,6 +729,14 @@ fn rollout_annotations_are_validated() {
         (contract::ANNOTATION_ON_FAILURE, "retry"),
         (contract::ANNOTATION_ROLLOUT_TIMEOUT, "0s"),
         (contract::ANNOTATION_ROLLOUT_TIMEOUT, "soon"),
+        (contract::ANNOTATION_MODE, "dry-run"),
+        (contract::ANNOTATION_MIN_AGE, "a while"),
+        (contract::ANNOTATION_COOLDOWN, "90d"),
+        (
+            contract::ANNOTATION_RESTART_WINDOW,
+            "Mon-Fri 02:00-05:00 Mars/Olympus",
+        ),
+        (contract::ANNOTATION_RESTART_WINDOW, "weekends"),
     ] {
         let mut pod = deployment_pod();
         set_annotations(&mut pod, json!({annotation: bad}));
@@ -740,7 +748,14 @@ fn rollout_annotations_are_validated() {
     let mut pod = deployment_pod();
     set_annotations(
         &mut pod,
-        json!({contract::ANNOTATION_ON_FAILURE: "halt", contract::ANNOTATION_ROLLOUT_TIMEOUT: "5m"}),
+        json!({
+            contract::ANNOTATION_ON_FAILURE: "halt",
+            contract::ANNOTATION_ROLLOUT_TIMEOUT: "5m",
+            contract::ANNOTATION_MODE: "notify",
+            contract::ANNOTATION_MIN_AGE: "1h",
+            contract::ANNOTATION_COOLDOWN: "30m",
+            contract::ANNOTATION_RESTART_WINDOW: "Mon-Fri 02:00-05:00 Europe/Berlin; Sat 00:00-06:00",
+        }),
     );
     inject(&pod, SidecarMode::Container);
 }
