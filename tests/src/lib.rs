@@ -18,3 +18,4 @@ pub fn workspace_root() -> PathBuf {
 }
 pub mod scenario;
 pub mod workloads;
+pub mod world;
