@@ -13,6 +13,19 @@ use crate::registry::manifest::{ManifestKind, RemoteDetails, RemoteTag};
 pub enum Verdict {
     UpToDate,
     Changed,
+    /// The tag's digest moved (another platform rebuilt, an attestation added), but the
+    /// image for this pod's platform is the same: not a change.
+    Equivalent,
+}
+
+/// A change of the tag's digest, looked at for this pod's platform: the manifest the pod
+/// runs for it against the one the tag serves for it. Unknown on either side (an index
+/// without our platform) stays a change, as before platforms were compared.
+pub fn decide_for_platform(running: Option<&str>, remote: Option<&str>) -> Verdict {
+    match (running, remote) {
+        (Some(running), Some(remote)) if running == remote => Verdict::Equivalent,
+        _ => Verdict::Changed,
+    }
 }
 
 /// What the HEAD alone decides; `None` when the manifest must be inspected.
@@ -133,6 +146,26 @@ mod tests {
         assert_eq!(
             decide_from_details(&RunningDigest::Manifest(digest('z')), &index, &details),
             Ok(Verdict::Changed)
+        );
+    }
+
+    #[test]
+    fn the_same_platform_image_under_a_moved_index_is_equivalent() {
+        assert_eq!(
+            decide_for_platform(Some("sha256:a"), Some("sha256:a")),
+            Verdict::Equivalent
+        );
+        assert_eq!(
+            decide_for_platform(Some("sha256:a"), Some("sha256:b")),
+            Verdict::Changed
+        );
+        assert_eq!(
+            decide_for_platform(None, Some("sha256:b")),
+            Verdict::Changed
+        );
+        assert_eq!(
+            decide_for_platform(Some("sha256:a"), None),
+            Verdict::Changed
         );
     }
 

@@ -286,6 +286,52 @@ impl Registry {
         PushedIndex { digest, manifests }
     }
 
+    /// Pushes an OCI index of `manifests` (already pushed) under `tag`, with an
+    /// attestation manifest entry (platform `unknown/unknown`, as BuildKit adds) when
+    /// `attestation`.
+    pub async fn push_index_of(
+        &self,
+        repository: &str,
+        tag: &str,
+        manifests: &[&PushedManifest],
+        attestation: bool,
+    ) -> PushedIndex {
+        let mut entries = Vec::new();
+        for pushed in manifests {
+            let size = self.manifest_size(repository, &pushed.digest).await;
+            entries.push(json!({
+                "mediaType": OCI_MANIFEST, "digest": pushed.digest, "size": size,
+                "platform": {"os": pushed.platform.0, "architecture": pushed.platform.1}
+            }));
+        }
+        if attestation {
+            let statement = self
+                .push_single(
+                    repository,
+                    None,
+                    "attestation",
+                    ("unknown", "unknown"),
+                    false,
+                )
+                .await;
+            let size = self.manifest_size(repository, &statement.digest).await;
+            entries.push(json!({
+                "mediaType": OCI_MANIFEST, "digest": statement.digest, "size": size,
+                "platform": {"os": "unknown", "architecture": "unknown"},
+                "annotations": {"vnd.docker.reference.type": "attestation-manifest", "vnd.docker.reference.digest": manifests[0].digest}
+            }));
+        }
+        let index = serde_json::to_vec(
+            &json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}),
+        )
+        .unwrap();
+        let digest = self.push_manifest(repository, tag, OCI_INDEX, &index).await;
+        PushedIndex {
+            digest,
+            manifests: manifests.iter().map(|m| (*m).clone()).collect(),
+        }
+    }
+
     async fn manifest_size(&self, repository: &str, digest: &str) -> usize {
         let response = self
             .authorized(self.client.get(format!(

@@ -265,6 +265,7 @@ impl Checker {
                 let (decision, result) = match checked.verdict {
                     Verdict::UpToDate => ("up-to-date", CheckResult::UpToDate),
                     Verdict::Changed => ("changed", CheckResult::Changed),
+                    Verdict::Equivalent => ("equivalent", CheckResult::Equivalent),
                 };
                 info!(container, image = %image, running = running.digest(), remote = checked.remote_digest, decision, "checked");
                 self.metrics.check(result);
@@ -296,22 +297,43 @@ impl Checker {
                 });
             }
         }
-        let verdict = match compare::decide_from_head(running, &remote) {
-            Some(verdict) => verdict,
-            None => {
-                let want_config = matches!(running, RunningDigest::Config(_));
-                let details = self
-                    .registry
-                    .inspect(&repository, &remote, want_config)
-                    .await?;
-                compare::decide_from_details(running, &remote, &details).map_err(|reason| {
-                    RegistryError::Unexpected {
-                        url: repository.base_url.clone(),
-                        reason,
+        let verdict =
+            match compare::decide_from_head(running, &remote) {
+                Some(verdict) => verdict,
+                None => {
+                    let want_config = matches!(running, RunningDigest::Config(_));
+                    let details = self
+                        .registry
+                        .inspect(&repository, &remote, want_config)
+                        .await?;
+                    let verdict = compare::decide_from_details(running, &remote, &details)
+                        .map_err(|reason| RegistryError::Unexpected {
+                            url: repository.base_url.clone(),
+                            reason,
+                        })?;
+                    match (verdict, running) {
+                        // The tag's index moved and the pod runs another index (or a child of
+                        // another one): compare what each holds for our platform. One more GET.
+                        (Verdict::Changed, RunningDigest::Manifest(digest)) => {
+                            let running_child = match self
+                                .registry
+                                .platform_manifest_of(&repository, digest)
+                                .await
+                            {
+                                Ok(child) => child,
+                                // The running manifest is gone from the registry: a change.
+                                Err(RegistryError::NotFound { .. }) => None,
+                                Err(error) => return Err(error),
+                            };
+                            compare::decide_for_platform(
+                                running_child.as_deref(),
+                                details.platform_manifest.as_deref(),
+                            )
+                        }
+                        (verdict, _) => verdict,
                     }
-                })?
-            }
-        };
+                }
+            };
         self.known_verdicts.insert(
             container.to_string(),
             KnownVerdict {

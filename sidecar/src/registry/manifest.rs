@@ -46,6 +46,8 @@ pub struct RemoteDetails {
     pub index_manifests: Vec<String>,
     /// Config digest of the manifest for our platform.
     pub platform_config: Option<String>,
+    /// The manifest for our platform: an index's child, or a single manifest itself.
+    pub platform_manifest: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

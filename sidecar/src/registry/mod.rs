@@ -199,12 +199,16 @@ impl RegistryClient {
         let (url, body) = self.get_verified(repository, &remote.digest).await?;
         let mut details = RemoteDetails::default();
         let manifest_body = match remote.kind {
-            ManifestKind::Manifest => body,
+            ManifestKind::Manifest => {
+                details.platform_manifest = Some(remote.digest.clone());
+                body
+            }
             ManifestKind::Index => {
                 let index: Index = serde_json::from_slice(&body)
                     .map_err(|e| unexpected(&url, format!("index does not parse: {e}")))?;
                 details.index_manifests =
                     index.manifests.iter().map(|m| m.digest.clone()).collect();
+                details.platform_manifest = index.manifest_for(&self.platform).map(str::to_string);
                 if !want_config {
                     return Ok(details);
                 }
@@ -224,6 +228,35 @@ impl RegistryClient {
             details.platform_config = Some(checked_digest(&url, &manifest.config.digest)?);
         }
         Ok(details)
+    }
+
+    /// The manifest for our platform behind `digest`: its child for our platform when it
+    /// is an index, the digest itself when it is a single manifest. `None` when an index
+    /// has no manifest for our platform. One GET.
+    pub async fn platform_manifest_of(
+        &self,
+        repository: &Repository,
+        digest: &str,
+    ) -> Result<Option<String>, RegistryError> {
+        let (url, body) = self.get_verified(repository, digest).await?;
+        let declared = serde_json::from_slice::<MediaTypeOnly>(&body)
+            .ok()
+            .and_then(|m| m.media_type)
+            .and_then(|m| ManifestKind::from_media_type(&m));
+        let is_index = match declared {
+            Some(kind) => kind == ManifestKind::Index,
+            // OCI leaves mediaType optional: an index is what lists manifests.
+            None => serde_json::from_slice::<Index>(&body).is_ok(),
+        };
+        if !is_index {
+            return Ok(Some(digest.to_string()));
+        }
+        let index: Index = serde_json::from_slice(&body)
+            .map_err(|e| unexpected(&url, format!("index does not parse: {e}")))?;
+        index
+            .manifest_for(&self.platform)
+            .map(|child| checked_digest(&url, child))
+            .transpose()
     }
 
     /// GET a manifest by digest and check that its bytes hash to that digest.
