@@ -138,6 +138,7 @@ mod tests {
         let details = RemoteDetails {
             index_manifests: vec![digest('x'), digest('a')],
             platform_config: None,
+            platform_manifest: None,
         };
         assert_eq!(
             decide_from_details(&RunningDigest::Manifest(digest('a')), &index, &details),
@@ -175,6 +176,7 @@ mod tests {
         let details = |config: Option<char>| RemoteDetails {
             index_manifests: vec![],
             platform_config: config.map(digest),
+            platform_manifest: None,
         };
         let running = RunningDigest::Config(digest('c'));
         assert_eq!(
