@@ -9,6 +9,9 @@ pub enum WorkloadKind {
     Deployment,
     StatefulSet,
     DaemonSet,
+    /// Argo Rollouts' `Rollout`: restarted through the same template annotations, so a
+    /// restart is a new revision that goes through its canary steps and analysis.
+    Rollout,
 }
 
 impl WorkloadKind {
@@ -17,11 +20,15 @@ impl WorkloadKind {
             Self::Deployment => "Deployment",
             Self::StatefulSet => "StatefulSet",
             Self::DaemonSet => "DaemonSet",
+            Self::Rollout => "Rollout",
         }
     }
 
     pub fn api_version(self) -> &'static str {
-        "apps/v1"
+        match self {
+            Self::Rollout => "argoproj.io/v1alpha1",
+            _ => "apps/v1",
+        }
     }
 }
 
@@ -45,7 +52,7 @@ impl std::fmt::Display for WorkloadRef {
 pub enum PodOwner {
     /// Owned directly by a restartable workload.
     Workload(WorkloadRef),
-    /// Owned by a ReplicaSet, which must in turn be owned by a Deployment.
+    /// Owned by a ReplicaSet, which must in turn be owned by a Deployment or a Rollout.
     ReplicaSet { name: String },
 }
 
@@ -56,7 +63,7 @@ pub enum NotRestartable {
     NoOwner,
     #[error("the pod is owned by a {0}, which cannot be rolling-restarted")]
     Kind(String),
-    #[error("ReplicaSet {replica_set} is owned by a {kind}, not a Deployment")]
+    #[error("ReplicaSet {replica_set} is owned by a {kind}, not a Deployment or an Argo Rollout")]
     ReplicaSetOwnedBy { replica_set: String, kind: String },
     #[error("ReplicaSet {0} has no Deployment")]
     ReplicaSetWithoutDeployment(String),
@@ -106,6 +113,15 @@ pub fn replica_set_owner(
             name: parent.name.clone(),
             uid: parent.uid.clone(),
         }),
+        Some(parent)
+            if parent.api_version.starts_with("argoproj.io/") && parent.kind == "Rollout" =>
+        {
+            Ok(WorkloadRef {
+                kind: WorkloadKind::Rollout,
+                name: parent.name.clone(),
+                uid: parent.uid.clone(),
+            })
+        }
         Some(parent) => Err(NotRestartable::ReplicaSetOwnedBy {
             replica_set: replica_set.to_string(),
             kind: parent.kind.clone(),
@@ -198,10 +214,21 @@ mod tests {
                 uid: "uid-web".into()
             })
         );
-        assert!(matches!(
+        assert_eq!(
             replica_set_owner(
                 "web-1",
                 &[owner("argoproj.io/v1alpha1", "Rollout", "web", Some(true))]
+            ),
+            Ok(WorkloadRef {
+                kind: WorkloadKind::Rollout,
+                name: "web".into(),
+                uid: "uid-web".into()
+            })
+        );
+        assert!(matches!(
+            replica_set_owner(
+                "web-1",
+                &[owner("example.com/v1", "Other", "x", Some(true))]
             ),
             Err(NotRestartable::ReplicaSetOwnedBy { .. })
         ));

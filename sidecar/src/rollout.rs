@@ -19,16 +19,22 @@ pub enum Progress {
     Failed { reason: String },
 }
 
+/// A count or generation; Argo Rollouts writes `observedGeneration` as a string.
 fn int(value: &Value, pointer: &str) -> Option<i64> {
-    value.pointer(pointer).and_then(Value::as_i64)
+    let value = value.pointer(pointer)?;
+    value
+        .as_i64()
+        .or_else(|| value.as_str().and_then(|s| s.parse().ok()))
 }
 
 /// Where the rollout of `workload` (started at `started`) stands at `now`.
 ///
 /// Done when the controller has seen the new template and every desired pod is updated
 /// and ready (Deployment: updated = ready = desired, no old pods left; StatefulSet: the
-/// same and the update revision current; DaemonSet: updated = available = desired).
-/// Failed when a Deployment reports `ProgressDeadlineExceeded`, or when it is not done
+/// same and the update revision current; DaemonSet: updated = available = desired;
+/// Argo Rollout: `phase: Healthy` with every pod updated).
+/// Failed when a Deployment reports `ProgressDeadlineExceeded`, an Argo Rollout is
+/// `Degraded` (its analysis failed, or its deadline passed), or when it is not done
 /// `timeout` after it started (new pods crash-looping, not pulled, or never ready).
 pub fn progress(
     kind: WorkloadKind,
@@ -61,6 +67,23 @@ pub fn progress(
             (
                 updated >= desired && ready >= desired && revision_current,
                 format!("{updated}/{desired} updated, {ready} ready"),
+            )
+        }
+        WorkloadKind::Rollout => {
+            let updated = int(status, "/updatedReplicas").unwrap_or(0);
+            let ready = int(status, "/readyReplicas").unwrap_or(0);
+            let phase = status["phase"].as_str().unwrap_or("");
+            if phase == "Degraded" && observed {
+                return Progress::Failed {
+                    reason: format!(
+                        "the Rollout is Degraded ({updated}/{desired} updated, {ready} ready): {}",
+                        status["message"].as_str().unwrap_or("")
+                    ),
+                };
+            }
+            (
+                phase == "Healthy" && updated >= desired && ready >= desired,
+                format!("{updated}/{desired} updated, {ready} ready, phase {phase}"),
             )
         }
         WorkloadKind::DaemonSet => {
@@ -260,6 +283,38 @@ mod tests {
         };
         assert!(
             reason.contains("10m") && reason.contains("0 ready"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn argo_rollouts_report_their_phase() {
+        let rollout = |phase: &str, observed: &str| WorkloadState {
+            generation: Some(3),
+            spec: json!({"replicas": 2}),
+            status: json!({"observedGeneration": observed, "phase": phase, "updatedReplicas": 2, "readyReplicas": 2, "message": "analysis failed"}),
+            ..Default::default()
+        };
+        assert_eq!(
+            progress_at(WorkloadKind::Rollout, &rollout("Healthy", "3"), 5),
+            Progress::Succeeded
+        );
+        assert_eq!(
+            progress_at(WorkloadKind::Rollout, &rollout("Healthy", "2"), 5),
+            Progress::Pending,
+            "not observed yet"
+        );
+        assert_eq!(
+            progress_at(WorkloadKind::Rollout, &rollout("Progressing", "3"), 5),
+            Progress::Pending
+        );
+        let Progress::Failed { reason } =
+            progress_at(WorkloadKind::Rollout, &rollout("Degraded", "3"), 5)
+        else {
+            panic!("failed expected")
+        };
+        assert!(
+            reason.contains("Degraded") && reason.contains("analysis failed"),
             "{reason}"
         );
     }

@@ -131,7 +131,7 @@ fn base_renders_and_agrees_with_the_code() {
     let pdb = find(&docs, "PodDisruptionBudget", "pod-reloaded-webhook");
     assert_eq!(pdb["spec"]["minAvailable"], 1);
 
-    // RBAC: the checker's ClusterRole is exactly what DESIGN.md lists.
+    // RBAC: the checker's ClusterRole is exactly what DESIGN.md lists, and Argo Rollouts.
     let checker = find(&docs, "ClusterRole", contract::CHECKER_CLUSTER_ROLE);
     let mut granted = BTreeSet::new();
     for rule in checker["rules"].as_sequence().unwrap() {
@@ -150,6 +150,8 @@ fn base_renders_and_agrees_with_the_code() {
         "patch statefulsets",
         "get daemonsets",
         "patch daemonsets",
+        "get rollouts",
+        "patch rollouts",
         "create events",
         "patch events",
     ]
@@ -232,7 +234,7 @@ fn base_renders_and_agrees_with_the_code() {
 
     // The policy that limits the identities the webhook binds reads exactly the
     // RoleBindings the webhook labels, one policy and binding per workload kind.
-    for resource in ["deployments", "statefulsets", "daemonsets"] {
+    for resource in ["deployments", "statefulsets", "daemonsets", "rollouts"] {
         let name = format!("pod-reloaded-checker-{resource}");
         let policy = find(&docs, "ValidatingAdmissionPolicy", &name);
         assert_eq!(

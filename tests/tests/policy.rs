@@ -63,7 +63,7 @@ fn policies() -> Vec<Policy> {
                 .collect(),
         });
     }
-    assert_eq!(policies.len(), 3, "one policy per workload kind");
+    assert_eq!(policies.len(), 4, "one policy per workload kind");
     policies
 }
 
@@ -140,6 +140,10 @@ fn workload(resource: &str, namespace: &str) -> Value {
         "statefulsets" => (
             "StatefulSet",
             json!({"replicas": 2, "serviceName": "web", "updateStrategy": {"type": "RollingUpdate"}}),
+        ),
+        "rollouts" => (
+            "Rollout",
+            json!({"replicas": 2, "strategy": {"canary": {"steps": [{"setWeight": 20}, {"pause": {}}]}}}),
         ),
         _ => (
             "DaemonSet",
@@ -234,6 +238,11 @@ fn denied_changes(resource: &str) -> Vec<(&'static str, Change)> {
             w["metadata"]["finalizers"] = json!(["x/y"])
         }),
     ];
+    if resource == "rollouts" {
+        changes.push(("the canary steps", |w| {
+            w["spec"]["strategy"] = json!({"canary": {"steps": []}})
+        }));
+    }
     if resource != "daemonsets" {
         changes.push(("replicas", |w| w["spec"]["replicas"] = json!(0)));
     } else {
@@ -315,4 +324,25 @@ fn only_the_granted_identities_in_their_own_namespace_are_limited() {
         )
         .is_err());
     }
+}
+
+#[test]
+fn the_policy_file_is_what_its_generator_writes() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let output = std::process::Command::new("python3")
+        .arg(root.join("manifests/policy.py"))
+        .arg("--print")
+        .output()
+        .expect("python3 runs manifests/policy.py");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let written = std::fs::read_to_string(root.join("manifests/policy.yaml")).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        written,
+        "manifests/policy.yaml is stale: run python3 manifests/policy.py"
+    );
 }

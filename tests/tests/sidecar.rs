@@ -800,3 +800,45 @@ async fn a_misbehaving_api_server_never_causes_a_restart_or_a_panic() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_argo_rollout_is_restarted_through_its_template() {
+    let s = setup().await;
+    let rollout = s.api.put(json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+        "metadata": {"name": "web", "namespace": NAMESPACE},
+        "spec": {"replicas": 1, "strategy": {"canary": {"steps": [{"setWeight": 50}]}},
+                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": s.image}]}}}
+    }));
+    let replica_set = s.api.put(json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "web-7f8c", "namespace": NAMESPACE, "ownerReferences": [{
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": "web",
+            "uid": rollout["metadata"]["uid"], "controller": true}]},
+        "spec": {"replicas": 1}
+    }));
+    running_pod(
+        &s.api,
+        "web-1",
+        Some(&replica_set),
+        &s.image,
+        &s.image_id(&s.first.digest),
+        EARLY,
+    );
+    let second = s.push_new("v2").await;
+    let (code, output) = run_once(s.command("web-1")).await;
+    assert_eq!(code, 0, "{output}");
+    let path = format!("/apis/argoproj.io/v1alpha1/namespaces/{NAMESPACE}/rollouts/web");
+    let patches = s.api.requests_to("PATCH", &path);
+    assert_eq!(patches.len(), 1, "{output}");
+    assert_eq!(
+        template_annotations(&s.api, &path)[contract::ANNOTATION_RESTARTED_FOR],
+        format!("web={}", second.digest)
+    );
+    let events = s.events();
+    assert_eq!(events[0]["involvedObject"]["kind"], "Rollout");
+    assert_eq!(
+        events[0]["involvedObject"]["apiVersion"],
+        "argoproj.io/v1alpha1"
+    );
+}
