@@ -3,13 +3,15 @@ CARGO ?= cargo
 VERSION := 0.1.0
 IMAGE_PREFIX ?= pod-reloaded
 CERTS_DIR ?= certs/out
+# Where cargo puts what it builds (honours CARGO_TARGET_DIR).
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
 .PHONY: demo deps kubectl test fuzz build images deploy undeploy certs bench lint
 
 ## The whole loop on this machine (registry, webhook, sidecar on 127.0.0.1), as a timeline.
 demo: deps
 	$(CARGO) build --quiet --workspace --bins
-	./target/debug/pod-reloaded-demo
+	$(TARGET_DIR)/debug/pod-reloaded-demo
 
 ## The registry the demo and the tests run on 127.0.0.1 (Debian's docker-registry).
 deps:
@@ -39,13 +41,13 @@ fuzz:
 ## The sidecar is measured twice: as `cargo build --release` links it (dynamic glibc) and as
 ## one static binary, which is what its image ships.
 HOST_TARGET = $(shell rustc -vV | sed -n 's/^host: //p')
-STATIC_SIDECAR = target/$(HOST_TARGET)/release/pod-reloaded-sidecar
+STATIC_SIDECAR = $(TARGET_DIR)/$(HOST_TARGET)/release/pod-reloaded-sidecar
 bench: deps
 	$(CARGO) build --release --workspace --bins
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(HOST_TARGET) -p pod-reloaded-sidecar
 	mkdir -p bench-results
-	./target/release/pod-reloaded-bench all \
-		--sidecar-binary target/release/pod-reloaded-sidecar \
+	$(TARGET_DIR)/release/pod-reloaded-bench all \
+		--sidecar-binary $(TARGET_DIR)/release/pod-reloaded-sidecar \
 		--sidecar-binary $(STATIC_SIDECAR) | tee bench-results/latest.md
 
 lint:

@@ -81,8 +81,8 @@ fn main() -> anyhow::Result<()> {
     let key_pem = key.serialize_pem();
     write(out, "ca.crt", &ca_pem)?;
     write(out, "tls.crt", &cert_pem)?;
-    write(out, "tls.key", &key_pem)?;
-    write(
+    write_private(out, "tls.key", &key_pem)?;
+    write_private(
         out,
         "secret.yaml",
         &secret_yaml(&cert_pem, &key_pem, &ca_pem),
@@ -104,6 +104,24 @@ const CA_BUNDLE_PATCH: &str = "ca-bundle-patch.yaml";
 fn write(dir: &Path, name: &str, contents: &str) -> anyhow::Result<()> {
     let path = dir.join(name);
     std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Files with the private key: readable by their owner only (0600), whatever the umask.
+fn write_private(dir: &Path, name: &str, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let path = dir.join(name);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    // An existing file keeps its mode on open: set it.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| file.write_all(contents.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn b64(s: &str) -> String {

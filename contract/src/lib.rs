@@ -114,6 +114,40 @@ pub enum LogFormat {
     Json,
 }
 
+/// Parses the command line, or says in one line what is wrong and exits 2 (`--help` and
+/// `--version` print and exit 0). One clear line, not clap's usage block: both binaries
+/// run unattended in pods, where the first line of the log is what people see.
+pub fn parse_args_or_exit<T: clap::Parser>(program: &str) -> T {
+    match T::try_parse() {
+        Ok(parsed) => parsed,
+        Err(error)
+            if matches!(
+                error.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            let _ = error.print();
+            std::process::exit(0);
+        }
+        Err(error) => {
+            let text = error.to_string();
+            let message = text.split("\n\n").next().unwrap_or("invalid configuration");
+            let words: Vec<&str> = message
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            exit_invalid(program, words.join(" ").trim_start_matches("error: "))
+        }
+    }
+}
+
+/// A setting that cannot work: one line on stderr, exit 2, before anything starts.
+pub fn exit_invalid(program: &str, problem: &str) -> ! {
+    eprintln!("{program}: {problem}");
+    std::process::exit(2)
+}
+
 /// Sets up `tracing` to stderr in the chosen format; `RUST_LOG` overrides the `info` level.
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;

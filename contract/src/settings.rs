@@ -40,6 +40,54 @@ pub fn parse_timeout(text: &str) -> Result<Duration, String> {
     Ok(timeout)
 }
 
+/// A Kubernetes resource quantity (`100m`, `16Mi`, `1.5`, `2e3`), checked with the API's
+/// grammar (apimachinery's `resource.Quantity`): the value, for comparisons. The API
+/// server rejects a pod whose quantities do not parse, so a bad one must stop the
+/// webhook at start rather than reach every opted-in pod.
+pub fn parse_quantity(text: &str) -> Result<f64, String> {
+    let invalid = || format!("{text:?} is not a Kubernetes quantity (e.g. 100m, 0.5, 16Mi, 1G)");
+    let (number, suffix) = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .map_or((text, ""), |i| text.split_at(i));
+    let unsigned = number.strip_prefix(['+', '-']).unwrap_or(number);
+    let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    let digits_ok = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
+    if (whole.is_empty() && fraction.is_empty())
+        || !digits_ok(whole)
+        || !digits_ok(fraction)
+        || unsigned.matches('.').count() > 1
+    {
+        return Err(invalid());
+    }
+    let value: f64 = number.parse().map_err(|_| invalid())?;
+    let multiplier = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        exponent if exponent.starts_with(['e', 'E']) => {
+            let power = &exponent[1..];
+            let digits = power.strip_prefix(['+', '-']).unwrap_or(power);
+            if digits.is_empty() || !digits_ok(digits) {
+                return Err(invalid());
+            }
+            10f64.powi(power.parse().map_err(|_| invalid())?)
+        }
+        _ => return Err(invalid()),
+    };
+    Ok(value * multiplier)
+}
+
 /// Where to ask for a registry's manifests: `http(s)://host[:port][/path prefix]`.
 /// Registries served under a path (Artifactory's `/api/docker/<repo>`, Nexus, Harbor
 /// proxies behind a gateway) are supported: requests go to `<url>/v2/...`.
@@ -274,6 +322,21 @@ mod tests {
         assert!(RegistryOverride::parse("docker.io=").is_err());
         assert!(RegistryOverride::parse("=https://x").is_err());
         assert!(RegistryOverride::parse(",").is_err());
+    }
+
+    #[test]
+    fn quantities_follow_the_api_grammar() {
+        assert_eq!(parse_quantity("100m"), Ok(0.1));
+        assert_eq!(parse_quantity("16Mi"), Ok(16.0 * 1024.0 * 1024.0));
+        assert_eq!(parse_quantity("1.5"), Ok(1.5));
+        assert_eq!(parse_quantity(".5G"), Ok(0.5e9));
+        assert_eq!(parse_quantity("2e3"), Ok(2000.0));
+        assert_eq!(parse_quantity("1E-3"), Ok(0.001));
+        for bad in [
+            "banana", "", "1.2.3", "16MB", "m", "1e", "10 Mi", "1Mi2", ".",
+        ] {
+            assert!(parse_quantity(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -2,7 +2,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::Parser;
 use pod_reloaded_sidecar::checker::{Checker, RoundOutcome};
 use pod_reloaded_sidecar::cluster::Cluster;
 use pod_reloaded_sidecar::config::Config;
@@ -35,42 +34,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut config = match Config::try_parse() {
-        Ok(config) => config,
-        Err(error)
-            if matches!(
-                error.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) =>
-        {
-            let _ = error.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(error) => {
-            // One clear line, not clap's usage block: this runs unattended in a pod.
-            let text = error.to_string();
-            let message = text.split("\n\n").next().unwrap_or("invalid configuration");
-            let words: Vec<&str> = message
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect();
-            eprintln!(
-                "pod-reloaded-sidecar: {}",
-                words.join(" ").trim_start_matches("error: ")
-            );
-            return ExitCode::from(2);
-        }
+    let mut config: Config = pod_reloaded_contract::parse_args_or_exit("pod-reloaded-sidecar");
+    let prepared = match config
+        .validate()
+        .and_then(|()| Prepared::from_config(&config))
+    {
+        Ok(prepared) => prepared,
+        Err(problem) => pod_reloaded_contract::exit_invalid("pod-reloaded-sidecar", &problem),
     };
-    if let Err(problem) = config.validate() {
-        eprintln!("pod-reloaded-sidecar: {problem}");
-        return ExitCode::from(2);
-    }
     pod_reloaded_contract::init_logging(config.log_format);
     let outcome = runtime.block_on(async {
         let mut stop = std::pin::pin!(signals.received());
         tokio::select! {
-            outcome = run(config) => outcome,
+            outcome = run(config, prepared) => outcome,
             _ = &mut stop => Ok(ExitCode::SUCCESS),
         }
     });
@@ -84,7 +60,7 @@ fn main() -> ExitCode {
 }
 
 /// Starts and runs the rounds; dropped (at any await) when a signal arrives.
-async fn run(config: Config) -> anyhow::Result<ExitCode> {
+async fn run(config: Config, prepared: Prepared) -> anyhow::Result<ExitCode> {
     let mut kube_config = kube::Config::infer()
         .await
         .context("inferring the Kubernetes API configuration")?;
@@ -103,14 +79,8 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
         .timeout(config.registry_timeout)
         .connect_timeout(config.registry_timeout)
         .use_rustls_tls();
-    if let Some(path) = &config.registry_ca_file {
-        let pem = std::fs::read(path)
-            .with_context(|| format!("reading --registry-ca-file {}", path.display()))?;
-        for certificate in reqwest::Certificate::from_pem_bundle(&pem)
-            .with_context(|| format!("parsing {}", path.display()))?
-        {
-            http = http.add_root_certificate(certificate);
-        }
+    for certificate in prepared.registry_cas {
+        http = http.add_root_certificate(certificate);
     }
     let http = http.build().context("building the HTTP client")?;
     let credentials = match &config.pull_secrets_dir {
@@ -127,8 +97,8 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let registry = RegistryClient::new(http, credentials, platform);
 
     let metrics = Arc::new(Metrics::default());
-    if let Some(address) = config.metrics_listen {
-        serve_metrics(address, metrics.clone()).await?;
+    if let Some(listener) = prepared.metrics_listener {
+        serve_metrics(listener, metrics.clone())?;
     }
     let interval = config.interval;
     let once = config.once;
@@ -160,11 +130,10 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn serve_metrics(address: std::net::SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+fn serve_metrics(listener: std::net::TcpListener, metrics: Arc<Metrics>) -> anyhow::Result<()> {
     use axum::routing::get;
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .with_context(|| format!("binding --metrics-listen {address}"))?;
+    let listener =
+        tokio::net::TcpListener::from_std(listener).context("serving --metrics-listen")?;
     let app = axum::Router::new()
         .route("/metrics", get(move || async move { metrics.encode() }))
         .route("/healthz", get(|| async { "ok\n" }));
@@ -174,6 +143,50 @@ async fn serve_metrics(address: std::net::SocketAddr, metrics: Arc<Metrics>) -> 
         }
     });
     Ok(())
+}
+
+/// What the settings need from the machine, checked before anything starts: a CA file
+/// that cannot be read or holds no certificate, or a metrics address that cannot be bound,
+/// is a setting that cannot work (exit 2), not a failure at run time.
+struct Prepared {
+    registry_cas: Vec<reqwest::Certificate>,
+    metrics_listener: Option<std::net::TcpListener>,
+}
+
+impl Prepared {
+    fn from_config(config: &Config) -> Result<Self, String> {
+        let registry_cas = match &config.registry_ca_file {
+            None => Vec::new(),
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| format!("--registry-ca-file {}: {e}", path.display()))?;
+                let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                    .map_err(|e| format!("--registry-ca-file {}: {e}", path.display()))?;
+                if certificates.is_empty() {
+                    return Err(format!(
+                        "--registry-ca-file {}: no PEM certificate in it",
+                        path.display()
+                    ));
+                }
+                certificates
+            }
+        };
+        let metrics_listener = match config.metrics_listen {
+            None => None,
+            Some(address) => {
+                let listener = std::net::TcpListener::bind(address)
+                    .map_err(|e| format!("--metrics-listen {address}: {e}"))?;
+                listener
+                    .set_nonblocking(true)
+                    .map_err(|e| format!("--metrics-listen {address}: {e}"))?;
+                Some(listener)
+            }
+        };
+        Ok(Self {
+            registry_cas,
+            metrics_listener,
+        })
+    }
 }
 
 /// SIGTERM and SIGINT, registered with the kernel as soon as this exists.

@@ -258,6 +258,14 @@ fn base_renders_and_agrees_with_the_code() {
 fn certs_overlay_adds_the_secret_and_ca_bundle() {
     let dir = tempfile::tempdir().unwrap();
     let certs = generate_certificates(dir.path());
+    for private in ["tls.key", "secret.yaml"] {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(certs.dir.join(private))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{private} holds the private key");
+    }
     let docs = render(&certs.dir);
     let secret = find(&docs, "Secret", contract::WEBHOOK_TLS_SECRET);
     assert_eq!(secret["metadata"]["namespace"], contract::WEBHOOK_NAMESPACE);

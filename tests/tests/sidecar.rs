@@ -613,14 +613,45 @@ async fn sigterm_and_sigint_stop_it_within_a_second() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_or_invalid_setting_stops_it_with_one_line() {
     let api = FakeApiServer::start().await.unwrap();
-    let cases: [(&str, Option<&str>, &str); 4] = [
+    let not_pem = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(not_pem.path(), "this is not a certificate").unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_address = taken.local_addr().unwrap().to_string();
+    let not_pem_path = not_pem.path().display().to_string();
+    let cases: Vec<(&str, Option<&str>, &str)> = vec![
         (contract::ENV_POD_NAME, None, "--pod-name"),
         (contract::ENV_INTERVAL, Some("100ms"), "minimum"),
         (contract::ENV_INTERVAL, Some("often"), "not a duration"),
+        (contract::ENV_INTERVAL, Some("48h"), "maximum"),
         (
             contract::ENV_REGISTRY_URL,
             Some("registry.local"),
             "http://",
+        ),
+        (
+            "IMAGE_CHECKER_REGISTRY_CA_FILE",
+            Some("/nonexistent/ca.pem"),
+            "--registry-ca-file",
+        ),
+        (
+            "IMAGE_CHECKER_REGISTRY_CA_FILE",
+            Some(&not_pem_path),
+            "no PEM certificate",
+        ),
+        (
+            "IMAGE_CHECKER_REGISTRY_TIMEOUT",
+            Some("0s"),
+            "between 100ms and 10m",
+        ),
+        (
+            "IMAGE_CHECKER_API_TIMEOUT",
+            Some("2h"),
+            "between 100ms and 10m",
+        ),
+        (
+            "IMAGE_CHECKER_METRICS_LISTEN",
+            Some(&taken_address),
+            "--metrics-listen",
         ),
     ];
     for (name, value, expected) in cases {

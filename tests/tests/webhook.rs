@@ -535,3 +535,34 @@ async fn thousands_of_bad_bodies_over_keep_alive_connections_all_get_answers() {
     assert_eq!(ok + bad, 3000);
     assert!(ok > 0 && bad > 0, "{ok} answered 200, {bad} answered 400");
 }
+
+#[test]
+fn the_webhook_refuses_a_setting_the_api_server_would_reject_at_start() {
+    for (flag, value, expected) in [
+        ("--sidecar-cpu-limit", "banana", "not a Kubernetes quantity"),
+        (
+            "--sidecar-memory-request",
+            "16MB",
+            "not a Kubernetes quantity",
+        ),
+        (
+            "--sidecar-cpu-request",
+            "2",
+            "more than --sidecar-cpu-limit",
+        ),
+        ("--default-interval", "1ms", "minimum"),
+        ("--sidecar-mode", "sideways", "neither"),
+    ] {
+        let output =
+            std::process::Command::new(pod_reloaded_tests::process::binary("pod-reloaded-webhook"))
+                .env_clear()
+                .arg(flag)
+                .arg(value)
+                .output()
+                .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{flag} {value}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{flag} {value}: {stderr}");
+        assert!(stderr.contains(expected), "{flag} {value}: {stderr}");
+    }
+}

@@ -98,7 +98,13 @@ impl Admission {
         as_pod: fn(&T) -> Result<Cow<'_, Pod>, InvalidReview>,
     ) -> Result<(AdmissionResponse, AdmissionResult), InvalidReview> {
         if let Some(reason) = not_injectable(&request) {
-            return Ok(skip(AdmissionResponse::from(&request), &request, reason));
+            let name = request.name.clone();
+            return Ok(skip(
+                AdmissionResponse::from(&request),
+                &request,
+                &name,
+                reason,
+            ));
         }
         let object = request.object.as_ref().ok_or(InvalidReview::NoObject)?;
         let pod = as_pod(object)?;
@@ -119,7 +125,9 @@ impl Admission {
             .unwrap_or_else(|| "default".to_string());
 
         let injection = match inject::decide(pod, &namespace, &self.settings) {
-            Decision::Skip(reason) => return skip(response, request, reason.to_string()),
+            Decision::Skip(reason) => {
+                return skip(response, request, pod_name(pod), reason.to_string())
+            }
             Decision::Inject(injection) => injection,
         };
 
@@ -229,9 +237,10 @@ fn checked<T: Resource>(review: AdmissionReview<T>) -> Result<AdmissionRequest<T
 fn skip<T: Resource>(
     response: AdmissionResponse,
     request: &AdmissionRequest<T>,
+    pod: &str,
     reason: String,
 ) -> (AdmissionResponse, AdmissionResult) {
-    info!(uid = %request.uid, namespace = request.namespace.as_deref().unwrap_or(""), %reason, "not injected");
+    info!(uid = %request.uid, namespace = request.namespace.as_deref().unwrap_or(""), pod, %reason, "not injected");
     (
         with_warnings(response, vec![reason]),
         AdmissionResult::Skipped,

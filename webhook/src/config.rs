@@ -128,6 +128,26 @@ impl Config {
             !self.sidecar_image.trim().is_empty(),
             "--sidecar-image must not be empty"
         );
+        let quantity = |flag: &str, value: &str| {
+            pod_reloaded_contract::settings::parse_quantity(value)
+                .map_err(|problem| anyhow::anyhow!("--{flag}: {problem}"))
+        };
+        for (resource, request, limit) in [
+            ("cpu", &self.sidecar_cpu_request, &self.sidecar_cpu_limit),
+            (
+                "memory",
+                &self.sidecar_memory_request,
+                &self.sidecar_memory_limit,
+            ),
+        ] {
+            let requested = quantity(&format!("sidecar-{resource}-request"), request)?;
+            let limited = quantity(&format!("sidecar-{resource}-limit"), limit)?;
+            // The API server rejects a pod whose request exceeds its limit.
+            anyhow::ensure!(
+                requested <= limited,
+                "--sidecar-{resource}-request {request} is more than --sidecar-{resource}-limit {limit}"
+            );
+        }
         let mut excluded: BTreeSet<String> = self
             .excluded_namespaces
             .iter()

@@ -3,9 +3,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
 use pod_reloaded_webhook::admission::Admission;
 use pod_reloaded_webhook::config::Config;
+use pod_reloaded_webhook::inject::InjectionSettings;
 use pod_reloaded_webhook::rbac::AccessGranter;
 use pod_reloaded_webhook::server::{self, HealthState};
 use pod_reloaded_webhook::tls::{self, CertificateFiles};
@@ -20,7 +20,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 fn main() -> std::process::ExitCode {
-    let config = Config::parse();
+    let config: Config = pod_reloaded_contract::parse_args_or_exit("pod-reloaded-webhook");
+    // Every setting is checked before anything starts: a value the API server would
+    // reject (say `--sidecar-cpu-limit banana`) would otherwise reach every opted-in pod.
+    let settings = match config.injection_settings() {
+        Ok(settings) => settings,
+        Err(problem) => {
+            pod_reloaded_contract::exit_invalid("pod-reloaded-webhook", &format!("{problem:#}"))
+        }
+    };
     pod_reloaded_contract::init_logging(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -32,7 +40,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, settings)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             error!(error = format!("{error:#}"), "webhook stopped");
@@ -41,8 +49,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
-    let settings = config.injection_settings()?;
+async fn run(config: Config, settings: InjectionSettings) -> anyhow::Result<()> {
     let granter = match kube_client().await {
         Ok(client) => Some(AccessGranter::new(client, config.api_timeout)),
         Err(error) => {
