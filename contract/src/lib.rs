@@ -148,19 +148,30 @@ pub fn exit_invalid(program: &str, problem: &str) -> ! {
     std::process::exit(2)
 }
 
-/// Sets up `tracing` to stderr in the chosen format; `RUST_LOG` overrides the `info` level.
+/// Sets up `tracing` to stderr in the chosen format; `RUST_LOG` (`debug`, or directives
+/// such as `pod_reloaded_sidecar=debug,info`) overrides the `info` level. Parsed by
+/// `Targets`, not `EnvFilter`: no regular-expression engine in a sidecar that runs in
+/// every opted-in pod.
 pub fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal as _;
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|directives| directives.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
     // Colour only on a terminal: in a pod or a log file the escapes are noise.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
+    let registry = tracing_subscriber::registry();
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => registry.with(layer.with_filter(filter)).init(),
+        LogFormat::Json => registry
+            .with(layer.json().flatten_event(true).with_filter(filter))
+            .init(),
     }
 }
 
