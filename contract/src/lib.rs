@@ -73,6 +73,17 @@ pub const ENV_POD_NAME: &str = "POD_NAME";
 pub const ENV_POD_NAMESPACE: &str = "POD_NAMESPACE";
 /// Where the sidecar finds the pod's pull secrets (each mounted in a subdirectory).
 pub const ENV_PULL_SECRETS_DIR: &str = "IMAGE_CHECKER_PULL_SECRETS_DIR";
+/// Settings of the sidecar the webhook can set cluster-wide (its `--sidecar-*` flags).
+pub const ENV_REGISTRY_CA_FILE: &str = "IMAGE_CHECKER_REGISTRY_CA_FILE";
+pub const ENV_REGISTRY_CA_DIR: &str = "IMAGE_CHECKER_REGISTRY_CA_DIR";
+pub const ENV_INSECURE_REGISTRIES: &str = "IMAGE_CHECKER_INSECURE_REGISTRIES";
+pub const ENV_REGISTRY_TIMEOUT: &str = "IMAGE_CHECKER_REGISTRY_TIMEOUT";
+pub const ENV_API_TIMEOUT: &str = "IMAGE_CHECKER_API_TIMEOUT";
+pub const ENV_PLATFORM: &str = "IMAGE_CHECKER_PLATFORM";
+pub const ENV_METRICS_LISTEN: &str = "IMAGE_CHECKER_METRICS_LISTEN";
+pub const ENV_LOG_FORMAT: &str = "IMAGE_CHECKER_LOG_FORMAT";
+/// Where the webhook mounts the `--sidecar-ca-configmap` ConfigMap in the sidecar.
+pub const REGISTRY_CA_MOUNT_DIR: &str = "/etc/pod-reloaded/registry-ca";
 
 /// Name of the injected container.
 pub const SIDECAR_CONTAINER_NAME: &str = "pod-reloaded-checker";

@@ -43,24 +43,29 @@ pub struct Config {
     pub pull_secrets_dir: Option<PathBuf>,
 
     /// PEM bundle of extra CAs to trust for registries.
-    #[arg(long, env = "IMAGE_CHECKER_REGISTRY_CA_FILE")]
+    #[arg(long, env = contract::ENV_REGISTRY_CA_FILE)]
     pub registry_ca_file: Option<PathBuf>,
 
+    /// Directory of PEM files with extra CAs to trust for registries (every file in it;
+    /// missing or empty: none). The webhook mounts `--sidecar-ca-configmap` here.
+    #[arg(long, env = contract::ENV_REGISTRY_CA_DIR)]
+    pub registry_ca_dir: Option<PathBuf>,
+
     /// Registry hosts (host[:port], comma-separated) to talk to over plain HTTP.
-    #[arg(long, env = "IMAGE_CHECKER_INSECURE_REGISTRIES", value_delimiter = ',')]
+    #[arg(long, env = contract::ENV_INSECURE_REGISTRIES, value_delimiter = ',')]
     pub insecure_registries: Vec<String>,
 
     /// Timeout of one registry request (100ms to 10m).
-    #[arg(long, env = "IMAGE_CHECKER_REGISTRY_TIMEOUT", default_value = "10s", value_parser = settings::parse_timeout)]
+    #[arg(long, env = contract::ENV_REGISTRY_TIMEOUT, default_value = "10s", value_parser = settings::parse_timeout)]
     pub registry_timeout: Duration,
 
     /// Timeout of one Kubernetes API request (100ms to 10m): a slow API server fails the
     /// round, which is retried with backoff, instead of stalling the checker.
-    #[arg(long, env = "IMAGE_CHECKER_API_TIMEOUT", default_value = "15s", value_parser = settings::parse_timeout)]
+    #[arg(long, env = contract::ENV_API_TIMEOUT, default_value = "15s", value_parser = settings::parse_timeout)]
     pub api_timeout: Duration,
 
     /// Platform whose manifest the pod runs (os/arch[/variant]); default: this binary's.
-    #[arg(long, env = "IMAGE_CHECKER_PLATFORM", value_parser = Platform::parse)]
+    #[arg(long, env = contract::ENV_PLATFORM, value_parser = Platform::parse)]
     pub platform: Option<Platform>,
 
     /// Run one round and exit: 0 when up to date or restarted, 1 on error.
@@ -68,13 +73,13 @@ pub struct Config {
     pub once: bool,
 
     /// Serve Prometheus /metrics on this address (off by default).
-    #[arg(long, env = "IMAGE_CHECKER_METRICS_LISTEN")]
+    #[arg(long, env = contract::ENV_METRICS_LISTEN)]
     pub metrics_listen: Option<SocketAddr>,
 
     /// Log format.
     #[arg(
         long,
-        env = "IMAGE_CHECKER_LOG_FORMAT",
+        env = contract::ENV_LOG_FORMAT,
         value_enum,
         default_value = "text"
     )]

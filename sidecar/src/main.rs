@@ -155,7 +155,7 @@ struct Prepared {
 
 impl Prepared {
     fn from_config(config: &Config) -> Result<Self, String> {
-        let registry_cas = match &config.registry_ca_file {
+        let mut registry_cas = match &config.registry_ca_file {
             None => Vec::new(),
             Some(path) => {
                 let pem = std::fs::read(path)
@@ -171,6 +171,9 @@ impl Prepared {
                 certificates
             }
         };
+        if let Some(dir) = &config.registry_ca_dir {
+            registry_cas.extend(ca_directory(dir)?);
+        }
         let metrics_listener = match config.metrics_listen {
             None => None,
             Some(address) => {
@@ -187,6 +190,42 @@ impl Prepared {
             metrics_listener,
         })
     }
+}
+
+/// The certificates of every PEM file in `dir`, a mounted ConfigMap that may be
+/// missing (`optional: true`): then there are none. A file that holds no certificate is
+/// an error: it is surely not what was meant.
+fn ca_directory(dir: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(Vec::new());
+    };
+    let mut files: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        // ConfigMap volumes hold `..data` links and a hidden timestamped directory.
+        .filter(|p| {
+            p.is_file()
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    files.sort();
+    let mut certificates = Vec::new();
+    for file in files {
+        let pem = std::fs::read(&file)
+            .map_err(|e| format!("--registry-ca-dir {}: {e}", file.display()))?;
+        let found = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("--registry-ca-dir {}: {e}", file.display()))?;
+        if found.is_empty() {
+            return Err(format!(
+                "--registry-ca-dir {}: no PEM certificate in it",
+                file.display()
+            ));
+        }
+        certificates.extend(found);
+    }
+    Ok(certificates)
 }
 
 /// SIGTERM and SIGINT, registered with the kernel as soon as this exists.

@@ -232,6 +232,26 @@ fn base_renders_and_agrees_with_the_code() {
         contract::INJECT_ENABLED
     );
 
+    // Only the admission port is open to all (the API server); metrics to monitoring.
+    let policy = find(&docs, "NetworkPolicy", "pod-reloaded-webhook");
+    let ingress = policy["spec"]["ingress"].as_sequence().unwrap();
+    assert_eq!(ingress[0]["ports"][0]["port"], 8443);
+    assert!(ingress[0].get("from").is_none());
+    assert_eq!(ingress[1]["ports"][0]["port"], 9090);
+    assert!(ingress[1].get("from").is_some());
+    let pod_spec = &find(&docs, "Deployment", "pod-reloaded-webhook")["spec"]["template"];
+    assert_eq!(pod_spec["metadata"]["annotations"]["prometheus.io/port"], "9090");
+    assert!(pod_spec["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap() >= 10);
+
+    // The optional ServiceMonitor overlay scrapes the Service's metrics port.
+    let monitored = render(&workspace_root().join("examples/servicemonitor"));
+    let monitor = find(&monitored, "ServiceMonitor", "pod-reloaded-webhook");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    assert_eq!(
+        find(&monitored, "Service", contract::WEBHOOK_SERVICE)["spec"]["ports"][1]["name"],
+        "metrics"
+    );
+
     // The policy that limits the identities the webhook binds reads exactly the
     // RoleBindings the webhook labels, one policy and binding per workload kind.
     for resource in ["deployments", "statefulsets", "daemonsets", "rollouts"] {

@@ -92,6 +92,9 @@ fn admission() -> &'static Admission {
             default_interval: "60s".into(),
             excluded_namespaces: BTreeSet::from(["kube-system".to_string()]),
             version: "test".into(),
+            sidecar_env: Vec::new(),
+            ca_configmap: None,
+            metrics_port: None,
         },
         // No API access: non-dry-run pods are admitted uninjected, dry runs injected.
         granter: None,

@@ -19,6 +19,9 @@ fn settings() -> InjectionSettings {
         default_interval: "60s".to_string(),
         excluded_namespaces: BTreeSet::new(),
         version: "test".to_string(),
+        sidecar_env: Vec::new(),
+        ca_configmap: None,
+        metrics_port: None,
     }
 }
 
@@ -36,7 +39,11 @@ fn pod(image: &str, annotations: Value) -> Pod {
 
 /// The sidecar's env from the webhook's patch, with downward-API values filled in.
 fn injected_env(pod: &Pod) -> Option<Vec<(String, String)>> {
-    let Decision::Inject(injection) = inject::decide(pod, "shop", &settings()) else {
+    injected_env_with(pod, &settings())
+}
+
+fn injected_env_with(pod: &Pod, settings: &InjectionSettings) -> Option<Vec<(String, String)>> {
+    let Decision::Inject(injection) = inject::decide(pod, "shop", settings) else {
         return None;
     };
     let mut value = serde_json::to_value(pod).expect("pod serializes");
@@ -76,6 +83,11 @@ fn sidecar_accepts(env: &[(String, String)]) -> Result<(), String> {
             contract::ENV_POD_NAME => "--pod-name",
             contract::ENV_POD_NAMESPACE => "--pod-namespace",
             contract::ENV_PULL_SECRETS_DIR => "--pull-secrets-dir",
+            contract::ENV_REGISTRY_CA_DIR => "--registry-ca-dir",
+            contract::ENV_INSECURE_REGISTRIES => "--insecure-registries",
+            contract::ENV_REGISTRY_TIMEOUT => "--registry-timeout",
+            contract::ENV_METRICS_LISTEN => "--metrics-listen",
+            contract::ENV_LOG_FORMAT => "--log-format",
             other => return Err(format!("the sidecar has no flag for injected env {other}")),
         };
         args.push(format!("{flag}={value}"));
@@ -181,4 +193,38 @@ fn both_read_image_references_the_same_way() {
         let sidecar_watches = matches!(parse_image(image), Ok(ImageSpec::Tagged(_)));
         assert_eq!(sidecar_watches, watched_by_webhook, "{image}");
     }
+}
+
+#[test]
+fn the_webhooks_sidecar_flags_give_env_the_sidecar_accepts() {
+    use pod_reloaded_webhook::config::Config as WebhookConfig;
+    let config = WebhookConfig::try_parse_from([
+        "pod-reloaded-webhook",
+        "--sidecar-log-format=json",
+        "--sidecar-insecure-registries=registry.lan:5000, mirror.lan",
+        "--sidecar-registry-timeout=30s",
+        "--sidecar-metrics-port=9102",
+        "--sidecar-ca-configmap=corporate-ca",
+    ])
+    .expect("webhook flags");
+    let settings = config.injection_settings().expect("valid settings");
+    let env = injected_env_with(&pod("nginx:latest", json!({})), &settings).expect("injected");
+    for expected in [
+        contract::ENV_LOG_FORMAT,
+        contract::ENV_INSECURE_REGISTRIES,
+        contract::ENV_REGISTRY_TIMEOUT,
+        contract::ENV_METRICS_LISTEN,
+        contract::ENV_REGISTRY_CA_DIR,
+    ] {
+        assert!(
+            env.iter().any(|(name, _)| name == expected),
+            "{expected} not injected"
+        );
+    }
+    sidecar_accepts(&env).expect("the sidecar starts with what the webhook injects");
+    // A timeout the sidecar would refuse stops the webhook instead.
+    let bad =
+        WebhookConfig::try_parse_from(["pod-reloaded-webhook", "--sidecar-registry-timeout=0s"])
+            .expect("parses");
+    assert!(bad.injection_settings().is_err());
 }

@@ -618,6 +618,9 @@ async fn a_missing_or_invalid_setting_stops_it_with_one_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_address = taken.local_addr().unwrap().to_string();
     let not_pem_path = not_pem.path().display().to_string();
+    let ca_dir = tempfile::tempdir().unwrap();
+    std::fs::write(ca_dir.path().join("ca.crt"), "not a certificate either").unwrap();
+    let ca_dir_path = ca_dir.path().display().to_string();
     let cases: Vec<(&str, Option<&str>, &str)> = vec![
         (contract::ENV_POD_NAME, None, "--pod-name"),
         (contract::ENV_INTERVAL, Some("100ms"), "minimum"),
@@ -636,6 +639,11 @@ async fn a_missing_or_invalid_setting_stops_it_with_one_line() {
         (
             "IMAGE_CHECKER_REGISTRY_CA_FILE",
             Some(&not_pem_path),
+            "no PEM certificate",
+        ),
+        (
+            contract::ENV_REGISTRY_CA_DIR,
+            Some(&ca_dir_path),
             "no PEM certificate",
         ),
         (

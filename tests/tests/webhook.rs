@@ -278,7 +278,12 @@ async fn malformed_requests_get_a_clear_4xx_and_change_nothing() {
     let api = FakeApiServer::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let certs = generate_certificates(dir.path());
-    let mut webhook = Webhook::start(&certs, Some(&api), &["--log-format", "json"]).await;
+    let mut webhook = Webhook::start(
+        &certs,
+        Some(&api),
+        &["--log-format", "json", "--shutdown-delay", "0s"],
+    )
+    .await;
     let client = webhook.client(&certs.ca);
 
     let no_request = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"});
@@ -565,4 +570,43 @@ fn the_webhook_refuses_a_setting_the_api_server_would_reject_at_start() {
         assert_eq!(stderr.trim().lines().count(), 1, "{flag} {value}: {stderr}");
         assert!(stderr.contains(expected), "{flag} {value}: {stderr}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_sigterm_it_turns_unready_serves_on_then_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = generate_certificates(dir.path());
+    let mut webhook = Webhook::start(&certs, None, &["--shutdown-delay", "2s"]).await;
+    let client = webhook.client(&certs.ca);
+    assert_eq!(webhook.get_metrics_port("/readyz").unwrap().0, 200);
+    let signalled = std::time::Instant::now();
+    webhook.process.signal("TERM");
+    let unready = pod_reloaded_tests::process::eventually(Duration::from_secs(1), || {
+        webhook
+            .get_metrics_port("/readyz")
+            .is_ok_and(|(s, _)| s == 503)
+    })
+    .await;
+    assert!(unready, "not ready at once, so endpoints drop the pod");
+    // Reviews sent while the endpoints catch up are still answered.
+    let (status, _) = post(
+        &webhook,
+        &client,
+        fixture("deployment-pod-dry-run.json").to_string(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        signalled.elapsed() < Duration::from_secs(2),
+        "still within the delay"
+    );
+    let status = webhook
+        .process
+        .wait_for_exit(Duration::from_secs(15))
+        .expect("exits after the delay and the grace");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(2),
+        "served on for the delay"
+    );
 }

@@ -87,6 +87,41 @@ pub struct Config {
     )]
     pub sidecar_memory_limit: String,
 
+    /// Port the sidecar serves /metrics on (0: off); a container port named
+    /// `reloaded-metric`, for a PodMonitor.
+    #[arg(long, env = "POD_RELOADED_SIDECAR_METRICS_PORT", default_value_t = 0)]
+    pub sidecar_metrics_port: u16,
+
+    /// Log format of the sidecar.
+    #[arg(
+        long,
+        env = "POD_RELOADED_SIDECAR_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub sidecar_log_format: LogFormat,
+
+    /// Registry hosts (host[:port], comma-separated) the sidecar reaches over plain HTTP.
+    #[arg(
+        long,
+        env = "POD_RELOADED_SIDECAR_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub sidecar_insecure_registries: Vec<String>,
+
+    /// Timeout of one registry request of the sidecar (100ms to 10m).
+    #[arg(
+        long,
+        env = "POD_RELOADED_SIDECAR_REGISTRY_TIMEOUT",
+        default_value = "10s"
+    )]
+    pub sidecar_registry_timeout: String,
+
+    /// ConfigMap (in each pod's namespace) of extra CA certificates (PEM) the sidecar
+    /// trusts for registries; mounted read-only and optional.
+    #[arg(long, env = "POD_RELOADED_SIDECAR_CA_CONFIGMAP")]
+    pub sidecar_ca_configmap: Option<String>,
+
     /// Poll interval of pods without the pod-reloaded.io/interval annotation.
     #[arg(long, env = "POD_RELOADED_DEFAULT_INTERVAL", default_value = contract::DEFAULT_INTERVAL)]
     pub default_interval: String,
@@ -108,6 +143,11 @@ pub struct Config {
     /// (the API server gives the whole webhook 5s).
     #[arg(long, env = "POD_RELOADED_API_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub api_timeout: Duration,
+
+    /// After SIGTERM: how long to go on serving while not ready, so endpoints drop this
+    /// pod before it stops listening (then in-flight reviews get 5s to finish).
+    #[arg(long, env = "POD_RELOADED_SHUTDOWN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub shutdown_delay: Duration,
 
     /// Log format.
     #[arg(
@@ -155,7 +195,44 @@ impl Config {
             .filter(|ns| !ns.is_empty())
             .collect();
         excluded.insert(self.webhook_namespace.clone());
+        pod_reloaded_contract::settings::parse_timeout(&self.sidecar_registry_timeout)
+            .map_err(|problem| anyhow::anyhow!("--sidecar-registry-timeout: {problem}"))?;
+        let mut sidecar_env = vec![(
+            contract::ENV_REGISTRY_TIMEOUT.to_string(),
+            self.sidecar_registry_timeout.clone(),
+        )];
+        if self.sidecar_log_format == LogFormat::Json {
+            sidecar_env.push((contract::ENV_LOG_FORMAT.to_string(), "json".to_string()));
+        }
+        let insecure: Vec<&str> = self
+            .sidecar_insecure_registries
+            .iter()
+            .map(|h| h.trim())
+            .filter(|h| !h.is_empty())
+            .collect();
+        if !insecure.is_empty() {
+            sidecar_env.push((
+                contract::ENV_INSECURE_REGISTRIES.to_string(),
+                insecure.join(","),
+            ));
+        }
+        let metrics_port = (self.sidecar_metrics_port != 0).then_some(self.sidecar_metrics_port);
+        if let Some(port) = metrics_port {
+            sidecar_env.push((
+                contract::ENV_METRICS_LISTEN.to_string(),
+                format!("0.0.0.0:{port}"),
+            ));
+        }
+        let ca_configmap = self
+            .sidecar_ca_configmap
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string);
         Ok(InjectionSettings {
+            sidecar_env,
+            ca_configmap,
+            metrics_port,
             sidecar_image: self.sidecar_image.clone(),
             sidecar_resources: inject::resources(
                 &self.sidecar_cpu_request,

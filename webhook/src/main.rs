@@ -89,6 +89,7 @@ async fn run(config: Config, settings: InjectionSettings) -> anyhow::Result<()> 
 
     let handle = axum_server::Handle::new();
     let listening = handle.clone();
+    let draining = ready.clone();
     tokio::spawn(async move {
         if let Some(address) = listening.listening().await {
             ready.store(true, Ordering::Release);
@@ -96,9 +97,18 @@ async fn run(config: Config, settings: InjectionSettings) -> anyhow::Result<()> 
         }
     });
     let stopping = handle.clone();
+    let delay = config.shutdown_delay;
     tokio::spawn(async move {
         shutdown_signal().await;
-        info!("shutting down");
+        // Not ready first, still serving: the endpoints controller takes this pod out of
+        // the Service before the port closes, so the API server's reviews go elsewhere.
+        draining.store(false, Ordering::Release);
+        info!(
+            delay = %humantime::format_duration(delay),
+            "SIGTERM: not ready; serving on while endpoints drop this pod"
+        );
+        tokio::time::sleep(delay).await;
+        info!("shutting down: finishing the reviews in flight");
         stopping.graceful_shutdown(Some(SHUTDOWN_GRACE));
     });
 

@@ -130,7 +130,7 @@ async fn readyz(State(state): State<HealthState>) -> Response {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: TLS listener not started\n",
+            "not ready: TLS listener not started, or shutting down\n",
         )
             .into_response()
     }

@@ -6,13 +6,16 @@ use std::collections::BTreeMap;
 
 use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
 use jsonptr::PointerBuf;
-use k8s_openapi::api::core::v1::{Pod, PodSpec, SecretVolumeSource, Volume, VolumeMount};
+use k8s_openapi::api::core::v1::{
+    ConfigMapVolumeSource, Pod, PodSpec, SecretVolumeSource, Volume, VolumeMount,
+};
 use pod_reloaded_contract as contract;
 use serde::Serialize;
 
 use super::rules::{InjectionSettings, Plan, SidecarMode};
 use super::templates::{
     api_access_mount, env_field, env_value, sidecar_container, PULL_SECRET_VOLUME_PREFIX,
+    REGISTRY_CA_VOLUME,
 };
 use super::Injection;
 
@@ -153,6 +156,24 @@ pub(super) fn build_injection(pod: &Pod, plan: Plan, settings: &InjectionSetting
             ..Default::default()
         });
     }
+    if let Some(configmap) = &settings.ca_configmap {
+        new_volumes.push(Volume {
+            name: REGISTRY_CA_VOLUME.to_string(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: configmap.clone(),
+                // Namespaces without it still start their pods: then no extra CAs.
+                optional: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: REGISTRY_CA_VOLUME.to_string(),
+            mount_path: contract::REGISTRY_CA_MOUNT_DIR.to_string(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
     if spec.volumes.is_some() {
         for volume in &new_volumes {
             ops.add(["spec", "volumes", "-"], volume);
@@ -175,6 +196,16 @@ pub(super) fn build_injection(pod: &Pod, plan: Plan, settings: &InjectionSetting
             contract::ENV_PULL_SECRETS_DIR,
             contract::PULL_SECRETS_MOUNT_DIR.to_string(),
         ));
+    }
+
+    if settings.ca_configmap.is_some() {
+        env.push(env_value(
+            contract::ENV_REGISTRY_CA_DIR,
+            contract::REGISTRY_CA_MOUNT_DIR.to_string(),
+        ));
+    }
+    for (name, value) in &settings.sidecar_env {
+        env.push(env_value(name, value.clone()));
     }
 
     let mut sidecar = sidecar_container(settings, env, mounts);

@@ -31,6 +31,12 @@ pub struct InjectionSettings {
     pub excluded_namespaces: BTreeSet<String>,
     /// Written into the `pod-reloaded.io/injected` annotation.
     pub version: String,
+    /// Cluster-wide settings of the sidecar, injected as env `(name, value)`.
+    pub sidecar_env: Vec<(String, String)>,
+    /// A ConfigMap of extra registry CAs, mounted (optional) into the sidecar.
+    pub ca_configmap: Option<String>,
+    /// The port the sidecar serves `/metrics` on, if any.
+    pub metrics_port: Option<u16>,
 }
 
 impl SidecarMode {

@@ -1,7 +1,7 @@
 //! What is injected: the checker container, its API token volume, env vars, resources.
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec,
     ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
     ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
@@ -13,6 +13,9 @@ use super::rules::InjectionSettings;
 const API_ACCESS_VOLUME_PREFIX: &str = "kube-api-access-";
 pub(super) const OWN_API_ACCESS_VOLUME: &str = "pod-reloaded-api-access";
 const SERVICE_ACCOUNT_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+pub(super) const REGISTRY_CA_VOLUME: &str = "pod-reloaded-registry-ca";
+/// Name of the sidecar's metrics port (a PodMonitor selects it).
+pub const METRICS_PORT_NAME: &str = "reloaded-metric";
 pub(super) const PULL_SECRET_VOLUME_PREFIX: &str = "pod-reloaded-pull-secret-";
 /// UID/GID of the distroless `nonroot` user the sidecar image runs as.
 const SIDECAR_USER: i64 = 65532;
@@ -96,6 +99,14 @@ pub(super) fn sidecar_container(
         name: contract::SIDECAR_CONTAINER_NAME.to_string(),
         image: Some(settings.sidecar_image.clone()),
         image_pull_policy: Some("IfNotPresent".to_string()),
+        ports: settings.metrics_port.map(|port| {
+            vec![ContainerPort {
+                name: Some(METRICS_PORT_NAME.to_string()),
+                container_port: i32::from(port),
+                protocol: Some("TCP".to_string()),
+                ..Default::default()
+            }]
+        }),
         env: Some(env),
         resources: Some(settings.sidecar_resources.clone()),
         volume_mounts: Some(mounts),

@@ -18,6 +18,9 @@ fn settings(mode: SidecarMode) -> InjectionSettings {
             .map(String::from)
             .collect(),
         version: "9.9.9".to_string(),
+        sidecar_env: Vec::new(),
+        ca_configmap: None,
+        metrics_port: None,
     }
 }
 
@@ -758,4 +761,54 @@ fn rollout_annotations_are_validated() {
         }),
     );
     inject(&pod, SidecarMode::Container);
+}
+
+#[test]
+fn cluster_wide_sidecar_settings_reach_the_sidecar() {
+    let mut with_settings = settings(SidecarMode::Container);
+    with_settings.sidecar_env = vec![
+        (contract::ENV_LOG_FORMAT.to_string(), "json".to_string()),
+        (
+            contract::ENV_INSECURE_REGISTRIES.to_string(),
+            "registry.lan:5000".to_string(),
+        ),
+    ];
+    with_settings.ca_configmap = Some("corporate-ca".to_string());
+    with_settings.metrics_port = Some(9102);
+    let pod = deployment_pod();
+    let typed: Pod = serde_json::from_value(pod.clone()).unwrap();
+    let Decision::Inject(injection) = decide(&typed, "shop", &with_settings) else {
+        panic!("injected expected")
+    };
+    let mut patched = pod.clone();
+    json_patch::patch(&mut patched, &injection.patch).unwrap();
+    let sidecar = sidecar(&patched);
+    assert_eq!(env_value(sidecar, contract::ENV_LOG_FORMAT), Some("json"));
+    assert_eq!(
+        env_value(sidecar, contract::ENV_INSECURE_REGISTRIES),
+        Some("registry.lan:5000")
+    );
+    assert_eq!(
+        env_value(sidecar, contract::ENV_REGISTRY_CA_DIR),
+        Some(contract::REGISTRY_CA_MOUNT_DIR)
+    );
+    assert_eq!(sidecar["ports"][0]["containerPort"], 9102);
+    let mount = sidecar["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == contract::REGISTRY_CA_MOUNT_DIR)
+        .expect("CA mount");
+    assert_eq!(mount["readOnly"], true);
+    let volume = patched["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("CA volume");
+    assert_eq!(volume["configMap"]["name"], "corporate-ca");
+    assert_eq!(
+        volume["configMap"]["optional"], true,
+        "a namespace without it still starts pods"
+    );
 }
