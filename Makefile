@@ -1,12 +1,17 @@
 # pod-reloaded: the two commands of the README are `make demo` and `make test`.
 CARGO ?= cargo
-VERSION := 0.1.0
-IMAGE_PREFIX ?= pod-reloaded
+# One source for the version: the workspace's Cargo.toml.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+# Where the images go: `make images push deploy IMAGE_REGISTRY=registry.example.com/team TAG=1.2.3`.
+IMAGE_REGISTRY ?= pod-reloaded
+TAG ?= $(VERSION)
+WEBHOOK_IMAGE = $(IMAGE_REGISTRY)/webhook:$(TAG)
+SIDECAR_IMAGE = $(IMAGE_REGISTRY)/sidecar:$(TAG)
 CERTS_DIR ?= certs/out
 # Where cargo puts what it builds (honours CARGO_TARGET_DIR).
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: demo deps kubectl test fuzz build images deploy undeploy certs bench lint
+.PHONY: demo deps kubectl test fuzz build images push deploy undeploy undeploy-accounts certs bench lint
 
 ## The whole loop on this machine (registry, webhook, sidecar on 127.0.0.1), as a timeline.
 demo: deps
@@ -59,17 +64,27 @@ build:
 
 ## Make a CA and serving certificate and a kustomize overlay in $(CERTS_DIR).
 certs:
-	$(CARGO) run --quiet -p pod-reloaded-certs -- --out-dir $(CERTS_DIR) --manifests-dir manifests
+	$(CARGO) run --quiet -p pod-reloaded-certs -- --out-dir $(CERTS_DIR) --manifests-dir manifests \
+		--webhook-image $(WEBHOOK_IMAGE) --sidecar-image $(SIDECAR_IMAGE)
 
 images:
-	docker build -f Dockerfile.webhook -t $(IMAGE_PREFIX)/webhook:$(VERSION) .
-	docker build -f Dockerfile.sidecar -t $(IMAGE_PREFIX)/sidecar:$(VERSION) .
+	docker build -f Dockerfile.webhook -t $(WEBHOOK_IMAGE) .
+	docker build -f Dockerfile.sidecar -t $(SIDECAR_IMAGE) .
+
+push:
+	docker push $(WEBHOOK_IMAGE)
+	docker push $(SIDECAR_IMAGE)
 
 deploy: certs
 	kubectl apply -k $(CERTS_DIR)
 
-## Remove the install and everything the webhook created in user namespaces.
+## Remove the install, webhook configuration first (no pod is sent to a webhook that is going
+## away). Injected pods keep running; `kubectl rollout restart` removes their sidecars, and
+## `make undeploy-accounts` then deletes the accounts and bindings the webhook made.
 undeploy:
 	-kubectl delete mutatingwebhookconfiguration pod-reloaded --ignore-not-found
-	-kubectl delete rolebindings,serviceaccounts --all-namespaces -l app.kubernetes.io/managed-by=pod-reloaded --ignore-not-found
 	-kubectl delete -k manifests --ignore-not-found
+	@echo "kept: the pod-reloaded-checker accounts, which running pods still use; after restarting them: make undeploy-accounts"
+
+undeploy-accounts:
+	-kubectl delete rolebindings,serviceaccounts --all-namespaces -l app.kubernetes.io/managed-by=pod-reloaded --ignore-not-found

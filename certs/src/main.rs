@@ -30,6 +30,12 @@ struct Args {
     /// Extra DNS names for the serving certificate (the Service names are always included).
     #[arg(long = "dns-name")]
     extra_dns_names: Vec<String>,
+    /// The webhook's image (`registry/name:tag`), instead of the base's.
+    #[arg(long)]
+    webhook_image: Option<String>,
+    /// The injected sidecar's image, instead of the base's (passed as --sidecar-image).
+    #[arg(long)]
+    sidecar_image: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,7 +95,18 @@ fn main() -> anyhow::Result<()> {
     )?;
     let base = relative_path(out, &args.manifests_dir)?;
     write(out, CA_BUNDLE_PATCH, &ca_bundle_patch_yaml(&ca_pem))?;
-    write(out, "kustomization.yaml", &overlay_yaml(&base))?;
+    write(
+        out,
+        "kustomization.yaml",
+        &overlay_yaml(
+            &base,
+            args.webhook_image.as_deref(),
+            args.sidecar_image.is_some(),
+        ),
+    )?;
+    if let Some(image) = &args.sidecar_image {
+        write(out, SIDECAR_IMAGE_PATCH, &sidecar_image_patch_yaml(image))?;
+    }
     println!(
         "wrote a CA and a serving certificate for {} to {}\ndeploy with: kubectl apply -k {}",
         names.join(", "),
@@ -100,6 +117,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 const CA_BUNDLE_PATCH: &str = "ca-bundle-patch.yaml";
+const SIDECAR_IMAGE_PATCH: &str = "sidecar-image-patch.yaml";
+/// The webhook's image as the base names it.
+const BASE_WEBHOOK_IMAGE: &str = "pod-reloaded/webhook";
 
 fn write(dir: &Path, name: &str, contents: &str) -> anyhow::Result<()> {
     let path = dir.join(name);
@@ -141,14 +161,40 @@ fn secret_yaml(cert: &str, key: &str, ca: &str) -> String {
 
 /// `bases` and `patchesJson6902` rather than their newer spellings, so the kustomize built
 /// into older kubectl (Debian's kubernetes-client, 1.20) renders the overlay too.
-fn overlay_yaml(base: &str) -> String {
-    format!(
+fn overlay_yaml(base: &str, webhook_image: Option<&str>, sidecar_image: bool) -> String {
+    let mut yaml = format!(
         "# Written by pod-reloaded-certs; deploy with kubectl apply -k on this directory.\n\
          apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nbases:\n  - {base}\nresources:\n  - secret.yaml\n\
          patchesJson6902:\n  - target:\n      group: admissionregistration.k8s.io\n      version: v1\n\
          \x20     kind: MutatingWebhookConfiguration\n      name: {config}\n    path: {CA_BUNDLE_PATCH}\n",
         config = contract::WEBHOOK_CONFIGURATION,
-    )
+    );
+    if sidecar_image {
+        yaml.push_str(&format!(
+            "  - target:\n      group: apps\n      version: v1\n      kind: Deployment\n      name: {service}\n    path: {SIDECAR_IMAGE_PATCH}\n",
+            service = contract::WEBHOOK_SERVICE,
+        ));
+    }
+    if let Some(image) = webhook_image {
+        // `name[:tag]`: the tag is whatever follows the last `:` after the last `/`.
+        let slash = image.rfind('/').map_or(0, |i| i + 1);
+        let (name, tag) = match image[slash..].rfind(':') {
+            Some(i) => (&image[..slash + i], Some(&image[slash + i + 1..])),
+            None => (image, None),
+        };
+        yaml.push_str(&format!(
+            "images:\n  - name: {BASE_WEBHOOK_IMAGE}\n    newName: {name}\n"
+        ));
+        if let Some(tag) = tag {
+            yaml.push_str(&format!("    newTag: \"{tag}\"\n"));
+        }
+    }
+    yaml
+}
+
+/// A flag beats the env fallback: the sidecar image as the webhook's last argument.
+fn sidecar_image_patch_yaml(image: &str) -> String {
+    format!("- op: add\n  path: /spec/template/spec/containers/0/args/-\n  value: --sidecar-image={image}\n")
 }
 
 /// The JSON patch that puts the CA bundle into both webhooks of the configuration.

@@ -240,8 +240,16 @@ fn base_renders_and_agrees_with_the_code() {
     assert_eq!(ingress[1]["ports"][0]["port"], 9090);
     assert!(ingress[1].get("from").is_some());
     let pod_spec = &find(&docs, "Deployment", "pod-reloaded-webhook")["spec"]["template"];
-    assert_eq!(pod_spec["metadata"]["annotations"]["prometheus.io/port"], "9090");
-    assert!(pod_spec["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap() >= 10);
+    assert_eq!(
+        pod_spec["metadata"]["annotations"]["prometheus.io/port"],
+        "9090"
+    );
+    assert!(
+        pod_spec["spec"]["terminationGracePeriodSeconds"]
+            .as_u64()
+            .unwrap()
+            >= 10
+    );
 
     // The optional ServiceMonitor overlay scrapes the Service's metrics port.
     let monitored = render(&workspace_root().join("examples/servicemonitor"));
@@ -329,5 +337,66 @@ fn cert_manager_overlay_renders() {
     );
     assert!(
         strings(&certificate["spec"]["dnsNames"]).contains(&contract::webhook_service_dns_name())
+    );
+}
+
+#[test]
+fn one_version_and_one_place_to_set_the_images() {
+    // The base's images carry the workspace version, as the webhook's default does.
+    let docs = render(&workspace_root().join("manifests"));
+    let version = env!("CARGO_PKG_VERSION");
+    let deployment = find(&docs, "Deployment", "pod-reloaded-webhook");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["image"].as_str(),
+        Some(format!("pod-reloaded/webhook:{version}").as_str())
+    );
+    let sidecar_env = container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "POD_RELOADED_SIDECAR_IMAGE")
+        .unwrap();
+    assert_eq!(
+        sidecar_env["value"].as_str(),
+        Some(format!("pod-reloaded/sidecar:{version}").as_str())
+    );
+    let makefile = std::fs::read_to_string(workspace_root().join("Makefile")).unwrap();
+    assert!(
+        !makefile.contains(version) || version.is_empty(),
+        "the Makefile reads the version from Cargo.toml instead of repeating it"
+    );
+
+    // `make deploy IMAGE_REGISTRY=... TAG=...` sets both images through the overlay.
+    let dir = tempfile::tempdir().unwrap();
+    let status =
+        std::process::Command::new(pod_reloaded_tests::process::binary("pod-reloaded-certs"))
+            .args(["--out-dir"])
+            .arg(dir.path())
+            .arg("--manifests-dir")
+            .arg(workspace_root().join("manifests"))
+            .args([
+                "--webhook-image",
+                "registry.example.com:5000/team/webhook:1.2.3",
+                "--sidecar-image",
+                "registry.example.com:5000/team/sidecar:1.2.3",
+            ])
+            .output()
+            .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let docs = render(dir.path());
+    let container = &find(&docs, "Deployment", "pod-reloaded-webhook")["spec"]["template"]["spec"]
+        ["containers"][0];
+    assert_eq!(
+        container["image"],
+        "registry.example.com:5000/team/webhook:1.2.3"
+    );
+    assert_eq!(
+        strings(&container["args"]).last().map(String::as_str),
+        Some("--sidecar-image=registry.example.com:5000/team/sidecar:1.2.3")
     );
 }
