@@ -82,6 +82,7 @@ pub const ENV_API_TIMEOUT: &str = "IMAGE_CHECKER_API_TIMEOUT";
 pub const ENV_PLATFORM: &str = "IMAGE_CHECKER_PLATFORM";
 pub const ENV_METRICS_LISTEN: &str = "IMAGE_CHECKER_METRICS_LISTEN";
 pub const ENV_LOG_FORMAT: &str = "IMAGE_CHECKER_LOG_FORMAT";
+pub const ENV_CLOUD_AUTH: &str = "IMAGE_CHECKER_CLOUD_AUTH";
 /// Where the webhook mounts the `--sidecar-ca-configmap` ConfigMap in the sidecar.
 pub const REGISTRY_CA_MOUNT_DIR: &str = "/etc/pod-reloaded/registry-ca";
 

@@ -68,6 +68,11 @@ pub struct Config {
     #[arg(long, env = contract::ENV_PLATFORM, value_parser = Platform::parse)]
     pub platform: Option<Platform>,
 
+    /// `auto`: log in to Amazon ECR, Google Artifact Registry/GCR and Azure ACR with the
+    /// pod's cloud identity when no pull secret has credentials for them; `none`: never.
+    #[arg(long, env = contract::ENV_CLOUD_AUTH, default_value = "auto", value_parser = CloudAuth::parse)]
+    pub cloud_auth: CloudAuth,
+
     /// Run one round and exit: 0 when up to date or restarted, 1 on error.
     #[arg(long)]
     pub once: bool,
@@ -109,5 +114,22 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+/// `--cloud-auth`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloudAuth {
+    Auto,
+    None,
+}
+
+impl CloudAuth {
+    fn parse(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "auto" => Ok(Self::Auto),
+            "none" => Ok(Self::None),
+            other => Err(format!("{other:?} is neither \"auto\" nor \"none\"")),
+        }
     }
 }

@@ -4,9 +4,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use pod_reloaded_sidecar::checker::{Checker, RoundOutcome};
 use pod_reloaded_sidecar::cluster::Cluster;
-use pod_reloaded_sidecar::config::Config;
+use pod_reloaded_sidecar::config::{CloudAuth, Config};
 use pod_reloaded_sidecar::metrics::Metrics;
 use pod_reloaded_sidecar::platform::Platform;
+use pod_reloaded_sidecar::registry::cloud::{CloudEnv, CloudLogin};
 use pod_reloaded_sidecar::registry::credentials::Credentials;
 use pod_reloaded_sidecar::registry::RegistryClient;
 use pod_reloaded_sidecar::schedule::next_delay;
@@ -94,7 +95,10 @@ async fn run(config: Config, prepared: Prepared) -> anyhow::Result<ExitCode> {
         None => Credentials::default(),
     };
     let platform = config.platform.clone().unwrap_or_else(Platform::current);
-    let registry = RegistryClient::new(http, credentials, platform);
+    let mut registry = RegistryClient::new(http.clone(), credentials, platform);
+    if config.cloud_auth == CloudAuth::Auto {
+        registry = registry.with_cloud_login(CloudLogin::new(http, CloudEnv::from_process()));
+    }
 
     let metrics = Arc::new(Metrics::default());
     if let Some(listener) = prepared.metrics_listener {

@@ -154,6 +154,19 @@ async fn handle(
     if uri.path() == "/token" {
         return token(&state, bearer, authorization.as_deref());
     }
+    // Azure ACR's exchange of an Entra ID access token for a registry refresh token.
+    if uri.path() == "/oauth2/exchange" {
+        let form = String::from_utf8_lossy(&body);
+        return if form
+            .split('&')
+            .any(|p| p == format!("access_token={}", crate::cloud_fakes::ENTRA_TOKEN))
+        {
+            axum::Json(serde_json::json!({"refresh_token": crate::cloud_fakes::ACR_REFRESH_TOKEN}))
+                .into_response()
+        } else {
+            StatusCode::UNAUTHORIZED.into_response()
+        };
+    }
     if let Some(bearer) = &bearer {
         let valid = authorization
             .as_deref()

@@ -1,6 +1,7 @@
 //! Test harness for pod-reloaded's end-to-end tests: the real binaries, a real OCI
 //! registry, real TLS, and a small fake Kubernetes API server.
 
+pub mod cloud_fakes;
 pub mod fake_apiserver;
 pub mod fault_proxy;
 pub mod process;

@@ -26,6 +26,7 @@ fn repository(base_url: &str, name: &str) -> Repository {
     Repository {
         base_url: base_url.to_string(),
         host: base_url.split_once("://").unwrap().1.to_string(),
+        registry: base_url.split_once("://").unwrap().1.to_string(),
         name: name.to_string(),
     }
 }
@@ -293,6 +294,7 @@ async fn bearer_tokens_are_fetched_once_and_renewed_when_expired() {
     let elsewhere = Repository {
         base_url: format!("http://localhost:{port}"),
         host: format!("localhost:{port}"),
+        registry: format!("localhost:{port}"),
         name: "demo/app".into(),
     };
     let careful = client(

@@ -374,6 +374,7 @@ impl Checker {
         Repository {
             base_url,
             host,
+            registry: watched.registry.clone(),
             name: watched.repository.clone(),
         }
     }

@@ -8,6 +8,7 @@
 //! the cached token expired), see `Retry-After`, and validate every digest it is given.
 
 pub mod auth;
+pub mod cloud;
 pub mod credentials;
 pub mod manifest;
 
@@ -25,6 +26,7 @@ use sha2::{Digest as _, Sha256};
 use self::auth::{
     basic_header, may_send_credentials, parse_challenge, CachedAuth, Challenge, TokenResponse,
 };
+use self::cloud::CloudLogin;
 use self::credentials::{Credential, Credentials};
 use self::manifest::{
     Index, Manifest, ManifestKind, MediaTypeOnly, RemoteDetails, RemoteTag, MANIFEST_ACCEPT,
@@ -44,6 +46,9 @@ pub struct Repository {
     pub base_url: String,
     /// Host used to look up credentials.
     pub host: String,
+    /// The image's registry host (where the image says it comes from, whatever mirror is
+    /// asked): it decides which cloud provider, if any, logs in.
+    pub registry: String,
     /// Repository path, e.g. `library/nginx`.
     pub name: String,
 }
@@ -121,6 +126,8 @@ pub struct RegistryClient {
     /// Authorization per repository, so steady rounds send it up front (no 401 round trip).
     auth: Mutex<HashMap<Repository, CachedAuth>>,
     platform: Platform,
+    /// Logins to cloud registries with the pod's identity (`--cloud-auth auto`).
+    cloud: Option<CloudLogin>,
 }
 
 impl RegistryClient {
@@ -130,7 +137,15 @@ impl RegistryClient {
             credentials: Mutex::new(credentials),
             auth: Mutex::new(HashMap::new()),
             platform,
+            cloud: None,
         }
+    }
+
+    /// Logs in to cloud registries (ECR, Artifact Registry/GCR, ACR) with the pod's
+    /// identity when no pull secret has credentials for them.
+    pub fn with_cloud_login(mut self, cloud: CloudLogin) -> Self {
+        self.cloud = Some(cloud);
+        self
     }
 
     pub fn set_credentials(&self, credentials: Credentials) {
@@ -139,12 +154,30 @@ impl RegistryClient {
         }
     }
 
-    fn credential(&self, repository: &Repository) -> Option<Credential> {
-        self.credentials
+    /// Credentials for `repository`: a matching pull secret first, then the cloud
+    /// provider's identity for a host that belongs to one, else none (anonymous).
+    async fn credential(
+        &self,
+        repository: &Repository,
+    ) -> Result<Option<Credential>, RegistryError> {
+        let from_secret = self
+            .credentials
             .lock()
-            .ok()?
-            .for_image(&repository.host, &repository.name)
-            .cloned()
+            .ok()
+            .and_then(|c| c.for_image(&repository.host, &repository.name).cloned());
+        if from_secret.is_some() {
+            return Ok(from_secret);
+        }
+        let Some(cloud) = &self.cloud else {
+            return Ok(None);
+        };
+        cloud
+            .credential(&repository.registry, &repository.base_url)
+            .await
+            .map_err(|error| RegistryError::Unauthorized {
+                url: repository.base_url.clone(),
+                reason: error.to_string(),
+            })
     }
 
     /// What `repository:tag` points to now: one HEAD (a GET only if the registry gives no
@@ -340,6 +373,9 @@ impl RegistryClient {
         if let Ok(mut auth) = self.auth.lock() {
             auth.remove(repository);
         }
+        if let Some(cloud) = &self.cloud {
+            cloud.forget(&repository.registry);
+        }
     }
 
     /// The Authorization header to send up front; renews an expired token first.
@@ -354,6 +390,13 @@ impl RegistryClient {
             .and_then(|a| a.get(repository).cloned());
         match cached {
             None => Ok(None),
+            // A cloud login expires: ask it again (cached there until shortly before).
+            Some(CachedAuth::Basic(_))
+                if self.cloud.is_some()
+                    && cloud::Provider::for_host(&repository.registry).is_some() =>
+            {
+                Ok(self.credential(repository).await?.map(|c| basic_header(&c)))
+            }
             Some(CachedAuth::Basic(header)) => Ok(Some(header)),
             Some(CachedAuth::Bearer {
                 header, renew_at, ..
@@ -370,7 +413,7 @@ impl RegistryClient {
         repository: &Repository,
         challenge: &Challenge,
     ) -> Result<String, RegistryError> {
-        let credential = self.credential(repository);
+        let credential = self.credential(repository).await?;
         let cached = match challenge {
             Challenge::Basic => {
                 let credential = credential.ok_or_else(|| RegistryError::Unauthorized {
