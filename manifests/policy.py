@@ -106,5 +106,9 @@ if "--print" in sys.argv:
     sys.stdout.write(text)
 else:
     import os
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "policy.yaml"), "w") as f:
-        f.write(text)
+    here = os.path.dirname(os.path.abspath(__file__))
+    # The kustomize base and the Helm chart ship the same policy.
+    for path in [os.path.join(here, "policy.yaml"),
+                 os.path.join(here, "..", "charts", "pod-reloaded", "files", "policy.yaml")]:
+        with open(path, "w") as f:
+            f.write(text)

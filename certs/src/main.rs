@@ -159,13 +159,12 @@ fn secret_yaml(cert: &str, key: &str, ca: &str) -> String {
     )
 }
 
-/// `bases` and `patchesJson6902` rather than their newer spellings, so the kustomize built
-/// into older kubectl (Debian's kubernetes-client, 1.20) renders the overlay too.
+/// kustomize v5's spellings (`resources`, `patches`): no deprecation warnings.
 fn overlay_yaml(base: &str, webhook_image: Option<&str>, sidecar_image: bool) -> String {
     let mut yaml = format!(
         "# Written by pod-reloaded-certs; deploy with kubectl apply -k on this directory.\n\
-         apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nbases:\n  - {base}\nresources:\n  - secret.yaml\n\
-         patchesJson6902:\n  - target:\n      group: admissionregistration.k8s.io\n      version: v1\n\
+         apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {base}\n  - secret.yaml\n\
+         patches:\n  - target:\n      group: admissionregistration.k8s.io\n      version: v1\n\
          \x20     kind: MutatingWebhookConfiguration\n      name: {config}\n    path: {CA_BUNDLE_PATCH}\n",
         config = contract::WEBHOOK_CONFIGURATION,
     );

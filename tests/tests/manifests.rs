@@ -13,17 +13,28 @@ use pod_reloaded_webhook::config::Config;
 use serde::Deserialize;
 use serde_yaml::Value;
 
+/// kubectl 1.31 (kustomize v5) from `.tools/bin`, which `make test` installs
+/// (tests/install-tools.py).
+fn kubectl() -> Command {
+    Command::new(workspace_root().join(".tools/bin/kubectl"))
+}
+
 fn render(dir: &Path) -> Vec<Value> {
-    let output = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(dir)
-        .output()
-        .expect("kubectl is installed (make test and .ci/run install it)");
+    let output =
+        kubectl().arg("kustomize").arg(dir).output().expect(
+            "kubectl is in .tools/bin (make test installs it: python3 tests/install-tools.py)",
+        );
     assert!(
         output.status.success(),
         "kubectl kustomize {} failed: {}",
         dir.display(),
         String::from_utf8_lossy(&output.stderr)
+    );
+    let warnings = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        warnings.trim().is_empty(),
+        "kustomize warned about {}: {warnings}",
+        dir.display()
     );
     let text = String::from_utf8(output.stdout).expect("utf-8 YAML");
     serde_yaml::Deserializer::from_str(&text)

@@ -1,0 +1,199 @@
+//! The Helm chart: it lints strictly, renders with its defaults exactly the objects of the
+//! kustomize base (the two are kept in sync by this test), renders what non-default values
+//! ask for, and its schema refuses bad values. helm 3.17 from `.tools/bin` (make test
+//! installs it: tests/install-tools.py).
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use pod_reloaded_tests::workspace_root;
+use serde::Deserialize;
+use serde_yaml::Value;
+
+fn tool(name: &str) -> Command {
+    Command::new(workspace_root().join(".tools/bin").join(name))
+}
+
+fn chart() -> std::path::PathBuf {
+    workspace_root().join("charts/pod-reloaded")
+}
+
+fn documents(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|doc| Value::deserialize(doc).expect("YAML"))
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+/// `helm template` with `--set` values; `Err` with helm's message when it refuses.
+fn template(values: &[&str]) -> Result<Vec<Value>, String> {
+    let mut command = tool("helm");
+    command.arg("template").arg("pod-reloaded").arg(chart());
+    for value in values {
+        command.arg("--set").arg(value);
+    }
+    let output = command.output().expect("helm is in .tools/bin");
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).to_string());
+    }
+    Ok(documents(&String::from_utf8_lossy(&output.stdout)))
+}
+
+fn by_identity(docs: Vec<Value>) -> BTreeMap<String, Value> {
+    docs.into_iter()
+        .map(|doc| {
+            let id = format!(
+                "{} {}/{}",
+                doc["kind"].as_str().unwrap_or(""),
+                doc["metadata"]["namespace"].as_str().unwrap_or(""),
+                doc["metadata"]["name"].as_str().unwrap_or("")
+            );
+            (id, doc)
+        })
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind}"))
+}
+
+#[test]
+fn the_chart_lints_strictly_and_carries_the_workspace_version() {
+    let output = tool("helm")
+        .args(["lint", "--strict"])
+        .arg(chart())
+        .output()
+        .expect("helm");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let metadata: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).unwrap())
+            .unwrap();
+    assert_eq!(
+        metadata["version"].as_str(),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(
+        metadata["appVersion"].as_str(),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+    let policy = std::fs::read_to_string(chart().join("files/policy.yaml")).unwrap();
+    assert_eq!(
+        policy,
+        std::fs::read_to_string(workspace_root().join("manifests/policy.yaml")).unwrap(),
+        "the chart's policy is the one python3 manifests/policy.py writes"
+    );
+}
+
+#[test]
+fn with_its_defaults_the_chart_renders_the_kustomize_base() {
+    let chart = by_identity(template(&[]).expect("defaults render"));
+    let output = tool("kubectl")
+        .arg("kustomize")
+        .arg(workspace_root().join("manifests"))
+        .output()
+        .expect("kubectl");
+    assert!(output.status.success());
+    let base = by_identity(documents(&String::from_utf8_lossy(&output.stdout)));
+    assert_eq!(
+        chart.keys().collect::<Vec<_>>(),
+        base.keys().collect::<Vec<_>>(),
+        "the same objects"
+    );
+    for (id, object) in &base {
+        assert_eq!(
+            &chart[id], object,
+            "{id} differs between the chart and manifests/"
+        );
+    }
+}
+
+#[test]
+fn non_default_values_reach_the_objects() {
+    let docs = template(&[
+        "image.webhook=registry.example.com/team/webhook",
+        "image.sidecar=registry.example.com/team/sidecar",
+        "image.tag=1.2.3",
+        "replicas=3",
+        "priorityClassName=system-cluster-critical",
+        "config.sidecar-mode=native",
+        "config.sidecar-cpu-limit=200m",
+        "config.sidecar-metrics-port=9102",
+        "certificate.source=generate",
+        "serviceMonitor.enabled=true",
+        "networkPolicy.enabled=false",
+        "policy.enabled=false",
+    ])
+    .expect("renders");
+    let deployment = find(&docs, "Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["priorityClassName"], "system-cluster-critical");
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["image"],
+        "registry.example.com/team/webhook:1.2.3"
+    );
+    let env: BTreeMap<String, String> = container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_string(),
+                e["value"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    assert_eq!(
+        env["POD_RELOADED_SIDECAR_IMAGE"],
+        "registry.example.com/team/sidecar:1.2.3"
+    );
+    assert_eq!(env["POD_RELOADED_SIDECAR_MODE"], "native");
+    assert_eq!(env["POD_RELOADED_SIDECAR_CPU_LIMIT"], "200m");
+    assert_eq!(env["POD_RELOADED_SIDECAR_METRICS_PORT"], "9102");
+    // A generated certificate: its CA is the bundle of both webhook entries.
+    let secret = find(&docs, "Secret");
+    let configuration = find(&docs, "MutatingWebhookConfiguration");
+    for webhook in configuration["webhooks"].as_sequence().unwrap() {
+        assert_eq!(
+            webhook["clientConfig"]["caBundle"],
+            secret["data"]["ca.crt"]
+        );
+    }
+    assert!(docs.iter().any(|d| d["kind"] == "ServiceMonitor"));
+    assert!(!docs.iter().any(|d| d["kind"] == "NetworkPolicy"));
+    assert!(!docs
+        .iter()
+        .any(|d| d["kind"] == "ValidatingAdmissionPolicy"));
+
+    let cert_manager = template(&["certificate.source=certManager"]).expect("renders");
+    assert_eq!(
+        find(&cert_manager, "Certificate")["spec"]["secretName"],
+        "pod-reloaded-webhook-tls"
+    );
+    assert_eq!(
+        find(&cert_manager, "MutatingWebhookConfiguration")["metadata"]["annotations"]
+            ["cert-manager.io/inject-ca-from"],
+        "pod-reloaded/pod-reloaded-webhook"
+    );
+}
+
+#[test]
+fn the_values_schema_refuses_bad_values() {
+    for (value, said) in [
+        ("config.sidecar-mode=sideways", "sidecar-mode"),
+        ("replicas=0", "replicas"),
+        ("certificate.source=vault", "source"),
+        ("config.sidecar-cpu-limit=banana", "sidecar-cpu-limit"),
+        ("surprise=1", "surprise"),
+    ] {
+        let error = template(&[value]).expect_err(value);
+        assert!(error.contains(said), "{value}: {error}");
+    }
+}
