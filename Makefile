@@ -65,9 +65,15 @@ certs:
 	$(CARGO) run --quiet -p pod-reloaded-certs -- --out-dir $(CERTS_DIR) --manifests-dir manifests \
 		--webhook-image $(WEBHOOK_IMAGE) --sidecar-image $(SIDECAR_IMAGE)
 
+# Bases to build on; pin them by digest for reproducible images.
+RUST_IMAGE ?= rust:1-bookworm
+BASE_IMAGE ?= gcr.io/distroless/static-debian12:nonroot
+# Platforms of `make images` (buildx); both: PLATFORMS=linux/amd64,linux/arm64 (with push).
+PLATFORMS ?= linux/amd64
+BUILD = docker buildx build --platform $(PLATFORMS) --build-arg RUST_IMAGE=$(RUST_IMAGE) --build-arg BASE_IMAGE=$(BASE_IMAGE)
 images:
-	docker build -f Dockerfile.webhook -t $(WEBHOOK_IMAGE) .
-	docker build -f Dockerfile.sidecar -t $(SIDECAR_IMAGE) .
+	$(BUILD) -f Dockerfile.webhook -t $(WEBHOOK_IMAGE) .
+	$(BUILD) -f Dockerfile.sidecar -t $(SIDECAR_IMAGE) .
 
 push:
 	docker push $(WEBHOOK_IMAGE)

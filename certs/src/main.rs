@@ -36,6 +36,59 @@ struct Args {
     /// The injected sidecar's image, instead of the base's (passed as --sidecar-image).
     #[arg(long)]
     sidecar_image: Option<String>,
+    /// Make a new CA and serving certificate even if the ones in --out-dir are still good.
+    /// The CA bundle keeps the previous CA too, so the API server trusts both while the
+    /// webhook's pods pick up the new certificate.
+    #[arg(long)]
+    rotate: bool,
+}
+
+/// Certificates left in --out-dir by an earlier run.
+struct Existing {
+    ca_bundle: String,
+    cert: String,
+    key: String,
+    expires: time::OffsetDateTime,
+    names: Vec<String>,
+}
+
+/// A serving certificate closer than this to its end is renewed.
+const RENEW_BEFORE_DAYS: i64 = 30;
+
+impl Existing {
+    fn read(dir: &Path) -> Option<Self> {
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+        let (ca_bundle, cert, key) = (read("ca.crt")?, read("tls.crt")?, read("tls.key")?);
+        let params = CertificateParams::from_ca_cert_pem(&cert).ok()?;
+        let names = params
+            .subject_alt_names
+            .iter()
+            .filter_map(|san| match san {
+                rcgen::SanType::DnsName(name) => Some(name.to_string()),
+                _ => None,
+            })
+            .collect();
+        Some(Self {
+            ca_bundle,
+            cert,
+            key,
+            expires: params.not_after,
+            names,
+        })
+    }
+
+    fn still_good_for(&self, names: &[String], now: time::OffsetDateTime) -> bool {
+        self.expires > now + time::Duration::days(RENEW_BEFORE_DAYS)
+            && names.iter().all(|n| self.names.contains(n))
+    }
+
+    /// The CA that signed the current certificate: the first of the bundle.
+    fn current_ca(&self) -> Option<&str> {
+        let end = "-----END CERTIFICATE-----";
+        self.ca_bundle
+            .find(end)
+            .map(|i| &self.ca_bundle[..i + end.len()])
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,40 +104,27 @@ fn main() -> anyhow::Result<()> {
     names.extend(args.extra_dns_names.iter().cloned());
 
     let now = time::OffsetDateTime::now_utc();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "pod-reloaded webhook CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    ca_params.not_before = now - time::Duration::hours(1);
-    ca_params.not_after = now + time::Duration::days(args.days * 10);
-    let ca_key = KeyPair::generate()?;
-    let ca = ca_params.self_signed(&ca_key)?;
-
-    let mut params = CertificateParams::new(names.clone())?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, contract::webhook_service_dns_name());
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.not_before = now - time::Duration::hours(1);
-    params.not_after = now + time::Duration::days(args.days);
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &ca, &ca_key)?;
-
     let out = &args.out_dir;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let ca_pem = ca.pem();
-    let cert_pem = format!("{}{}", cert.pem(), ca_pem);
-    let key_pem = key.serialize_pem();
+    let existing = Existing::read(out);
+    let (ca_pem, cert_pem, key_pem, expires, kept) = match existing {
+        Some(existing) if !args.rotate && existing.still_good_for(&names, now) => (
+            existing.ca_bundle.clone(),
+            existing.cert.clone(),
+            existing.key.clone(),
+            existing.expires,
+            true,
+        ),
+        previous => {
+            let (ca, cert, key, expires) = new_certificates(&names, args.days, now)?;
+            // Rotation overlaps: the previous CA stays in the bundle until the next one.
+            let bundle = match previous.as_ref().and_then(Existing::current_ca) {
+                Some(old) if args.rotate => format!("{ca}{old}\n"),
+                _ => ca.clone(),
+            };
+            (bundle, format!("{cert}{ca}"), key, expires, false)
+        }
+    };
     write(out, "ca.crt", &ca_pem)?;
     write(out, "tls.crt", &cert_pem)?;
     write_private(out, "tls.key", &key_pem)?;
@@ -107,13 +147,56 @@ fn main() -> anyhow::Result<()> {
     if let Some(image) = &args.sidecar_image {
         write(out, SIDECAR_IMAGE_PATCH, &sidecar_image_patch_yaml(image))?;
     }
+    let expiry = expires
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
     println!(
-        "wrote a CA and a serving certificate for {} to {}\ndeploy with: kubectl apply -k {}",
+        "{} the CA and serving certificate for {} in {}; the serving certificate expires {expiry} \
+         (renew before then with --rotate: the CA bundle keeps the old CA meanwhile)\ndeploy with: kubectl apply -k {}",
+        if kept { "kept" } else { "wrote" },
         names.join(", "),
         out.display(),
         out.display()
     );
     Ok(())
+}
+
+/// A new CA and serving certificate for `names`: (CA PEM, certificate PEM, key PEM, end).
+fn new_certificates(
+    names: &[String],
+    days: i64,
+    now: time::OffsetDateTime,
+) -> anyhow::Result<(String, String, String, time::OffsetDateTime)> {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "pod-reloaded webhook CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca_params.not_before = now - time::Duration::hours(1);
+    ca_params.not_after = now + time::Duration::days(days * 10);
+    let ca_key = KeyPair::generate()?;
+    let ca = ca_params.self_signed(&ca_key)?;
+
+    let mut params = CertificateParams::new(names.to_vec())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, contract::webhook_service_dns_name());
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(days);
+    let key = KeyPair::generate()?;
+    let expires = params.not_after;
+    let cert = params.signed_by(&key, &ca, &ca_key)?;
+    Ok((ca.pem(), cert.pem(), key.serialize_pem(), expires))
 }
 
 const CA_BUNDLE_PATCH: &str = "ca-bundle-patch.yaml";

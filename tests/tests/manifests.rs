@@ -411,3 +411,66 @@ fn one_version_and_one_place_to_set_the_images() {
         Some("--sidecar-image=registry.example.com:5000/team/sidecar:1.2.3")
     );
 }
+
+#[test]
+fn certificates_are_reused_until_rotated_and_rotation_overlaps_the_cas() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        let output =
+            std::process::Command::new(pod_reloaded_tests::process::binary("pod-reloaded-certs"))
+                .arg("--out-dir")
+                .arg(dir.path())
+                .arg("--manifests-dir")
+                .arg(workspace_root().join("manifests"))
+                .args(extra)
+                .output()
+                .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).to_string()
+    };
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    let said = run(&[]);
+    assert!(
+        said.starts_with("wrote") && said.contains("expires"),
+        "{said}"
+    );
+    let (cert, ca) = (read("tls.crt"), read("ca.crt"));
+    let said = run(&[]);
+    assert!(
+        said.starts_with("kept"),
+        "a second deploy keeps a working certificate: {said}"
+    );
+    assert_eq!(read("tls.crt"), cert);
+    run(&["--rotate"]);
+    assert_ne!(read("tls.crt"), cert, "rotated");
+    let bundle = read("ca.crt");
+    assert_eq!(
+        bundle.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "new and previous CA"
+    );
+    assert!(
+        bundle.contains(ca.trim()),
+        "the previous CA is still trusted"
+    );
+    // The overlay carries the bundle, so the API server trusts both during the switch.
+    use base64::Engine as _;
+    let docs = render(dir.path());
+    let configuration = find(
+        &docs,
+        "MutatingWebhookConfiguration",
+        contract::WEBHOOK_CONFIGURATION,
+    );
+    assert_eq!(
+        configuration["webhooks"][0]["clientConfig"]["caBundle"].as_str(),
+        Some(
+            base64::engine::general_purpose::STANDARD
+                .encode(&bundle)
+                .as_str()
+        )
+    );
+}
