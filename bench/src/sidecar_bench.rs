@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
+use pod_reloaded_tests::cloud_fakes::{self, CloudFakes};
 use pod_reloaded_tests::fault_proxy::{BearerAuth, FaultProxy};
 use pod_reloaded_tests::process::{binary, Running};
 use pod_reloaded_tests::workloads;
@@ -38,7 +39,11 @@ pub(crate) async fn sidecar(settings: &Settings) -> anyhow::Result<()> {
     };
     let mut measured = Vec::new();
     for path in &binaries {
-        measured.push((path, sidecar_rounds(settings, path).await?));
+        measured.push((path, sidecar_rounds(settings, path, false).await?));
+    }
+    let mut with_cloud = Vec::new();
+    for path in &binaries {
+        with_cloud.push(sidecar_rounds(settings, path, true).await?);
     }
     println!("### Sidecar: {} rounds at interval 1s, one watched multi-arch tag, Bearer tokens living 30s\n", settings.rounds);
     let header: Vec<String> = measured
@@ -78,6 +83,27 @@ pub(crate) async fn sidecar(settings: &Settings) -> anyhow::Result<()> {
     row("API reads per round", &|f| per_round(f.api_reads, f));
     row("API writes", &|f| f.api_writes.to_string());
     println!();
+    println!("### Sidecar with cloud auth: the same tag as an ECR image, logged in through IRSA (STS, then ECR), {} rounds\n", settings.rounds);
+    println!("| measure | {} |", header.join(" | "));
+    println!("|---|{}", "---|".repeat(measured.len()));
+    let compare = |name: &str, value: &dyn Fn(&SidecarFigures, &SidecarFigures) -> String| {
+        let cells: Vec<String> = measured
+            .iter()
+            .zip(&with_cloud)
+            .map(|((_, anonymous), cloud)| value(anonymous, cloud))
+            .collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    };
+    compare("steady RSS, cloud auth (anonymous)", &|a, c| {
+        format!("{} ({})", mib(c.steady_rss_kib), mib(a.steady_rss_kib))
+    });
+    compare("peak RSS, cloud auth (anonymous)", &|a, c| {
+        format!("{} ({})", mib(c.peak_rss_kib), mib(a.peak_rss_kib))
+    });
+    compare("CPU per round, cloud auth", &|_, c| {
+        format!("{:.2} ms", c.cpu_per_round.as_secs_f64() * 1000.0)
+    });
+    println!();
     Ok(())
 }
 
@@ -113,29 +139,65 @@ pub(crate) fn linkage(path: &Path) -> &'static str {
     }
 }
 
-async fn sidecar_rounds(settings: &Settings, sidecar: &Path) -> anyhow::Result<SidecarFigures> {
+/// With `cloud`, the image is an ECR image the sidecar logs in to with IRSA (the
+/// harness's fake STS and ECR), and the registry wants that login's credentials.
+async fn sidecar_rounds(
+    settings: &Settings,
+    sidecar: &Path,
+    cloud: bool,
+) -> anyhow::Result<SidecarFigures> {
     // The tests' world: `demo/app:latest` (a two-platform index) in a real registry, a
     // Deployment `web` in the fake API server; its pod runs the pushed index.
     let (world, owner) = World::start(json!({})).await;
-    world.add_pod(&owner, "web-1", &world.image_id(&world.first.digest), true);
+    let ecr = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
+    if cloud {
+        let image = format!("{ecr}/demo/app:latest");
+        let image_id = format!("{ecr}/demo/app@{}", world.first.digest);
+        workloads::running_pod(
+            &world.api,
+            "web-1",
+            Some(&owner),
+            &image,
+            &image_id,
+            "2026-11-24T00:00:00Z",
+        );
+    } else {
+        world.add_pod(&owner, "web-1", &world.image_id(&world.first.digest), true);
+    }
     let api = &world.api;
     // Bearer tokens that live 30s: a token request only when the cached one expired.
     let proxy = FaultProxy::start(
         &world.registry.base_url,
         Some(BearerAuth {
-            credentials: None,
+            credentials: cloud.then(|| ("AWS".to_string(), cloud_fakes::ECR_PASSWORD.to_string())),
             token_lifetime: Duration::from_secs(30),
         }),
     )
     .await;
+    let fakes = CloudFakes::start(Duration::from_secs(12 * 3600)).await;
+    let identity = tempfile::NamedTempFile::new()?;
+    std::fs::write(identity.path(), cloud_fakes::WEB_IDENTITY_TOKEN)?;
     // A round is one HEAD (the first is answered 401 and sent again with a token); an
     // unchanged round makes no API request, so the API server cannot count them.
     let rounds_done = || proxy.count("HEAD", "/manifests/").saturating_sub(1);
 
+    let registry_url = if cloud {
+        format!("{ecr}={}", proxy.base_url())
+    } else {
+        proxy.base_url()
+    };
     let harness_command =
-        workloads::sidecar_command(api, "web-1", "web", "1s", Some(&proxy.base_url()));
+        workloads::sidecar_command(api, "web-1", "web", "1s", Some(&registry_url));
     let mut command = Command::new(sidecar);
     command.env_clear().env("RUST_LOG", "warn");
+    if cloud {
+        command
+            .env("AWS_WEB_IDENTITY_TOKEN_FILE", identity.path())
+            .env("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/bench")
+            .env("AWS_ENDPOINT_URL_STS", fakes.url("/sts"))
+            .env("AWS_ENDPOINT_URL_ECR", fakes.url("/ecr"))
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+    }
     for (name, value) in harness_command.get_envs() {
         if let Some(value) = value {
             command.env(name, value);
