@@ -65,9 +65,9 @@ certs:
 	$(CARGO) run --quiet -p pod-reloaded-certs -- --out-dir $(CERTS_DIR) --manifests-dir manifests \
 		--webhook-image $(WEBHOOK_IMAGE) --sidecar-image $(SIDECAR_IMAGE)
 
-# Bases to build on; pin them by digest for reproducible images.
-RUST_IMAGE ?= rust:1-bookworm
-BASE_IMAGE ?= gcr.io/distroless/static-debian12:nonroot
+# Bases to build on, pinned by digest (the Dockerfiles' defaults; override to update).
+RUST_IMAGE ?= rust:1-bookworm@sha256:93ce27a88655056a51dbdd8f5f2d7ddc071c7b0070fb288a37b5a285fc83971e
+BASE_IMAGE ?= gcr.io/distroless/static-debian12:nonroot@sha256:afa5c872c891853ca7fcf1f12c3edb23f7eeef36189728842dd51042ff57f7ab
 # Platforms of `make images` (buildx); both: PLATFORMS=linux/amd64,linux/arm64 (with push).
 PLATFORMS ?= linux/amd64
 BUILD = docker buildx build --platform $(PLATFORMS) --build-arg RUST_IMAGE=$(RUST_IMAGE) --build-arg BASE_IMAGE=$(BASE_IMAGE)

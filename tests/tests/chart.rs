@@ -197,3 +197,71 @@ fn the_values_schema_refuses_bad_values() {
         assert!(error.contains(said), "{value}: {error}");
     }
 }
+
+/// Reads `doc` as the API's type for its kind and writes it back: a field of the wrong
+/// type fails to read, and one the API does not know (a typo) is lost on the way, so the
+/// two differ. Custom resources (cert-manager, Prometheus Operator) are left out.
+fn schema_problem(doc: &Value) -> Option<String> {
+    use k8s_openapi::api::{admissionregistration, apps, core, networking, policy, rbac};
+    fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(
+        doc: &Value,
+    ) -> Option<String> {
+        let json: serde_json::Value = serde_json::to_value(doc).ok()?;
+        match serde_json::from_value::<T>(json.clone()) {
+            Err(error) => Some(format!("does not read as its type: {error}")),
+            Ok(typed) => {
+                let back = serde_json::to_value(&typed).ok()?;
+                (back != json).then(|| {
+                    format!("has fields its type does not know:\n{json:#}\nread as\n{back:#}")
+                })
+            }
+        }
+    }
+    match doc["kind"].as_str()? {
+        "Namespace" => round_trip::<core::v1::Namespace>(doc),
+        "ServiceAccount" => round_trip::<core::v1::ServiceAccount>(doc),
+        "Service" => round_trip::<core::v1::Service>(doc),
+        "Secret" => round_trip::<core::v1::Secret>(doc),
+        "Deployment" => round_trip::<apps::v1::Deployment>(doc),
+        "PodDisruptionBudget" => round_trip::<policy::v1::PodDisruptionBudget>(doc),
+        "ClusterRole" => round_trip::<rbac::v1::ClusterRole>(doc),
+        "ClusterRoleBinding" => round_trip::<rbac::v1::ClusterRoleBinding>(doc),
+        "NetworkPolicy" => round_trip::<networking::v1::NetworkPolicy>(doc),
+        "MutatingWebhookConfiguration" => {
+            round_trip::<admissionregistration::v1::MutatingWebhookConfiguration>(doc)
+        }
+        "ValidatingAdmissionPolicy" => {
+            round_trip::<admissionregistration::v1::ValidatingAdmissionPolicy>(doc)
+        }
+        "ValidatingAdmissionPolicyBinding" => {
+            round_trip::<admissionregistration::v1::ValidatingAdmissionPolicyBinding>(doc)
+        }
+        "ServiceMonitor" | "Certificate" | "Issuer" => None,
+        other => Some(format!("unexpected kind {other}")),
+    }
+}
+
+#[test]
+fn rendered_objects_are_what_the_api_types_accept() {
+    let renders = [
+        template(&[]).expect("defaults"),
+        template(&[
+            "certificate.source=generate",
+            "priorityClassName=high",
+            "config.sidecar-mode=native",
+            "serviceMonitor.enabled=true",
+        ])
+        .expect("non-default"),
+    ];
+    for docs in renders {
+        for doc in &docs {
+            if let Some(problem) = schema_problem(doc) {
+                panic!(
+                    "{} {}: {problem}",
+                    doc["kind"].as_str().unwrap_or(""),
+                    doc["metadata"]["name"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+}

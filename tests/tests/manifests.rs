@@ -474,3 +474,21 @@ fn certificates_are_reused_until_rotated_and_rotation_overlaps_the_cas() {
         )
     );
 }
+
+#[test]
+fn images_are_built_per_platform_from_pinned_bases_and_run_as_nonroot() {
+    for name in ["Dockerfile.webhook", "Dockerfile.sidecar"] {
+        let text = std::fs::read_to_string(workspace_root().join(name)).unwrap();
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("ARG ") && l.contains("_IMAGE="))
+        {
+            assert!(
+                line.contains("@sha256:"),
+                "{name}: {line} is not pinned by digest"
+            );
+        }
+        assert!(text.contains("ARG TARGETARCH") && text.contains("aarch64-unknown-linux-musl"));
+        assert!(text.contains("USER 65532:65532"), "{name} runs as nonroot");
+    }
+}
