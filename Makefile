@@ -11,7 +11,7 @@ CERTS_DIR ?= certs/out
 # Where cargo puts what it builds (honours CARGO_TARGET_DIR).
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: demo deps tools test fuzz build images push deploy undeploy undeploy-accounts certs bench lint
+.PHONY: demo deps tools test fuzz musl build images push deploy undeploy undeploy-accounts certs bench lint
 
 ## The whole loop on this machine (registry, webhook, sidecar on 127.0.0.1), as a timeline.
 demo: deps
@@ -52,6 +52,18 @@ bench: deps
 	$(TARGET_DIR)/release/pod-reloaded-bench all \
 		--sidecar-binary $(TARGET_DIR)/release/pod-reloaded-sidecar \
 		--sidecar-binary $(STATIC_SIDECAR) | tee bench-results/latest.md
+
+## Both musl targets the images ship, built as the Dockerfiles build them: x86_64 with
+## musl-gcc (Debian's musl-tools), aarch64 cross-compiled with clang and rust-lld against
+## Debian's musl-dev:arm64 headers (for mimalloc's and ring's C code).
+MUSL_TARGETS = x86_64-unknown-linux-musl aarch64-unknown-linux-musl
+AARCH64_MUSL_ENV = CC_aarch64_unknown_linux_musl=clang CFLAGS_aarch64_unknown_linux_musl="--target=aarch64-linux-musl -isystem /usr/include/aarch64-linux-musl" CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld
+musl:
+	rustup target add $(MUSL_TARGETS)
+	$(CARGO) build --target x86_64-unknown-linux-musl -p pod-reloaded-sidecar -p pod-reloaded-webhook
+	env $(AARCH64_MUSL_ENV) $(CARGO) build --target aarch64-unknown-linux-musl -p pod-reloaded-sidecar -p pod-reloaded-webhook
+	$(TARGET_DIR)/x86_64-unknown-linux-musl/debug/pod-reloaded-sidecar --version
+	$(TARGET_DIR)/x86_64-unknown-linux-musl/debug/pod-reloaded-webhook --version
 
 lint:
 	$(CARGO) fmt --all --check
