@@ -354,6 +354,11 @@ mod tests {
         "2026-11-24T12:00:00Z".parse().unwrap()
     }
 
+    /// The decision with no timing settings, for a pod of unknown age, at `now()`.
+    fn decide_now(state: &WorkloadState, changes: &[Change]) -> RestartDecision {
+        decide_restart(state, changes, None, &Timing::default(), now())
+    }
+
     fn change(container: &str, c: char, running: Option<char>) -> Change {
         Change {
             container: container.into(),
@@ -385,12 +390,9 @@ mod tests {
 
     #[test]
     fn first_change_restarts_and_rolls_from_the_running_digest() {
-        let restart = restart_of(decide_restart(
+        let restart = restart_of(decide_now(
             &WorkloadState::default(),
             &[change("web", 'a', Some('0'))],
-            None,
-            &Timing::default(),
-            now(),
         ));
         assert_eq!(
             restart.restarted_for.to_string(),
@@ -405,12 +407,9 @@ mod tests {
 
     #[test]
     fn a_bare_config_digest_leaves_no_rollback_target() {
-        let restart = restart_of(decide_restart(
+        let restart = restart_of(decide_now(
             &WorkloadState::default(),
             &[change("web", 'a', None)],
-            None,
-            &Timing::default(),
-            now(),
         ));
         assert!(restart.rolled_from.is_empty());
         assert_eq!(restart.no_rollback_target, vec!["web".to_string()]);
@@ -425,13 +424,7 @@ mod tests {
             )],
             &[],
         );
-        let restart = restart_of(decide_restart(
-            &state,
-            &[change("web", 'a', Some('x'))],
-            None,
-            &Timing::default(),
-            now(),
-        ));
+        let restart = restart_of(decide_now(&state, &[change("web", 'a', Some('x'))]));
         assert_eq!(restart.rolled_from.get("web"), Some(digest('p').as_str()));
     }
 
@@ -487,15 +480,12 @@ mod tests {
             )],
             &[],
         );
-        let restart = restart_of(decide_restart(
+        let restart = restart_of(decide_now(
             &state,
             &[
                 change("web", 'b', Some('a')),
                 change("sidecar", 's', Some('s')),
             ],
-            None,
-            &Timing::default(),
-            now(),
         ));
         assert_eq!(
             restart.restarted_for.to_string(),
@@ -517,24 +507,12 @@ mod tests {
             )],
         );
         assert!(matches!(
-            decide_restart(
-                &state,
-                &[change("web", 'q', Some('0'))],
-                None,
-                &Timing::default(),
-                now()
-            ),
+            decide_now(&state, &[change("web", 'q', Some('0'))]),
             RestartDecision::Quarantined { .. }
         ));
         // The tag moved on: normal work resumes.
         assert!(matches!(
-            decide_restart(
-                &state,
-                &[change("web", 'n', Some('0'))],
-                None,
-                &Timing::default(),
-                now()
-            ),
+            decide_now(&state, &[change("web", 'n', Some('0'))]),
             RestartDecision::Restart(_)
         ));
     }
@@ -552,13 +530,7 @@ mod tests {
             )],
         );
         assert_eq!(
-            decide_restart(
-                &state,
-                &[change("web", 'b', Some('a'))],
-                None,
-                &Timing::default(),
-                now()
-            ),
+            decide_now(&state, &[change("web", 'b', Some('a'))]),
             RestartDecision::RolloutInProgress {
                 restarted_at: "2026-11-24T10:00:00Z".into()
             }
@@ -581,13 +553,7 @@ mod tests {
                 )],
             );
             assert_eq!(
-                decide_restart(
-                    &state,
-                    &[change("web", 'a', Some('0'))],
-                    None,
-                    &Timing::default(),
-                    now()
-                ),
+                decide_now(&state, &[change("web", 'a', Some('0'))]),
                 RestartDecision::Undone {
                     left: DigestRecord::parse(&format!("web={}", digest('a')))
                 }
@@ -611,13 +577,7 @@ mod tests {
             ],
         );
         assert!(matches!(
-            decide_restart(
-                &rolled_back,
-                &[change("web", 'a', Some('0'))],
-                None,
-                &Timing::default(),
-                now()
-            ),
+            decide_now(&rolled_back, &[change("web", 'a', Some('0'))]),
             RestartDecision::Quarantined { .. }
         ));
     }
@@ -625,12 +585,9 @@ mod tests {
     #[test]
     fn the_restart_patch_records_the_rollout_and_its_origin() {
         let at: Timestamp = "2026-11-24T10:00:00.123Z".parse().unwrap();
-        let restart = restart_of(decide_restart(
+        let restart = restart_of(decide_now(
             &WorkloadState::default(),
             &[change("web", 'a', Some('0'))],
-            None,
-            &Timing::default(),
-            now(),
         ));
         let patch = restart_patch("42", at, &restart);
         assert_eq!(patch["metadata"]["resourceVersion"], "42");
@@ -651,12 +608,9 @@ mod tests {
             patch["metadata"]["annotations"][contract::ANNOTATION_ROLLOUT],
             format!("progressing 2026-11-24T10:00:00Z web={}", digest('a'))
         );
-        let none = restart_of(decide_restart(
+        let none = restart_of(decide_now(
             &WorkloadState::default(),
             &[change("web", 'a', None)],
-            None,
-            &Timing::default(),
-            now(),
         ));
         assert_eq!(
             restart_patch("1", at, &none)["spec"]["template"]["metadata"]["annotations"]

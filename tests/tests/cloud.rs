@@ -123,6 +123,14 @@ impl Cloud {
     }
 }
 
+/// One round logs in and finds the pod up to date.
+fn checks_up_to_date_once(mut command: Command) {
+    let output = command.arg("--once").output().unwrap();
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("decision=\"up-to-date\""), "{text}");
+}
+
 /// Env vars given to the sidecar.
 type Env = Vec<(&'static str, String)>;
 
@@ -200,12 +208,8 @@ async fn artifact_registry_with_the_metadata_server() {
         Duration::ZERO,
     )
     .await;
-    let mut command = cloud.sidecar(&[("GCE_METADATA_HOST", cloud.fakes.address.to_string())]);
-    command.arg("--once");
-    let output = command.output().unwrap();
-    let text = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{text}");
-    assert!(text.contains("decision=\"up-to-date\""), "{text}");
+    let command = cloud.sidecar(&[("GCE_METADATA_HOST", cloud.fakes.address.to_string())]);
+    checks_up_to_date_once(command);
     assert_eq!(cloud.fakes.calls("gce"), 1);
 }
 
@@ -221,7 +225,7 @@ async fn acr_with_workload_identity() {
         Duration::ZERO,
     )
     .await;
-    let mut command = cloud.sidecar(&[
+    let command = cloud.sidecar(&[
         (
             "AZURE_FEDERATED_TOKEN_FILE",
             cloud.file("federated", cloud_fakes::FEDERATED_TOKEN),
@@ -233,11 +237,7 @@ async fn acr_with_workload_identity() {
         ("AZURE_TENANT_ID", "tenant-id".into()),
         ("AZURE_AUTHORITY_HOST", cloud.fakes.url("/entra")),
     ]);
-    command.arg("--once");
-    let output = command.output().unwrap();
-    let text = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{text}");
-    assert!(text.contains("decision=\"up-to-date\""), "{text}");
+    checks_up_to_date_once(command);
     assert_eq!(cloud.fakes.calls("entra"), 1);
 }
 
