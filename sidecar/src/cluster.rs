@@ -134,6 +134,20 @@ impl Cluster {
         )
     }
 
+    /// The pods matching `selector` in our namespace.
+    pub async fn pods(
+        &self,
+        selector: &std::collections::BTreeMap<String, String>,
+    ) -> anyhow::Result<Vec<Pod>> {
+        let labels: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let params = kube::api::ListParams::default().labels(&labels.join(","));
+        Ok(Api::<Pod>::namespaced(self.client.clone(), &self.namespace)
+            .list(&params)
+            .await
+            .context("listing the workload's pods")?
+            .items)
+    }
+
     /// Records an Event on the workload; failures are logged, never fatal.
     pub async fn event(
         &self,

@@ -65,6 +65,14 @@ impl WorkloadState {
             .unwrap_or_default()
     }
 
+    /// `spec.selector.matchLabels`: the workload's pods.
+    pub fn selector(&self) -> BTreeMap<String, String> {
+        self.spec
+            .pointer("/selector/matchLabels")
+            .and_then(|l| serde_json::from_value(l.clone()).ok())
+            .unwrap_or_default()
+    }
+
     pub fn restarted_for(&self) -> DigestRecord {
         self.template_record(contract::ANNOTATION_RESTARTED_FOR)
     }

@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
 use pod_reloaded_contract as contract;
 use pod_reloaded_contract::owner::WorkloadKind;
-use pod_reloaded_contract::record::{RolloutRecord, RolloutState};
+use pod_reloaded_contract::record::{DigestRecord, RolloutRecord, RolloutState};
 use pod_reloaded_contract::settings::OnFailure;
 use serde_json::{json, Value};
 
@@ -202,10 +203,63 @@ pub fn success_patch(resource_version: &str, record: &RolloutRecord) -> Value {
     })
 }
 
+/// What the new pods of a failed rollout are doing, for its Event: e.g.
+/// `2/2 new pods CrashLoopBackOff`, or `new pods: 1 ImagePullBackOff, 1 not ready`. New
+/// pods are those whose template recorded `rolled_to`. `None` when there are none.
+pub fn describe_new_pods(pods: &[Pod], rolled_to: &DigestRecord) -> Option<String> {
+    let new: Vec<&Pod> = pods
+        .iter()
+        .filter(|pod| {
+            let recorded = pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(contract::ANNOTATION_RESTARTED_FOR))
+                .map(|v| DigestRecord::parse(v))
+                .unwrap_or_default();
+            rolled_to.iter().all(|(c, d)| recorded.get(c) == Some(d))
+        })
+        .collect();
+    if new.is_empty() {
+        return None;
+    }
+    let mut states: std::collections::BTreeMap<String, usize> = Default::default();
+    for pod in &new {
+        let statuses = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .cloned()
+            .unwrap_or_default();
+        let waiting = statuses.iter().find_map(|s| {
+            s.state
+                .as_ref()
+                .and_then(|st| st.waiting.as_ref())
+                .and_then(|w| w.reason.clone())
+        });
+        let state = match waiting {
+            Some(reason) => reason,
+            None if !statuses.is_empty() && statuses.iter().all(|s| s.ready) => "Ready".to_string(),
+            None => "not ready".to_string(),
+        };
+        *states.entry(state).or_default() += 1;
+    }
+    Some(if states.len() == 1 {
+        let (state, count) = states
+            .iter()
+            .next()
+            .map(|(s, c)| (s.clone(), *c))
+            .unwrap_or_default();
+        format!("{count}/{} new pods {state}", new.len())
+    } else {
+        let parts: Vec<String> = states.iter().map(|(s, c)| format!("{c} {s}")).collect();
+        format!("new pods: {}", parts.join(", "))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pod_reloaded_contract::record::DigestRecord;
 
     const STARTED: &str = "2026-11-24T10:00:00Z";
 
@@ -440,5 +494,39 @@ mod tests {
             success_patch("3", &record)["metadata"]["annotations"][contract::ANNOTATION_ROLLOUT],
             format!("succeeded {STARTED} web=sha256:new")
         );
+    }
+
+    #[test]
+    fn new_pods_are_described_by_what_they_wait_for() {
+        let pod = |restarted_for: &str, waiting: Option<&str>, ready: bool| -> Pod {
+            let state = match waiting {
+                Some(reason) => json!({"waiting": {"reason": reason}}),
+                None => json!({"running": {}}),
+            };
+            serde_json::from_value(json!({
+                "metadata": {"annotations": {contract::ANNOTATION_RESTARTED_FOR: restarted_for}},
+                "status": {"containerStatuses": [{"name": "web", "image": "x", "imageID": "", "ready": ready, "restartCount": 3, "state": state}]}
+            }))
+            .unwrap()
+        };
+        let new = DigestRecord::parse("web=sha256:new");
+        let crashing = [
+            pod("web=sha256:new", Some("CrashLoopBackOff"), false),
+            pod("web=sha256:new", Some("CrashLoopBackOff"), false),
+            pod("web=sha256:old", None, true),
+        ];
+        assert_eq!(
+            describe_new_pods(&crashing, &new).as_deref(),
+            Some("2/2 new pods CrashLoopBackOff")
+        );
+        let mixed = [
+            pod("web=sha256:new", Some("ImagePullBackOff"), false),
+            pod("web=sha256:new", None, false),
+        ];
+        assert_eq!(
+            describe_new_pods(&mixed, &new).as_deref(),
+            Some("new pods: 1 ImagePullBackOff, 1 not ready")
+        );
+        assert_eq!(describe_new_pods(&crashing[2..], &new), None);
     }
 }

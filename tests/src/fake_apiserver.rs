@@ -323,6 +323,7 @@ async fn handle(
     let response = match method {
         Method::GET => match store.objects.get(&path) {
             Some(object) => axum::Json(object.clone()).into_response(),
+            None if is_collection(&path) => list(&store, &path, uri.query().unwrap_or("")),
             None => status(
                 StatusCode::NOT_FOUND,
                 "NotFound",
@@ -350,6 +351,59 @@ async fn handle(
         recorded.status = response.status().as_u16();
     }
     response
+}
+
+/// `/api/v1/namespaces/<ns>/<plural>` or `/apis/<group>/<version>/namespaces/<ns>/<plural>`.
+fn is_collection(path: &str) -> bool {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    matches!(
+        parts.as_slice(),
+        ["api", _, "namespaces", _, _] | ["apis", _, _, "namespaces", _, _]
+    )
+}
+
+/// A list, filtered by `labelSelector=k=v[,k=v]` as the API server does for equality.
+fn list(store: &Store, collection: &str, query: &str) -> Response {
+    let selector: Vec<(String, String)> = query
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("labelSelector="))
+        .flat_map(|s| {
+            let decoded = s
+                .replace("%3D", "=")
+                .replace("%2C", ",")
+                .replace("%2F", "/");
+            decoded
+                .split(',')
+                .filter_map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let prefix = format!("{collection}/");
+    let items: Vec<Value> = store
+        .objects
+        .iter()
+        .filter(|(path, _)| path.starts_with(&prefix) && !path[prefix.len()..].contains('/'))
+        .map(|(_, object)| object.clone())
+        .filter(|object| {
+            selector
+                .iter()
+                .all(|(k, v)| object["metadata"]["labels"][k].as_str() == Some(v.as_str()))
+        })
+        .collect();
+    let kind = items
+        .first()
+        .and_then(|i| i["kind"].as_str())
+        .map(|k| format!("{k}List"))
+        .unwrap_or_else(|| "List".to_string());
+    axum::Json(json!({
+        "apiVersion": "v1", "kind": kind,
+        "metadata": {"resourceVersion": store.next_version.to_string()},
+        "items": items
+    }))
+    .into_response()
 }
 
 fn create(store: &mut Store, collection: &str, mut object: Value) -> Response {

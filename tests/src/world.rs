@@ -72,6 +72,7 @@ impl World {
             panic!("pod {name} was not stored");
         };
         pod["metadata"]["annotations"] = template["metadata"]["annotations"].clone();
+        pod["metadata"]["labels"] = template["metadata"]["labels"].clone();
         let status = &mut pod["status"]["containerStatuses"][0];
         status["ready"] = json!(ready);
         if !ready {

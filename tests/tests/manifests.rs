@@ -154,6 +154,7 @@ fn base_renders_and_agrees_with_the_code() {
     }
     let expected: BTreeSet<String> = [
         "get pods",
+        "list pods",
         "get replicasets",
         "get deployments",
         "patch deployments",

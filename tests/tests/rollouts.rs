@@ -58,6 +58,10 @@ async fn a_crash_looping_rollout_is_rolled_back_once_and_its_digest_quarantined(
         .unwrap()
         .to_string();
     assert!(failed.contains("0 ready"), "{failed}");
+    assert!(
+        failed.contains("2/2 new pods CrashLoopBackOff"),
+        "what the new pods do: {failed}"
+    );
     assert!(old.output().contains("quarantined"), "{}", old.output());
 
     // The tag moves on: one normal restart, rolling from the digest rolled back to.

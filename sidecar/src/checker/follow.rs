@@ -19,6 +19,32 @@ impl Checker {
     /// Follows the rollout pod-reloaded started on our workload; the first sidecar to see
     /// it end records the outcome (success, rollback or halt), with the same precondition
     /// as a restart so exactly one does.
+    /// `reason`, and what the rollout's new pods are doing (`2/2 new pods
+    /// CrashLoopBackOff`) when the API lists them.
+    async fn with_pod_states(
+        &self,
+        selector: &std::collections::BTreeMap<String, String>,
+        record: &RolloutRecord,
+        reason: String,
+    ) -> String {
+        if selector.is_empty() {
+            return reason;
+        }
+        match self.cluster.pods(selector).await {
+            Ok(pods) => match rollout::describe_new_pods(&pods, &record.rolled_to) {
+                Some(states) => format!("{reason}; {states}"),
+                None => reason,
+            },
+            Err(error) => {
+                warn!(
+                    error = format!("{error:#}"),
+                    "cannot list the rollout's pods"
+                );
+                reason
+            }
+        }
+    }
+
     pub(super) async fn follow_rollout(&mut self, pod: &Pod) {
         let Some(workload) = self.workload(pod).await else {
             self.following = false;
@@ -35,9 +61,11 @@ impl Checker {
             .unwrap_or(OnFailure::Rollback);
         let now = jiff::Timestamp::now();
         let kind = workload.kind;
+        let mut selector = std::collections::BTreeMap::new();
         let updated = self
             .cluster
             .update_workload(&workload, |state, version| {
+                selector = state.selector();
                 let Some(record) = state
                     .rollout()
                     .filter(|r| r.state == RolloutState::Progressing)
@@ -104,6 +132,24 @@ impl Checker {
             }
         };
         self.following = false;
+        // A failure's Event says what the new pods are doing, when they can be listed.
+        let followed = match followed {
+            Followed::RolledBack { record, reason, to } => Followed::RolledBack {
+                reason: self.with_pod_states(&selector, &record, reason).await,
+                record,
+                to,
+            },
+            Followed::Halted {
+                record,
+                reason,
+                why,
+            } => Followed::Halted {
+                reason: self.with_pod_states(&selector, &record, reason).await,
+                record,
+                why,
+            },
+            other => other,
+        };
         match followed {
             Followed::Succeeded { record, started } => {
                 let took = Duration::try_from(now.duration_since(started)).unwrap_or_default();
