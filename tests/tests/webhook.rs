@@ -576,12 +576,12 @@ fn the_webhook_refuses_a_setting_the_api_server_would_reject_at_start() {
 async fn on_sigterm_it_turns_unready_serves_on_then_exits() {
     let dir = tempfile::tempdir().unwrap();
     let certs = generate_certificates(dir.path());
-    let mut webhook = Webhook::start(&certs, None, &["--shutdown-delay", "2s"]).await;
+    let mut webhook = Webhook::start(&certs, None, &["--shutdown-delay", "6s"]).await;
     let client = webhook.client(&certs.ca);
     assert_eq!(webhook.get_metrics_port("/readyz").unwrap().0, 200);
     let signalled = std::time::Instant::now();
     webhook.process.signal("TERM");
-    let unready = pod_reloaded_tests::process::eventually(Duration::from_secs(1), || {
+    let unready = pod_reloaded_tests::process::eventually(Duration::from_secs(3), || {
         webhook
             .get_metrics_port("/readyz")
             .is_ok_and(|(s, _)| s == 503)
@@ -597,7 +597,7 @@ async fn on_sigterm_it_turns_unready_serves_on_then_exits() {
     .await;
     assert_eq!(status, 200);
     assert!(
-        signalled.elapsed() < Duration::from_secs(2),
+        signalled.elapsed() < Duration::from_secs(6),
         "still within the delay"
     );
     let status = webhook
@@ -606,7 +606,7 @@ async fn on_sigterm_it_turns_unready_serves_on_then_exits() {
         .expect("exits after the delay and the grace");
     assert!(status.success(), "{status:?}");
     assert!(
-        signalled.elapsed() >= Duration::from_secs(2),
+        signalled.elapsed() >= Duration::from_secs(6),
         "served on for the delay"
     );
 }
