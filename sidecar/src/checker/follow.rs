@@ -6,14 +6,13 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use pod_reloaded_contract as contract;
 use pod_reloaded_contract::record::{DigestRecord, RolloutRecord, RolloutState};
-use pod_reloaded_contract::settings::{self, OnFailure};
 use tracing::{info, warn};
 
 use super::Checker;
 use crate::cluster::Update;
 use crate::decide;
 use crate::metrics::RolloutResult;
-use crate::rollout::{self, FailureAction, Progress};
+use crate::rollout::{self, FailureAction, Progress, RolloutSettings};
 
 impl Checker {
     /// Follows the rollout pod-reloaded started on our workload; the first sidecar to see
@@ -50,15 +49,12 @@ impl Checker {
             self.following = false;
             return;
         };
-        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-        let timeout = annotations
-            .get(contract::ANNOTATION_ROLLOUT_TIMEOUT)
-            .and_then(|t| settings::parse_rollout_timeout(t).ok())
-            .unwrap_or(DEFAULT_ROLLOUT_TIMEOUT);
-        let on_failure = annotations
-            .get(contract::ANNOTATION_ON_FAILURE)
-            .and_then(|t| OnFailure::parse(t).ok())
-            .unwrap_or(OnFailure::Rollback);
+        let RolloutSettings {
+            timeout,
+            on_failure,
+        } = RolloutSettings::from_annotations(
+            &pod.metadata.annotations.clone().unwrap_or_default(),
+        );
         let now = jiff::Timestamp::now();
         let kind = workload.kind;
         let mut selector = std::collections::BTreeMap::new();
@@ -214,9 +210,6 @@ impl Checker {
     }
 }
 
-/// Default of `pod-reloaded.io/rollout-timeout`.
-const DEFAULT_ROLLOUT_TIMEOUT: Duration = Duration::from_secs(600);
-
 /// What following a rollout came to in one round.
 enum Followed {
     NothingToFollow,
@@ -255,10 +248,7 @@ pub(super) fn restarted_recently(pod: &Pod) -> bool {
     else {
         return false;
     };
-    let timeout = annotations
-        .get(contract::ANNOTATION_ROLLOUT_TIMEOUT)
-        .and_then(|t| settings::parse_rollout_timeout(t).ok())
-        .unwrap_or(DEFAULT_ROLLOUT_TIMEOUT);
+    let timeout = RolloutSettings::from_annotations(annotations).timeout;
     let age = Duration::try_from(jiff::Timestamp::now().duration_since(restarted_at))
         .unwrap_or(Duration::ZERO);
     age <= timeout + Duration::from_secs(60)
