@@ -54,6 +54,12 @@ impl std::fmt::Display for DigestRecord {
     }
 }
 
+/// A time as pod-reloaded's annotations write it (and `kubectl rollout restart` writes
+/// `restartedAt`): RFC 3339 in UTC, to the second.
+pub fn timestamp_text(at: jiff::Timestamp) -> String {
+    at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
 /// How the last rollout pod-reloaded started went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RolloutState {
@@ -196,11 +202,7 @@ impl std::fmt::Display for PendingRecord {
             if i > 0 {
                 f.write_str(",")?;
             }
-            write!(
-                f,
-                "{container}={digest}@{}",
-                since.strftime("%Y-%m-%dT%H:%M:%SZ")
-            )?;
+            write!(f, "{container}={digest}@{}", timestamp_text(*since))?;
         }
         Ok(())
     }

@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use pod_reloaded_contract as contract;
-use pod_reloaded_contract::record::{DigestRecord, PendingRecord, RolloutRecord, RolloutState};
+use pod_reloaded_contract::record::{
+    timestamp_text, DigestRecord, PendingRecord, RolloutRecord, RolloutState,
+};
 
 use crate::timing::{self, Hold, Timing};
 use serde_json::{json, Value};
@@ -276,15 +278,10 @@ pub fn decide_restart(
     })
 }
 
-/// `restartedAt` as `kubectl rollout restart` writes it.
-pub fn restarted_at_text(at: Timestamp) -> String {
-    at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
-
 /// The merge patch that rolls the workload and records the rollout on its metadata,
 /// guarded by the `resourceVersion` we read so that of N replicas exactly one wins.
 pub fn restart_patch(resource_version: &str, restarted_at: Timestamp, restart: &Restart) -> Value {
-    let at = restarted_at_text(restarted_at);
+    let at = timestamp_text(restarted_at);
     let record = RolloutRecord {
         state: RolloutState::Progressing,
         restarted_at: at.clone(),

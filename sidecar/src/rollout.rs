@@ -7,11 +7,11 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use pod_reloaded_contract as contract;
 use pod_reloaded_contract::owner::WorkloadKind;
-use pod_reloaded_contract::record::{DigestRecord, RolloutRecord, RolloutState};
+use pod_reloaded_contract::record::{timestamp_text, DigestRecord, RolloutRecord, RolloutState};
 use pod_reloaded_contract::settings::{self, OnFailure};
 use serde_json::{json, Value};
 
-use crate::decide::{quarantine_patch, restarted_at_text, WorkloadState};
+use crate::decide::{quarantine_patch, WorkloadState};
 
 /// A pod's rollout settings (`rollout-timeout`, `on-failure`, copied from its template).
 /// Values the webhook would have refused fall back to the defaults.
@@ -193,7 +193,7 @@ pub fn failure_action(
             &record.with_state(RolloutState::RolledBack),
         );
         patch["spec"] = json!({ "template": { "metadata": { "annotations": {
-            contract::ANNOTATION_RESTARTED_AT: restarted_at_text(now),
+            contract::ANNOTATION_RESTARTED_AT: timestamp_text(now),
             contract::ANNOTATION_RESTARTED_FOR: restarted_for.to_string(),
             contract::ANNOTATION_ROLLED_FROM: Value::Null,
         }}}});

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use pod_reloaded_contract as contract;
-use pod_reloaded_contract::record::PendingRecord;
+use pod_reloaded_contract::record::{timestamp_text, PendingRecord};
 use pod_reloaded_contract::settings::{self, Mode};
 use pod_reloaded_contract::window::RestartWindows;
 
@@ -76,7 +76,7 @@ pub enum Hold {
 impl Hold {
     /// A short reason and, when known, when the restart may happen.
     pub fn describe(&self) -> String {
-        let at = |t: &Timestamp| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let at = |t: &Timestamp| timestamp_text(*t);
         match self {
             Self::Paused => format!(
                 "the workload is paused ({}: \"true\")",

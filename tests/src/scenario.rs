@@ -323,12 +323,6 @@ fn owner_reference(owner: &Value) -> Value {
     })
 }
 
-fn now_rfc3339() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
-}
-
 fn env_summary(pod: &Value) -> Vec<String> {
     let sidecar = pod["spec"]["containers"]
         .as_array()
@@ -529,7 +523,7 @@ pub async fn run(sink: &mut dyn FnMut(String)) -> anyhow::Result<Summary> {
         patched.clone(),
         "app-7c9a8e0d6-b1",
         &v2.digest,
-        &now_rfc3339(),
+        &crate::world::now(),
     )?;
     let pinned = patched["spec"]["containers"][0]["image"]
         .as_str()
@@ -568,8 +562,12 @@ pub async fn run(sink: &mut dyn FnMut(String)) -> anyhow::Result<Summary> {
 
     // A new pod whose pull did not take: still the old digest under restarted-for new.
     tokio::time::sleep(Duration::from_millis(1100)).await; // created after restartedAt (1s precision)
-    let (_, stuck_sidecar) =
-        world.run_pod(patched, "app-7c9a8e0d6-b2", &v1.digest, &now_rfc3339())?;
+    let (_, stuck_sidecar) = world.run_pod(
+        patched,
+        "app-7c9a8e0d6-b2",
+        &v1.digest,
+        &crate::world::now(),
+    )?;
     world.rounds(&stuck_sidecar, 3).await?;
     ensure!(
         world.successful_patches() == 1,
@@ -595,7 +593,11 @@ pub async fn run(sink: &mut dyn FnMut(String)) -> anyhow::Result<Summary> {
     for i in 0..3 {
         let (patched, _) = world.admit(&third_rs).await?;
         let name = format!("app-8d0b9f1e7-c{i}");
-        sidecars.push(world.run_pod(patched, &name, &v2.digest, &now_rfc3339())?.1);
+        sidecars.push(
+            world
+                .run_pod(patched, &name, &v2.digest, &crate::world::now())?
+                .1,
+        );
     }
     world.rounds(&sidecars[0], 2).await?;
     let before = world.successful_patches();

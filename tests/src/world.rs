@@ -156,9 +156,7 @@ impl World {
 }
 
 pub fn now() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    pod_reloaded_contract::record::timestamp_text(jiff::Timestamp::now())
 }
 
 pub fn checked_rounds(sidecar: &Running) -> usize {

@@ -4,7 +4,7 @@
 use k8s_openapi::api::core::v1::Pod;
 use pod_reloaded_contract as contract;
 use pod_reloaded_contract::owner::WorkloadRef;
-use pod_reloaded_contract::record::{DigestRecord, RolloutRecord, RolloutState};
+use pod_reloaded_contract::record::{timestamp_text, DigestRecord, RolloutRecord, RolloutState};
 use tracing::{info, warn};
 
 use super::{Checker, RoundOutcome};
@@ -37,7 +37,7 @@ impl Checker {
                             .map(|r| r.with_state(RolloutState::Undone))
                             .unwrap_or_else(|| RolloutRecord {
                                 state: RolloutState::Undone,
-                                restarted_at: decide::restarted_at_text(now),
+                                restarted_at: timestamp_text(now),
                                 rolled_to: left.clone(),
                             });
                         Update::Patch(
