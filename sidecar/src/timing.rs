@@ -74,6 +74,18 @@ pub enum Hold {
 }
 
 impl Hold {
+    /// The kind of hold without its time, so a deferral is said once per digest and
+    /// kind (not each time its "until" moves).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Paused => "paused",
+            Self::Notify => "notify",
+            Self::Soaking { .. } => "min-age",
+            Self::CoolingDown { .. } => "cooldown",
+            Self::OutsideWindow { .. } => "window",
+        }
+    }
+
     /// A short reason and, when known, when the restart may happen.
     pub fn describe(&self) -> String {
         let at = |t: &Timestamp| timestamp_text(*t);

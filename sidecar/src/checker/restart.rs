@@ -124,7 +124,7 @@ impl Checker {
     /// Says once per digest and reason why a due restart waits, and until when.
     fn held(&mut self, workload: &WorkloadRef, hold: &Hold, changes: &DigestRecord) {
         let reason = hold.describe();
-        if self.not_yet_warned(format!("held:{changes}:{}", reason_kind(hold))) {
+        if self.not_yet_warned(format!("held:{changes}:{}", hold.kind())) {
             info!(%workload, changes = %changes, decision = "defer", reason, "restart deferred");
         }
     }
@@ -174,17 +174,5 @@ impl Checker {
             RestartDecision::Restart(_) | RestartDecision::Undone { .. } => {}
         }
         RoundOutcome::AlreadyRestarted
-    }
-}
-
-/// The kind of hold, so a deferral is said once per digest and reason (not each time
-/// its "until" moves).
-fn reason_kind(hold: &Hold) -> &'static str {
-    match hold {
-        Hold::Paused => "paused",
-        Hold::Notify => "notify",
-        Hold::Soaking { .. } => "min-age",
-        Hold::CoolingDown { .. } => "cooldown",
-        Hold::OutsideWindow { .. } => "window",
     }
 }
