@@ -201,10 +201,7 @@ impl RegistryClient {
             let (get_media_type, body) = self.get_manifest(repository, tag).await?;
             if media_type.trim().is_empty() {
                 media_type = if get_media_type.trim().is_empty() {
-                    serde_json::from_slice::<MediaTypeOnly>(&body)
-                        .ok()
-                        .and_then(|m| m.media_type)
-                        .unwrap_or_default()
+                    MediaTypeOnly::declared_in(&body).unwrap_or_default()
                 } else {
                     get_media_type
                 };
@@ -272,20 +269,18 @@ impl RegistryClient {
         digest: &str,
     ) -> Result<Option<String>, RegistryError> {
         let (url, body) = self.get_verified(repository, digest).await?;
-        let declared = serde_json::from_slice::<MediaTypeOnly>(&body)
-            .ok()
-            .and_then(|m| m.media_type)
-            .and_then(|m| ManifestKind::from_media_type(&m));
-        let is_index = match declared {
-            Some(kind) => kind == ManifestKind::Index,
+        let declared =
+            MediaTypeOnly::declared_in(&body).and_then(|m| ManifestKind::from_media_type(&m));
+        let index = match declared {
+            Some(ManifestKind::Manifest) => return Ok(Some(digest.to_string())),
+            Some(ManifestKind::Index) => serde_json::from_slice::<Index>(&body)
+                .map_err(|e| unexpected(&url, format!("index does not parse: {e}")))?,
             // OCI leaves mediaType optional: an index is what lists manifests.
-            None => serde_json::from_slice::<Index>(&body).is_ok(),
+            None => match serde_json::from_slice::<Index>(&body) {
+                Ok(index) => index,
+                Err(_) => return Ok(Some(digest.to_string())),
+            },
         };
-        if !is_index {
-            return Ok(Some(digest.to_string()));
-        }
-        let index: Index = serde_json::from_slice(&body)
-            .map_err(|e| unexpected(&url, format!("index does not parse: {e}")))?;
         index
             .manifest_for(&self.platform)
             .map(|child| checked_digest(&url, child))
