@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod observe;
 pub mod platform;
 pub mod registry;
+pub mod resident;
 pub mod rollout;
 pub mod schedule;
 pub mod timing;

@@ -10,8 +10,9 @@ use pod_reloaded_sidecar::platform::Platform;
 use pod_reloaded_sidecar::registry::cloud::{CloudEnv, CloudLogin};
 use pod_reloaded_sidecar::registry::credentials::Credentials;
 use pod_reloaded_sidecar::registry::RegistryClient;
+use pod_reloaded_sidecar::resident;
 use pod_reloaded_sidecar::schedule::next_delay;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 fn main() -> ExitCode {
     // One thread: the sidecar waits on the network almost all the time, and a small
@@ -110,8 +111,22 @@ async fn run(config: Config, prepared: Prepared) -> anyhow::Result<ExitCode> {
     let mut checker = Checker::new(config, registry, cluster, metrics);
 
     let mut failures: u32 = 0;
+    let mut start_up_pages_released = false;
     loop {
         let outcome = checker.round().await;
+        if !start_up_pages_released {
+            // After the first round: start-up and the first look at the pod and the
+            // registry are done, and what later rounds touch is mapped again on demand.
+            start_up_pages_released = true;
+            match resident::release_start_up_pages() {
+                Ok(released) => debug!(
+                    mappings = released.mappings,
+                    resident_kib = released.resident_bytes / 1024,
+                    "released the binary's start-up pages"
+                ),
+                Err(error) => debug!(%error, "could not release the binary's start-up pages"),
+            }
+        }
         let retry_after = match outcome {
             RoundOutcome::Failed { retry_after } => {
                 failures = failures.saturating_add(1);
