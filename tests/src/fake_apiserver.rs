@@ -4,8 +4,9 @@
 //! `creationTimestamp`,
 //! enforces `resourceVersion` preconditions (409 Conflict), answers 409 AlreadyExists on
 //! duplicate creates, applies JSON merge patches and JSON patches, and stores owner
-//! references as given. Every request is recorded so tests can assert on exactly what
-//! was sent.
+//! references as given, and serves watches (`?watch=true`) of any collection, namespaced
+//! or cluster-wide, from a `resourceVersion` on. Every request is recorded so tests can
+//! assert on exactly what was sent.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -35,11 +36,29 @@ impl RecordedRequest {
     pub fn is_write(&self) -> bool {
         !matches!(self.method.as_str(), "GET" | "HEAD")
     }
+
+    /// A list or a watch of a collection: what a client's informers send at start, not
+    /// what one request it handles costs.
+    pub fn is_list_or_watch(&self) -> bool {
+        self.method == "GET" && is_collection(&self.path)
+    }
+}
+
+/// One change of an object, as a watch sends it.
+#[derive(Clone, Debug)]
+struct Change {
+    version: u64,
+    kind: &'static str,
+    path: String,
+    object: Value,
 }
 
 #[derive(Default)]
 struct Store {
     objects: BTreeMap<String, Value>,
+    /// Every change, for watches that start from an older `resourceVersion`.
+    changes: Vec<Change>,
+    watchers: Vec<tokio::sync::mpsc::UnboundedSender<Change>>,
     requests: Vec<RecordedRequest>,
     next_version: u64,
     /// Paths whose next PATCH is preceded by a concurrent write (to provoke a 409).
@@ -63,6 +82,38 @@ impl Store {
     fn bump(&mut self) -> String {
         self.next_version += 1;
         self.next_version.to_string()
+    }
+
+    /// Stores `object` at `path` and tells the watches.
+    fn insert(&mut self, path: String, object: Value) {
+        let kind = if self.objects.contains_key(&path) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        self.objects.insert(path.clone(), object.clone());
+        self.changed(kind, path, object);
+    }
+
+    fn remove(&mut self, path: &str) -> Option<Value> {
+        let mut object = self.objects.remove(path)?;
+        // A deletion is a change with its own resourceVersion, as on a real server.
+        let version = self.bump();
+        object["metadata"]["resourceVersion"] = json!(version);
+        self.changed("DELETED", path.to_string(), object.clone());
+        Some(object)
+    }
+
+    fn changed(&mut self, kind: &'static str, path: String, object: Value) {
+        let change = Change {
+            version: self.next_version,
+            kind,
+            path,
+            object,
+        };
+        self.watchers
+            .retain(|watcher| watcher.send(change.clone()).is_ok());
+        self.changes.push(change);
     }
 }
 
@@ -108,7 +159,7 @@ impl FakeApiServer {
         let before = store.objects.get(&path).cloned();
         bump_generation(before.as_ref(), &mut object);
         stamp(&mut object, &version);
-        store.objects.insert(path, object.clone());
+        store.insert(path, object.clone());
         object
     }
 
@@ -117,7 +168,7 @@ impl FakeApiServer {
     }
 
     pub fn delete(&self, path: &str) -> Option<Value> {
-        self.lock().objects.remove(path)
+        self.lock().remove(path)
     }
 
     /// All objects whose path starts with `prefix` (e.g. a namespace's events).
@@ -132,6 +183,14 @@ impl FakeApiServer {
 
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.lock().requests.clone()
+    }
+
+    /// The requests about single objects (reads and writes), lists and watches left out.
+    pub fn object_requests(&self) -> Vec<RecordedRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| !r.is_list_or_watch())
+            .collect()
     }
 
     pub fn clear_requests(&self) {
@@ -323,6 +382,9 @@ async fn handle(
     let response = match method {
         Method::GET => match store.objects.get(&path) {
             Some(object) => axum::Json(object.clone()).into_response(),
+            None if is_collection(&path) && is_watch(uri.query().unwrap_or("")) => {
+                watch(&mut store, &path, uri.query().unwrap_or(""))
+            }
             None if is_collection(&path) => list(&store, &path, uri.query().unwrap_or("")),
             None => status(
                 StatusCode::NOT_FOUND,
@@ -333,7 +395,7 @@ async fn handle(
         Method::POST => create(&mut store, &path, parsed),
         Method::PATCH => patch(&mut store, &path, &content_type, parsed),
         Method::PUT => replace(&mut store, &path, parsed),
-        Method::DELETE => match store.objects.remove(&path) {
+        Method::DELETE => match store.remove(&path) {
             Some(object) => axum::Json(object).into_response(),
             None => status(
                 StatusCode::NOT_FOUND,
@@ -353,18 +415,93 @@ async fn handle(
     response
 }
 
-/// `/api/v1/namespaces/<ns>/<plural>` or `/apis/<group>/<version>/namespaces/<ns>/<plural>`.
+/// `/api/v1/namespaces/<ns>/<plural>`, `/apis/<group>/<version>/namespaces/<ns>/<plural>`,
+/// or the same without the namespace: a collection across all namespaces.
 fn is_collection(path: &str) -> bool {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     matches!(
         parts.as_slice(),
-        ["api", _, "namespaces", _, _] | ["apis", _, _, "namespaces", _, _]
+        ["api", _, "namespaces", _, _]
+            | ["apis", _, _, "namespaces", _, _]
+            | ["api", _, _]
+            | ["apis", _, _, _]
     )
 }
 
-/// A list, filtered by `labelSelector=k=v[,k=v]` as the API server does for equality.
-fn list(store: &Store, collection: &str, query: &str) -> Response {
-    let selector: Vec<(String, String)> = query
+/// Whether the object at `path` belongs to `collection`, namespaced or cluster-wide.
+fn in_collection(collection: &str, path: &str) -> bool {
+    let Some((parent, _name)) = path.rsplit_once('/') else {
+        return false;
+    };
+    if parent == collection {
+        return true;
+    }
+    // `/apis/g/v/rolebindings` holds `/apis/g/v/namespaces/<ns>/rolebindings/<name>`.
+    let Some((group_version, plural)) = collection.rsplit_once('/') else {
+        return false;
+    };
+    parent
+        .strip_prefix(group_version)
+        .and_then(|rest| rest.strip_prefix("/namespaces/"))
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(namespace, rest)| !namespace.is_empty() && rest == plural)
+}
+
+fn is_watch(query: &str) -> bool {
+    query
+        .split('&')
+        .any(|pair| pair == "watch=true" || pair == "watch=1")
+}
+
+fn query_value<'q>(query: &'q str, key: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// A watch: the changes after `resourceVersion` (all of them without one), then each
+/// change as it happens, one JSON event per line, until the client goes away.
+fn watch(store: &mut Store, collection: &str, query: &str) -> Response {
+    let selector = label_selector(query);
+    let since: u64 = query_value(query, "resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let wanted = {
+        let collection = collection.to_string();
+        move |change: &Change| {
+            in_collection(&collection, &change.path) && matches_labels(&change.object, &selector)
+        }
+    };
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    for change in store.changes.iter().filter(|c| c.version > since) {
+        let _ = sender.send(change.clone());
+    }
+    store.watchers.push(sender);
+    let events = futures_util::stream::unfold(receiver, move |mut receiver| {
+        let wanted = wanted.clone();
+        async move {
+            loop {
+                let change = receiver.recv().await?;
+                if wanted(&change) {
+                    let mut line = serde_json::to_vec(&json!({
+                        "type": change.kind, "object": change.object
+                    }))
+                    .unwrap_or_default();
+                    line.push(b'\n');
+                    return Some((Ok::<_, std::io::Error>(Bytes::from(line)), receiver));
+                }
+            }
+        }
+    });
+    Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "application/json")
+        .body(axum::body::Body::from_stream(events))
+        .unwrap_or_default()
+}
+
+/// `labelSelector=k=v[,k=v]`, equality only.
+fn label_selector(query: &str) -> Vec<(String, String)> {
+    query
         .split('&')
         .filter_map(|pair| pair.strip_prefix("labelSelector="))
         .flat_map(|s| {
@@ -380,18 +517,25 @@ fn list(store: &Store, collection: &str, query: &str) -> Response {
                 })
                 .collect::<Vec<_>>()
         })
-        .collect();
-    let prefix = format!("{collection}/");
+        .collect()
+}
+
+fn matches_labels(object: &Value, selector: &[(String, String)]) -> bool {
+    selector
+        .iter()
+        .all(|(k, v)| object["metadata"]["labels"][k].as_str() == Some(v.as_str()))
+}
+
+/// A list, filtered by `labelSelector=k=v[,k=v]` as the API server does for equality.
+fn list(store: &Store, collection: &str, query: &str) -> Response {
+    let selector = label_selector(query);
     let items: Vec<Value> = store
         .objects
         .iter()
-        .filter(|(path, _)| path.starts_with(&prefix) && !path[prefix.len()..].contains('/'))
-        .map(|(_, object)| object.clone())
-        .filter(|object| {
-            selector
-                .iter()
-                .all(|(k, v)| object["metadata"]["labels"][k].as_str() == Some(v.as_str()))
+        .filter(|(path, object)| {
+            in_collection(collection, path) && matches_labels(object, &selector)
         })
+        .map(|(_, object)| object.clone())
         .collect();
     let kind = items
         .first()
@@ -445,7 +589,7 @@ fn create(store: &mut Store, collection: &str, mut object: Value) -> Response {
     let version = store.bump();
     bump_generation(None, &mut object);
     stamp(&mut object, &version);
-    store.objects.insert(path, object.clone());
+    store.insert(path, object.clone());
     (StatusCode::CREATED, axum::Json(object)).into_response()
 }
 
@@ -525,7 +669,7 @@ fn patch(store: &mut Store, path: &str, content_type: &str, body: Value) -> Resp
     let version = store.bump();
     bump_generation(Some(&stored), &mut updated);
     updated["metadata"]["resourceVersion"] = json!(version);
-    store.objects.insert(path.to_string(), updated.clone());
+    store.insert(path.to_string(), updated.clone());
     axum::Json(updated).into_response()
 }
 
@@ -543,6 +687,6 @@ fn replace(store: &mut Store, path: &str, mut body: Value) -> Response {
     let version = store.bump();
     bump_generation(Some(&stored), &mut body);
     body["metadata"]["resourceVersion"] = json!(version);
-    store.objects.insert(path.to_string(), body.clone());
+    store.insert(path.to_string(), body.clone());
     axum::Json(body).into_response()
 }

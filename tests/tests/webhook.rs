@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use pod_reloaded_contract as contract;
-use pod_reloaded_tests::fake_apiserver::FakeApiServer;
+use pod_reloaded_tests::fake_apiserver::{ApiFault, FakeApiServer};
 use pod_reloaded_tests::webhook::{
     fixture, generate_certificates, response_patch, tls_client, warnings, Webhook,
 };
@@ -166,9 +166,9 @@ async fn fixtures_are_answered_as_their_readme_says() {
     let answer = review(&webhook, &client, &other_namespace).await;
     assert!(sidecar_of(&patched_object(&other_namespace, &answer)).is_some());
     assert!(
-        api.requests().is_empty(),
+        api.object_requests().is_empty(),
         "dry run touched the API: {:?}",
-        api.requests()
+        api.object_requests()
     );
 
     // Admitted unchanged, with a warning saying why.
@@ -184,7 +184,11 @@ async fn fixtures_are_answered_as_their_readme_says() {
         let said = warnings(&answer);
         assert!(said.iter().any(|w| w.contains(why)), "{name}: {said:?}");
     }
-    assert!(api.requests().is_empty(), "skips touched the API");
+    assert!(
+        api.object_requests().is_empty(),
+        "skips touched the API: {:?}",
+        api.object_requests()
+    );
 
     let (code, metrics) = webhook.get_metrics_port("/metrics").unwrap();
     assert_eq!(code, 200);
@@ -320,7 +324,11 @@ async fn malformed_requests_get_a_clear_4xx_and_change_nothing() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 404);
 
-    assert!(api.requests().is_empty(), "bad input reached the API");
+    assert!(
+        api.object_requests().is_empty(),
+        "bad input reached the API: {:?}",
+        api.object_requests()
+    );
     assert!(
         webhook.process.child.try_wait().unwrap().is_none(),
         "webhook still running"
@@ -451,27 +459,112 @@ async fn an_account_or_binding_deleted_by_hand_is_created_again_for_the_next_pod
     assert!(response_patch(&answer).is_some());
     assert!(api.get(account).is_some() && api.get(binding).is_some());
 
-    // Within the remembered window, a pod costs reads only.
+    // The webhook watches what it manages: one list and one watch per resource, with its
+    // label, across namespaces.
+    for collection in [
+        "/api/v1/serviceaccounts",
+        "/apis/rbac.authorization.k8s.io/v1/rolebindings",
+    ] {
+        let label = format!(
+            "{}%3D{}",
+            contract::MANAGED_BY_LABEL.replace('/', "%2F"),
+            contract::MANAGED_BY_VALUE
+        );
+        let sent = api.requests_to("GET", collection);
+        assert!(
+            sent.iter().any(|r| r.query.contains("watch=true")),
+            "{collection}: {sent:?}"
+        );
+        assert!(
+            sent.iter().all(|r| r.query.contains(&label)),
+            "{collection}: {sent:?}"
+        );
+    }
+
+    // Once the watches know both objects, a pod costs no API request at all.
+    let mut quiet = false;
+    for _ in 0..200 {
+        api.clear_requests();
+        review(&webhook, &client, &request).await;
+        if api.object_requests().is_empty() {
+            quiet = true;
+            break;
+        }
+        assert!(
+            api.requests().iter().all(|r| !r.is_write()),
+            "{:?}",
+            api.requests()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(quiet, "pods still cost API reads: {:?}", api.requests());
+
+    // Someone deletes the account, then the binding: as soon as the watch has told the
+    // webhook, the next pod gets them back before it is sent to an account that does not
+    // exist.
+    for deleted in [account, binding] {
+        api.delete(deleted);
+        let mut recreated = false;
+        for _ in 0..200 {
+            let answer = review(&webhook, &client, &request).await;
+            let pod = patched_object(&request, &answer);
+            assert_eq!(
+                pod["spec"]["serviceAccountName"],
+                contract::CHECKER_SERVICE_ACCOUNT
+            );
+            if api.get(deleted).is_some() {
+                recreated = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            recreated,
+            "{deleted} not created again:\n{}",
+            webhook.process.output()
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_the_watch_each_pod_is_checked_with_the_api_server() {
+    let api = FakeApiServer::start().await.unwrap();
+    // A ClusterRole without list/watch on rolebindings, as an older install has.
+    api.inject_fault(
+        "GET",
+        "/apis/rbac.authorization.k8s.io/v1/rolebindings",
+        ApiFault::Status(403),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let certs = generate_certificates(dir.path());
+    let webhook = Webhook::start(&certs, Some(&api), &[]).await;
+    let client = webhook.client(&certs.ca);
+    let binding =
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/rolebindings/pod-reloaded-checker";
+    let request = fixture("deployment-pod-default-sa.json");
+    review(&webhook, &client, &request).await;
+    assert!(api.get(binding).is_some());
+
+    // Each pod asks; a deleted binding is back for the very next pod.
     api.clear_requests();
     review(&webhook, &client, &request).await;
-    assert!(
-        api.requests().iter().all(|r| !r.is_write()),
+    assert_eq!(
+        api.requests_to("GET", binding).len(),
+        1,
         "{:?}",
         api.requests()
     );
-
-    // Someone deletes the account, then the binding: the next pod gets them back before
-    // it is sent to an account that does not exist.
-    for deleted in [account, binding] {
-        api.delete(deleted);
-        let answer = review(&webhook, &client, &request).await;
-        let pod = patched_object(&request, &answer);
-        assert_eq!(
-            pod["spec"]["serviceAccountName"],
-            contract::CHECKER_SERVICE_ACCOUNT
-        );
-        assert!(api.get(deleted).is_some(), "{deleted} created again");
-    }
+    api.delete(binding);
+    review(&webhook, &client, &request).await;
+    assert!(api.get(binding).is_some(), "binding not created again");
+    assert!(
+        webhook
+            .process
+            .output()
+            .contains("cannot watch the checker grants"),
+        "{}",
+        webhook.process.output()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use pod_reloaded_webhook::admission::Admission;
 use pod_reloaded_webhook::config::Config;
+use pod_reloaded_webhook::existing_grants::ExistingGrants;
 use pod_reloaded_webhook::inject::InjectionSettings;
 use pod_reloaded_webhook::rbac::AccessGranter;
 use pod_reloaded_webhook::server::{self, HealthState};
@@ -51,7 +52,10 @@ fn main() -> std::process::ExitCode {
 
 async fn run(config: Config, settings: InjectionSettings) -> anyhow::Result<()> {
     let granter = match kube_client().await {
-        Ok(client) => Some(AccessGranter::new(client, config.api_timeout)),
+        Ok(client) => Some(
+            AccessGranter::new(client.clone(), config.api_timeout)
+                .with_existing_grants(ExistingGrants::watch(client)),
+        ),
         Err(error) => {
             warn!(
                 error = format!("{error:#}"),

@@ -4,9 +4,10 @@
 //!
 //! Idempotent: objects are read first and only created or patched when missing or
 //! different; an `AlreadyExists` from a concurrent replica counts as success. What was
-//! ensured is remembered for a while; within that time a pod costs only a cheap
-//! existence check of the account and binding (two concurrent GETs), so one deleted by
-//! hand is created again before a pod is sent to an account that does not exist.
+//! ensured is remembered for a while; within that time a pod costs only an existence
+//! check of the account and binding, so one deleted by hand is created again before a pod
+//! is sent to an account that does not exist. The check is answered by the watches of
+//! `ExistingGrants` (no request) while they are in sync, by two concurrent GETs otherwise.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -19,6 +20,8 @@ use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use pod_reloaded_contract as contract;
 
+use crate::existing_grants::ExistingGrants;
+
 /// How long an ensured binding is trusted before it is checked again.
 const ENSURED_TTL: Duration = Duration::from_secs(300);
 
@@ -26,6 +29,7 @@ pub struct AccessGranter {
     client: Client,
     timeout: Duration,
     ensured: Mutex<HashMap<(String, String), Instant>>,
+    existing: Option<ExistingGrants>,
 }
 
 impl AccessGranter {
@@ -34,7 +38,14 @@ impl AccessGranter {
             client,
             timeout,
             ensured: Mutex::new(HashMap::new()),
+            existing: None,
         }
+    }
+
+    /// Answers existence checks from watches of the managed accounts and bindings.
+    pub fn with_existing_grants(mut self, existing: ExistingGrants) -> Self {
+        self.existing = Some(existing);
+        self
     }
 
     /// Ensures `service_account` in `namespace` exists (when `create_account`) and is bound
@@ -80,9 +91,14 @@ impl AccessGranter {
         service_account: &str,
         check_account: bool,
     ) -> anyhow::Result<bool> {
+        let binding = contract::checker_role_binding_name(service_account);
+        if let Some(known) = self.existing.as_ref().and_then(|existing| {
+            existing.both_exist(namespace, service_account, &binding, check_account)
+        }) {
+            return Ok(known);
+        }
         let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
         let bindings: Api<RoleBinding> = Api::namespaced(self.client.clone(), namespace);
-        let binding = contract::checker_role_binding_name(service_account);
         let (account, binding) = tokio::join!(
             async {
                 if check_account {
