@@ -68,6 +68,11 @@ async fn fixtures_are_answered_as_their_readme_says() {
     let pod = patched_object(&request, &answer);
     let sidecar = sidecar_of(&pod).expect("sidecar injected");
     assert_eq!(sidecar["image"], "test/checker:1");
+    // The documented defaults (README), sized from the sidecar's measured RSS.
+    assert_eq!(
+        sidecar["resources"],
+        json!({"requests": {"cpu": "5m", "memory": "10Mi"}, "limits": {"cpu": "100m", "memory": "32Mi"}})
+    );
     assert_eq!(
         pod["spec"]["serviceAccountName"],
         contract::CHECKER_SERVICE_ACCOUNT
