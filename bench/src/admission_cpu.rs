@@ -3,10 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use pod_reloaded_webhook::admission::{encode_review, Admission};
-use pod_reloaded_webhook::inject::{self, Decision};
+use pod_reloaded_webhook::inject::{self, Decision, PodView};
 
 fn time<T>(iterations: u32, mut f: impl FnMut() -> T) -> Duration {
     let started = Instant::now();
@@ -19,10 +18,10 @@ fn time<T>(iterations: u32, mut f: impl FnMut() -> T) -> Duration {
 pub async fn run(admission: &Admission, body: &[u8], iterations: u32) {
     let us = |d: Duration| format!("{:.1} µs", d.as_secs_f64() * 1e6);
     let parse = time(iterations, || {
-        serde_json::from_slice::<AdmissionReview<Pod>>(body).ok()
+        serde_json::from_slice::<AdmissionReview<PodView>>(body).ok()
     });
-    let review: AdmissionReview<Pod> = serde_json::from_slice(body).expect("fixture parses");
-    let request: AdmissionRequest<Pod> = review.try_into().expect("has a request");
+    let review: AdmissionReview<PodView> = serde_json::from_slice(body).expect("fixture parses");
+    let request: AdmissionRequest<PodView> = review.try_into().expect("has a request");
     let pod = request.object.clone().expect("object");
     let decide = time(iterations, || {
         inject::decide(&pod, "shop", &admission.settings)
@@ -49,7 +48,7 @@ pub async fn run(admission: &Admission, body: &[u8], iterations: u32) {
     );
     println!("| stage | time |");
     println!("|---|---|");
-    println!("| parse AdmissionReview<Pod> | {} |", us(parse));
+    println!("| parse AdmissionReview<PodView> | {} |", us(parse));
     println!("| decide + build patch | {} |", us(decide));
     println!("| response with patch, serialized | {} |", us(respond));
     println!("| whole `Admission::review` + serialize | {} |", us(whole));

@@ -43,10 +43,12 @@ fn injected_env(pod: &Pod) -> Option<Vec<(String, String)>> {
 }
 
 fn injected_env_with(pod: &Pod, settings: &InjectionSettings) -> Option<Vec<(String, String)>> {
-    let Decision::Inject(injection) = inject::decide(pod, "shop", settings) else {
+    // The webhook reads its part of the same pod, as it does from an admission request.
+    let mut value = serde_json::to_value(pod).expect("pod serializes");
+    let view: inject::PodView = serde_json::from_value(value.clone()).expect("a pod's view");
+    let Decision::Inject(injection) = inject::decide(&view, "shop", settings) else {
         return None;
     };
-    let mut value = serde_json::to_value(pod).expect("pod serializes");
     json_patch::patch(&mut value, &injection.patch).expect("patch applies");
     let sidecar = value["spec"]["containers"]
         .as_array()

@@ -5,12 +5,11 @@ use std::time::Instant;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::{DynamicObject, Resource};
 use tracing::{info, warn};
 
-use crate::inject::{self, Decision, InjectionSettings};
+use crate::inject::{self, Decision, InjectionSettings, PodView};
 use crate::metrics::{AdmissionResult, Metrics};
 use crate::rbac::AccessGranter;
 
@@ -80,7 +79,7 @@ impl Admission {
         // Pod reviews, nearly all the traffic, are parsed once straight into `Pod`. Anything
         // that does not parse that way (another kind, an invalid Pod, not a review at all)
         // is parsed again generically, to skip it or to say exactly what is wrong.
-        let (response, result) = match serde_json::from_slice::<AdmissionReview<Pod>>(body) {
+        let (response, result) = match serde_json::from_slice::<AdmissionReview<PodView>>(body) {
             Ok(review) => self.answer(checked(review)?, typed_pod).await?,
             Err(_) => {
                 let review: Review =
@@ -95,7 +94,7 @@ impl Admission {
     async fn answer<T: Resource>(
         &self,
         request: AdmissionRequest<T>,
-        as_pod: fn(&T) -> Result<Cow<'_, Pod>, InvalidReview>,
+        as_pod: fn(&T) -> Result<Cow<'_, PodView>, InvalidReview>,
     ) -> Result<(AdmissionResponse, AdmissionResult), InvalidReview> {
         if let Some(reason) = not_injectable(&request) {
             let name = request.name.clone();
@@ -115,7 +114,7 @@ impl Admission {
     async fn admit<T: Resource>(
         &self,
         request: &AdmissionRequest<T>,
-        pod: &Pod,
+        pod: &PodView,
     ) -> (AdmissionResponse, AdmissionResult) {
         let response = AdmissionResponse::from(request);
         let namespace = request
@@ -185,11 +184,11 @@ impl Admission {
     }
 }
 
-fn typed_pod(pod: &Pod) -> Result<Cow<'_, Pod>, InvalidReview> {
+fn typed_pod(pod: &PodView) -> Result<Cow<'_, PodView>, InvalidReview> {
     Ok(Cow::Borrowed(pod))
 }
 
-fn generic_pod(object: &DynamicObject) -> Result<Cow<'_, Pod>, InvalidReview> {
+fn generic_pod(object: &DynamicObject) -> Result<Cow<'_, PodView>, InvalidReview> {
     serde_json::to_value(object)
         .and_then(serde_json::from_value)
         .map(Cow::Owned)
@@ -255,7 +254,7 @@ fn with_warnings(mut response: AdmissionResponse, warnings: Vec<String>) -> Admi
 }
 
 /// Controller-made pods have only a `generateName` at admission time.
-fn pod_name(pod: &Pod) -> &str {
+fn pod_name(pod: &PodView) -> &str {
     pod.metadata
         .name
         .as_deref()

@@ -1,15 +1,16 @@
 //! Injection: given a Pod and the webhook's settings, decide whether to inject the
 //! checker sidecar and build the JSON Patch that does it. Pure: no I/O.
 //!
-//! `rules` reads and validates the pod (what to watch, why not inject), `patch` turns
+//! `pod_view` is the part of a pod they read, `rules` reads and validates the pod (what to watch, why not inject), `patch` turns
 //! that plan into JSON Patch operations, `templates` holds the injected container and
 //! volumes.
 
 mod patch;
+mod pod_view;
 mod rules;
 mod templates;
 
-use k8s_openapi::api::core::v1::Pod;
+pub use self::pod_view::{ContainerView, PodSpecView, PodView, VolumeView};
 
 pub use self::rules::{InjectionSettings, SidecarMode, SkipReason};
 pub use self::templates::resources;
@@ -33,7 +34,7 @@ pub struct Injection {
 }
 
 /// The decision for a pod being created in `namespace`.
-pub fn decide(pod: &Pod, namespace: &str, settings: &InjectionSettings) -> Decision {
+pub fn decide(pod: &PodView, namespace: &str, settings: &InjectionSettings) -> Decision {
     match rules::plan(pod, namespace, settings) {
         Ok(plan) => Decision::Inject(patch::build_injection(pod, plan, settings)),
         Err(reason) => Decision::Skip(reason),

@@ -6,12 +6,11 @@ use std::collections::BTreeMap;
 
 use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
 use jsonptr::PointerBuf;
-use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Pod, PodSpec, SecretVolumeSource, Volume, VolumeMount,
-};
+use k8s_openapi::api::core::v1::{ConfigMapVolumeSource, SecretVolumeSource, Volume, VolumeMount};
 use pod_reloaded_contract as contract;
 use serde::Serialize;
 
+use super::pod_view::{PodSpecView, PodView};
 use super::rules::{InjectionSettings, Plan, SidecarMode};
 use super::templates::{
     api_access_mount, env_field, env_value, sidecar_container, PULL_SECRET_VOLUME_PREFIX,
@@ -63,10 +62,14 @@ impl PatchOps {
     }
 }
 
-pub(super) fn build_injection(pod: &Pod, plan: Plan, settings: &InjectionSettings) -> Injection {
+pub(super) fn build_injection(
+    pod: &PodView,
+    plan: Plan,
+    settings: &InjectionSettings,
+) -> Injection {
     let mut warnings = plan.warnings;
     let mut ops = PatchOps::default();
-    let empty_spec = PodSpec::default();
+    let empty_spec = PodSpecView::default();
     let spec = pod.spec.as_ref().unwrap_or(&empty_spec);
 
     for pin in &plan.pins {

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::core::v1::{Pod, PodSpec, ResourceRequirements};
+use k8s_openapi::api::core::v1::ResourceRequirements;
+
+use super::pod_view::{PodSpecView, PodView};
 use pod_reloaded_contract as contract;
 use pod_reloaded_contract::image::ImageReference;
 use pod_reloaded_contract::owner::{self, NotRestartable};
@@ -95,7 +97,7 @@ pub(super) struct Plan {
 }
 
 pub(super) fn plan(
-    pod: &Pod,
+    pod: &PodView,
     namespace: &str,
     settings: &InjectionSettings,
 ) -> Result<Plan, SkipReason> {
@@ -210,7 +212,7 @@ pub(super) fn plan(
 /// runs exactly what the restart rolled out, whatever the tag says by the time it pulls,
 /// and whatever a node has cached. Pods only, never templates: a mutated template would
 /// make the Deployment controller fight the webhook.
-fn pins(spec: &PodSpec, watched: &[String], restarted_for: Option<&str>) -> Vec<Pin> {
+fn pins(spec: &PodSpecView, watched: &[String], restarted_for: Option<&str>) -> Vec<Pin> {
     let Some(record) = restarted_for.map(DigestRecord::parse) else {
         return Vec::new();
     };
@@ -231,7 +233,7 @@ fn pins(spec: &PodSpec, watched: &[String], restarted_for: Option<&str>) -> Vec<
         .collect()
 }
 
-fn is_injected(pod: &Pod, spec: &PodSpec) -> bool {
+fn is_injected(pod: &PodView, spec: &PodSpecView) -> bool {
     let has_sidecar = spec
         .containers
         .iter()
@@ -245,7 +247,7 @@ fn is_injected(pod: &Pod, spec: &PodSpec) -> bool {
     has_sidecar || annotated
 }
 
-fn check_owner(pod: &Pod) -> Result<(), SkipReason> {
+fn check_owner(pod: &PodView) -> Result<(), SkipReason> {
     let owners = pod.metadata.owner_references.as_deref().unwrap_or_default();
     match owner::pod_owner(owners) {
         Ok(_) => Ok(()),
@@ -273,7 +275,7 @@ fn image_state(image: &str) -> ImageState {
 }
 
 fn watched_containers(
-    spec: &PodSpec,
+    spec: &PodSpecView,
     requested: Option<&str>,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<String>, SkipReason> {

@@ -1,13 +1,14 @@
 //! What is injected: the checker container, its API token volume, env vars, resources.
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector,
     ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
     ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use pod_reloaded_contract as contract;
 
+use super::pod_view::PodSpecView;
 use super::rules::InjectionSettings;
 
 const API_ACCESS_VOLUME_PREFIX: &str = "kube-api-access-";
@@ -23,7 +24,7 @@ const SIDECAR_USER: i64 = 65532;
 /// The mount that gives the sidecar its API token: the pod's own `kube-api-access-*`
 /// volume when the ServiceAccount admission plugin added one, else a projected volume of
 /// our own (the pod may have `automountServiceAccountToken: false`).
-pub(super) fn api_access_mount(spec: &PodSpec, new_volumes: &mut Vec<Volume>) -> VolumeMount {
+pub(super) fn api_access_mount(spec: &PodSpecView, new_volumes: &mut Vec<Volume>) -> VolumeMount {
     let existing = spec
         .volumes
         .iter()

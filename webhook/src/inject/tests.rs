@@ -3,7 +3,7 @@
 
 use super::templates::OWN_API_ACCESS_VOLUME;
 use super::*;
-use k8s_openapi::api::core::v1::Pod;
+use crate::inject::PodView as Pod;
 use pod_reloaded_contract as contract;
 use serde_json::{json, Value};
 

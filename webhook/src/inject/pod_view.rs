@@ -1,0 +1,162 @@
+//! The parts of a Pod the injection rules read, and only those.
+//!
+//! An admission request carries the whole pod (probes, env, resources, mounts of every
+//! container). Parsing all of it into k8s-openapi's `Pod` was the largest cost of an
+//! admission; the fields below are what `rules` and `patch` look at, and the rest of the
+//! object is skipped unparsed. The field names and types are the API's, so a pod the API
+//! server sends always fits.
+
+use std::borrow::Cow;
+
+use k8s_openapi::api::core::v1::{LocalObjectReference, PodOS};
+use kube::api::ObjectMeta;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct PodView {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<PodSpecView>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpecView {
+    #[serde(default)]
+    pub containers: Vec<ContainerView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_containers: Option<Vec<ContainerView>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<Vec<VolumeView>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<PodOS>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerView {
+    /// Defaulted when missing, as k8s-openapi's `Container` does.
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct VolumeView {
+    #[serde(default)]
+    pub name: String,
+    /// Whether it is a projected volume (the token volume); its sources are not read.
+    #[serde(default, skip_serializing)]
+    pub projected: Option<serde::de::IgnoredAny>,
+}
+
+/// A Pod for kube's admission types (`AdmissionReview<PodView>`).
+impl kube::Resource for PodView {
+    type DynamicType = ();
+    type Scope = kube::core::NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        "Pod".into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        "".into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "pods".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Pod;
+    use serde_json::json;
+
+    #[test]
+    fn reads_what_the_rules_read_from_a_whole_pod_and_skips_the_rest() {
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"generateName": "web-", "namespace": "shop", "labels": {"a": "b"},
+                         "annotations": {"x": "y"},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                              "name": "web-1", "uid": "u", "controller": true}]},
+            "spec": {
+                "containers": [{"name": "app", "image": "nginx:latest", "imagePullPolicy": "IfNotPresent",
+                                "env": [{"name": "A", "value": "1"}],
+                                "resources": {"limits": {"memory": "1Gi"}},
+                                "livenessProbe": {"httpGet": {"path": "/", "port": 80}}}],
+                "initContainers": [{"name": "init", "image": "busybox"}],
+                "volumes": [{"name": "data", "emptyDir": {}},
+                            {"name": "kube-api-access-x", "projected": {"sources": []}}],
+                "imagePullSecrets": [{"name": "regcred"}],
+                "os": {"name": "linux"},
+                "serviceAccountName": "web",
+                "nodeSelector": {"disk": "ssd"}
+            }
+        });
+        let view: PodView = serde_json::from_value(pod.clone()).unwrap();
+        let whole: Pod = serde_json::from_value(pod).unwrap();
+        assert_eq!(view.metadata, whole.metadata);
+        let (spec, whole_spec) = (view.spec.unwrap(), whole.spec.unwrap());
+        assert_eq!(spec.containers.len(), 1);
+        assert_eq!(spec.containers[0].name, whole_spec.containers[0].name);
+        assert_eq!(spec.containers[0].image, whole_spec.containers[0].image);
+        assert_eq!(
+            spec.containers[0].image_pull_policy,
+            whole_spec.containers[0].image_pull_policy
+        );
+        assert_eq!(spec.init_containers.unwrap()[0].name, "init");
+        let volumes = spec.volumes.unwrap();
+        assert_eq!(volumes[0].name, "data");
+        assert!(volumes[0].projected.is_none());
+        assert!(volumes[1].projected.is_some());
+        assert_eq!(spec.image_pull_secrets, whole_spec.image_pull_secrets);
+        assert_eq!(spec.os, whole_spec.os);
+        assert_eq!(spec.service_account_name.as_deref(), Some("web"));
+        assert_eq!(spec.service_account, None);
+    }
+
+    #[test]
+    fn read_fields_are_refused_and_accepted_as_the_api_types_do() {
+        for (spec, valid) in [
+            (json!({"containers": "nope"}), false),
+            (json!({"containers": [{"name": 3}]}), false),
+            (json!({"volumes": "nope"}), false),
+            (json!({"serviceAccountName": ["a"]}), false),
+            (json!({"os": {"name": 1}}), false),
+            (json!({"containers": [{"image": "nginx"}]}), true),
+            (json!({"volumes": [{}]}), true),
+        ] {
+            let pod = json!({"metadata": {}, "spec": spec});
+            assert_eq!(
+                serde_json::from_value::<Pod>(pod.clone()).is_ok(),
+                valid,
+                "{pod}"
+            );
+            assert_eq!(
+                serde_json::from_value::<PodView>(pod.clone()).is_ok(),
+                valid,
+                "{pod}"
+            );
+        }
+    }
+}
