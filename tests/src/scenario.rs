@@ -690,11 +690,18 @@ pub async fn run(sink: &mut dyn FnMut(String)) -> anyhow::Result<Summary> {
         quarantined == format!("{CONTAINER}={}", bad.digest),
         "quarantined is {quarantined:?}"
     );
-    let failed = world
-        .events("Warning")
-        .into_iter()
-        .find(|e| e["reason"] == "RolloutFailed")
-        .context("no RolloutFailed Event")?;
+    // The Event follows the rollback patch: wait for it rather than read it at once.
+    let rollout_failed = |w: &World| {
+        w.events("Warning")
+            .into_iter()
+            .find(|e| e["reason"] == "RolloutFailed")
+    };
+    world
+        .until("RolloutFailed Event", Duration::from_secs(15), |w| {
+            rollout_failed(w).is_some()
+        })
+        .await?;
+    let failed = rollout_failed(&world).context("no RolloutFailed Event")?;
     timeline.say(format!(
         "Event Warning RolloutFailed: {}",
         failed["message"].as_str().unwrap_or("")
