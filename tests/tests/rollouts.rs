@@ -189,6 +189,13 @@ async fn a_bare_image_id_leaves_no_rollback_target_and_the_event_says_so() {
         w.template_annotation(contract::ANNOTATION_ROLLED_FROM),
         None
     );
+    // The Event follows the restart patch.
+    w.until(
+        "ImageDigestChanged Event",
+        |w| !w.events("ImageDigestChanged").is_empty(),
+        &[&old],
+    )
+    .await;
     let changed = w.events("ImageDigestChanged");
     assert!(
         changed[0]["message"]
