@@ -7,27 +7,51 @@
 //! server sends always fits.
 
 use std::borrow::Cow;
+use std::marker::PhantomData;
 
 use k8s_openapi::api::core::v1::{LocalObjectReference, PodOS};
 use kube::api::ObjectMeta;
-use serde::{Deserialize, Serialize};
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct PodView {
-    #[serde(default)]
     pub metadata: ObjectMeta,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub spec: Option<PodSpecView>,
+}
+
+impl<'de> Deserialize<'de> for PodView {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Fields {
+            #[serde(default)]
+            metadata: ObjectMeta,
+            #[serde(default, deserialize_with = "objects_only::option")]
+            spec: Option<PodSpecView>,
+        }
+        let Object(Fields { metadata, spec }) = Object::deserialize(deserializer)?;
+        Ok(Self { metadata, spec })
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpecView {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "objects_only::vec")]
     pub containers: Vec<ContainerView>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "objects_only::option_vec",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub init_containers: Option<Vec<ContainerView>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "objects_only::option_vec",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub volumes: Option<Vec<VolumeView>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
@@ -58,6 +82,56 @@ pub struct VolumeView {
     /// Whether it is a projected volume (the token volume); its sources are not read.
     #[serde(default, skip_serializing)]
     pub projected: Option<serde::de::IgnoredAny>,
+}
+
+/// serde's derived structs also accept an array, read as the fields in order; the API's
+/// types (and so the API server) accept only an object. Every struct of the view is read
+/// through `Object`, so a pod that `Pod` refuses is refused here too.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+            type Value = T;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(ObjectVisitor(PhantomData))
+            .map(Object)
+    }
+}
+
+mod objects_only {
+    use super::Object;
+    use serde::{Deserialize, Deserializer};
+
+    pub fn option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<T>, D::Error> {
+        Ok(Option::<Object<T>>::deserialize(deserializer)?.map(|o| o.0))
+    }
+
+    pub fn vec<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<T>, D::Error> {
+        Ok(Vec::<Object<T>>::deserialize(deserializer)?
+            .into_iter()
+            .map(|o| o.0)
+            .collect())
+    }
+
+    pub fn option_vec<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Vec<T>>, D::Error> {
+        Ok(Option::<Vec<Object<T>>>::deserialize(deserializer)?
+            .map(|v| v.into_iter().map(|o| o.0).collect()))
+    }
 }
 
 /// A Pod for kube's admission types (`AdmissionReview<PodView>`).
@@ -143,6 +217,11 @@ mod tests {
             (json!({"volumes": "nope"}), false),
             (json!({"serviceAccountName": ["a"]}), false),
             (json!({"os": {"name": 1}}), false),
+            // A struct as an array: serde's derive would read it by position.
+            (json!({"containers": [["app", "nginx:latest"]]}), false),
+            (json!({"initContainers": [["init"]]}), false),
+            (json!({"volumes": [["data"]]}), false),
+            (json!(["a", "b"]), false),
             (json!({"containers": [{"image": "nginx"}]}), true),
             (json!({"volumes": [{}]}), true),
         ] {
@@ -158,5 +237,9 @@ mod tests {
                 "{pod}"
             );
         }
+        // The pod itself as an array.
+        let pod = json!([{}, {"containers": []}]);
+        assert!(serde_json::from_value::<Pod>(pod.clone()).is_err());
+        assert!(serde_json::from_value::<PodView>(pod).is_err());
     }
 }
