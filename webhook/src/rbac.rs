@@ -57,46 +57,59 @@ impl AccessGranter {
         create_account: bool,
     ) -> anyhow::Result<()> {
         let key = (namespace.to_string(), service_account.to_string());
-        tokio::time::timeout(self.timeout, async {
-            if self.recently_ensured(&key)
-                && self
-                    .still_exist(namespace, service_account, create_account)
-                    .await?
-            {
-                return Ok(());
-            }
-            if create_account {
-                self.ensure_service_account(namespace, service_account)
-                    .await?;
-            }
-            self.ensure_role_binding(namespace, service_account).await
-        })
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "the Kubernetes API did not answer within {:?}",
-                self.timeout
-            )
-        })??;
+        let recently_ensured = self.recently_ensured(&key);
+        // What the watches know costs neither a request nor a timer: checked first.
+        let known = if recently_ensured {
+            self.existing.as_ref().and_then(|existing| {
+                existing.both_exist(
+                    namespace,
+                    service_account,
+                    &contract::checker_role_binding_name(service_account),
+                    create_account,
+                )
+            })
+        } else {
+            None
+        };
+        if known != Some(true) {
+            tokio::time::timeout(self.timeout, async {
+                if recently_ensured
+                    && known.is_none()
+                    && self
+                        .exist_in_api(namespace, service_account, create_account)
+                        .await?
+                {
+                    return Ok(());
+                }
+                if create_account {
+                    self.ensure_service_account(namespace, service_account)
+                        .await?;
+                }
+                self.ensure_role_binding(namespace, service_account).await
+            })
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the Kubernetes API did not answer within {:?}",
+                    self.timeout
+                )
+            })??;
+        }
         if let Ok(mut ensured) = self.ensured.lock() {
             ensured.insert(key, Instant::now());
         }
         Ok(())
     }
 
-    /// True when the account (if we manage it) and the binding are still there.
-    async fn still_exist(
+    /// True when the account (if we manage it) and the binding are still there, asked of
+    /// the API server (two concurrent GETs).
+    async fn exist_in_api(
         &self,
         namespace: &str,
         service_account: &str,
         check_account: bool,
     ) -> anyhow::Result<bool> {
         let binding = contract::checker_role_binding_name(service_account);
-        if let Some(known) = self.existing.as_ref().and_then(|existing| {
-            existing.both_exist(namespace, service_account, &binding, check_account)
-        }) {
-            return Ok(known);
-        }
         let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
         let bindings: Api<RoleBinding> = Api::namespaced(self.client.clone(), namespace);
         let (account, binding) = tokio::join!(
