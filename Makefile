@@ -42,28 +42,32 @@ fuzz:
 
 ## Benchmarks of the release binaries; tables go to bench-results/latest.md (see BENCHMARKS.md).
 ## The sidecar is measured twice: as `cargo build --release` links it (dynamic glibc) and as
-## one static binary, which is what its image ships.
-HOST_TARGET = $(shell rustc -vV | sed -n 's/^host: //p')
-STATIC_SIDECAR = $(TARGET_DIR)/$(HOST_TARGET)/release/pod-reloaded-sidecar
+## its image ships it (static musl, rounds' functions linked together: sidecar/link-order/).
+HOST_MUSL_TARGET = $(shell rustc -vV | sed -n 's/^host: //p' | sed 's/-gnu$$/-musl/')
+IMAGE_SIDECAR = $(TARGET_DIR)/$(HOST_MUSL_TARGET)/sidecar-image/pod-reloaded-sidecar.stripped
 bench: deps
 	$(CARGO) build --release --workspace --bins
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(HOST_TARGET) -p pod-reloaded-sidecar
+	rustup target add $(HOST_MUSL_TARGET)
+	sidecar/link-order/build.sh $(HOST_MUSL_TARGET) $(IMAGE_SIDECAR)
 	mkdir -p bench-results
 	$(TARGET_DIR)/release/pod-reloaded-bench all \
 		--sidecar-binary $(TARGET_DIR)/release/pod-reloaded-sidecar \
-		--sidecar-binary $(STATIC_SIDECAR) | tee bench-results/latest.md
+		--sidecar-binary $(IMAGE_SIDECAR) | tee bench-results/latest.md
 
 ## Both musl targets the images ship, built as the Dockerfiles build them: x86_64 with
 ## musl-gcc (Debian's musl-tools), aarch64 cross-compiled with clang and rust-lld against
-## Debian's musl-dev:arm64 headers (for mimalloc's and ring's C code).
+## Debian's musl-dev:arm64 headers (for mimalloc's and ring's C code). The x86_64 sidecar
+## is built as its image ships it (release, link order checked: sidecar/link-order/).
 MUSL_TARGETS = x86_64-unknown-linux-musl aarch64-unknown-linux-musl
+MUSL_IMAGE_SIDECAR = $(TARGET_DIR)/x86_64-unknown-linux-musl/sidecar-image/pod-reloaded-sidecar.stripped
 AARCH64_MUSL_ENV = CC_aarch64_unknown_linux_musl=clang CFLAGS_aarch64_unknown_linux_musl="--target=aarch64-linux-musl -isystem /usr/include/aarch64-linux-musl" CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld
 musl:
 	rustup target add $(MUSL_TARGETS)
-	$(CARGO) build --target x86_64-unknown-linux-musl -p pod-reloaded-sidecar -p pod-reloaded-webhook
+	$(CARGO) build --target x86_64-unknown-linux-musl -p pod-reloaded-webhook
 	env $(AARCH64_MUSL_ENV) $(CARGO) build --target aarch64-unknown-linux-musl -p pod-reloaded-sidecar -p pod-reloaded-webhook
-	$(TARGET_DIR)/x86_64-unknown-linux-musl/debug/pod-reloaded-sidecar --version
 	$(TARGET_DIR)/x86_64-unknown-linux-musl/debug/pod-reloaded-webhook --version
+	sidecar/link-order/build.sh x86_64-unknown-linux-musl $(MUSL_IMAGE_SIDECAR)
+	$(MUSL_IMAGE_SIDECAR) --version
 
 lint:
 	$(CARGO) fmt --all --check

@@ -64,3 +64,21 @@ pub(crate) fn shown(path: &Path) -> String {
 pub(crate) fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
+
+/// Drops a binary's pages from the page cache, so that the next start reads it from disk
+/// as a node does with an image it has just pulled. A binary a linker or `objcopy` has
+/// just written sits in the cache in folios as large as its writes (2 MiB), and Linux 6.18
+/// maps a whole cached folio on a fault: one string read would then make 2 MiB of
+/// read-only data resident, which no node that pulled the image sees.
+pub(crate) fn evict_from_page_cache(path: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::File::open(path)?;
+    // Dirty pages are not dropped: write them back first.
+    file.sync_all()?;
+    // SAFETY: a valid open descriptor; the advice only drops clean cached pages.
+    let result = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if result != 0 {
+        return Err(std::io::Error::from_raw_os_error(result));
+    }
+    Ok(())
+}

@@ -45,7 +45,7 @@ pub(crate) async fn sidecar(settings: &Settings) -> anyhow::Result<()> {
     for path in &binaries {
         with_cloud.push(sidecar_rounds(settings, path, true).await?);
     }
-    println!("### Sidecar: {} rounds at interval 1s, one watched multi-arch tag, Bearer tokens living 30s\n", settings.rounds);
+    println!("### Sidecar: {} rounds at interval 1s, one watched multi-arch tag, Bearer tokens living 30s, each binary read from disk at start (dropped from the page cache first)\n", settings.rounds);
     let header: Vec<String> = measured
         .iter()
         .map(|(path, _)| format!("`{}` ({})", path.display(), linkage(path)))
@@ -203,6 +203,9 @@ async fn sidecar_rounds(
             command.env(name, value);
         }
     }
+    // Nothing else maps the binary now (the previous run has ended), so all of it goes.
+    evict_from_page_cache(sidecar)
+        .with_context(|| format!("dropping {} from the page cache", sidecar.display()))?;
     let process = Running::spawn(command);
     let pid = process.child.id();
     let mut samples = Vec::new();

@@ -67,7 +67,7 @@ pub struct Config {
     #[arg(long, env = "POD_RELOADED_SIDECAR_CPU_REQUEST", default_value = "5m")]
     pub sidecar_cpu_request: String,
 
-    /// Memory request of the sidecar. Its steady RSS is ~5 MiB and its peak ~6 MiB
+    /// Memory request of the sidecar. Its steady RSS is ~2.6 MiB and its peak ~3.4 MiB
     /// (BENCHMARKS.md); the rest is for the binary's page cache the pod may be charged for.
     #[arg(
         long,
