@@ -73,6 +73,13 @@ pub(crate) struct Settings {
     /// Sidecar binaries to measure side by side (default: the release build's).
     #[arg(long)]
     pub(crate) sidecar_binary: Vec<PathBuf>,
+    /// Webhook binaries to compare under the same load (default: the release build's).
+    #[arg(long)]
+    pub(crate) webhook_binary: Vec<PathBuf>,
+    /// Load runs per concurrency and webhook binary, the binaries alternating; with more
+    /// than one, the medians are printed too.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) repeat: usize,
 }
 
 fn main() -> anyhow::Result<()> {

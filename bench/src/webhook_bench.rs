@@ -119,8 +119,16 @@ pub(crate) async fn webhook(settings: &Settings) -> anyhow::Result<()> {
     }
     ready_times.sort();
 
-    // Our webhook, and the baseline, on the same certificate.
-    let ours = Webhook::start(&certs, Some(&api), &[]).await;
+    // The webhook builds to compare, and the baseline, on the same certificate.
+    let binaries = if settings.webhook_binary.is_empty() {
+        vec![binary("pod-reloaded-webhook")]
+    } else {
+        settings.webhook_binary.clone()
+    };
+    let mut servers = Vec::new();
+    for path in &binaries {
+        servers.push(Webhook::start_binary(path, &certs, Some(&api), &[]).await);
+    }
     let baseline_port = free_port();
     let mut command = Command::new(std::env::current_exe()?);
     command
@@ -134,81 +142,108 @@ pub(crate) async fn webhook(settings: &Settings) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Warm-up: the RBAC side effect of each namespace happens once, then is remembered.
-    load::run(
-        ours.port,
-        &certs.ca,
-        bodies.clone(),
-        4,
-        Duration::from_secs(1),
-    )
-    .await;
-    load::run(
-        baseline_port,
-        &certs.ca,
-        bodies.clone(),
-        4,
-        Duration::from_secs(1),
-    )
-    .await;
+    for port in servers
+        .iter()
+        .map(|server| server.port)
+        .chain([baseline_port])
+    {
+        load::run(port, &certs.ca, bodies.clone(), 4, Duration::from_secs(1)).await;
+    }
 
     println!(
-        "### Webhook: throughput and latency (each run {})\n",
-        humantime::format_duration(settings.duration)
+        "### Webhook: throughput and latency (each run {}{})\n",
+        humantime::format_duration(settings.duration),
+        if settings.repeat > 1 {
+            format!(", {} times, the builds alternating", settings.repeat)
+        } else {
+            String::new()
+        }
     );
     println!(
         "| C | server | req/s | ratio to baseline | p50 ms | p90 ms | p99 ms | max ms | server CPU µs/req | failed |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    let ours_pid = ours.process.child.id();
     let baseline_pid = baseline_process.child.id();
     // CPU the server process spent per answered request during one run.
     let cpu_per_request = |before: Duration, pid: u32, result: &load::LoadResult| {
         let requests = (result.ok + result.failed).max(1) as f64;
         cpu_time(pid).saturating_sub(before).as_secs_f64() * 1e6 / requests
     };
-    let mut rss_after_runs = 0;
+    let name_of = |index: usize| {
+        if binaries.len() == 1 {
+            "pod-reloaded-webhook".to_string()
+        } else {
+            format!("`{}`", binaries[index].display())
+        }
+    };
+    let mut rss_after_runs = vec![0; servers.len()];
+    // Per concurrency and build: (req/s, server CPU µs/req) of each repetition.
+    let mut figures = Vec::new();
     for &concurrency in &settings.concurrency {
-        let cpu_before = cpu_time(baseline_pid);
-        let base = load::run(
-            baseline_port,
-            &certs.ca,
-            bodies.clone(),
-            concurrency,
-            settings.duration,
-        )
-        .await;
-        let base_cpu = cpu_per_request(cpu_before, baseline_pid, &base);
-        let cpu_before = cpu_time(ours_pid);
-        let mine = load::run(
-            ours.port,
-            &certs.ca,
-            bodies.clone(),
-            concurrency,
-            settings.duration,
-        )
-        .await;
-        let mine_cpu = cpu_per_request(cpu_before, ours_pid, &mine);
-        rss_after_runs = rss_after_runs.max(memory_kib(ours_pid).0);
-        for (name, result, cpu) in [
-            ("baseline (hyper+rustls, no work)", &base, base_cpu),
-            ("pod-reloaded-webhook", &mine, mine_cpu),
-        ] {
-            let ratio = result.throughput() / base.throughput();
-            println!(
-                "| {concurrency} | {name} | {:.0} | {ratio:.2}x | {} | {} | {} | {} | {cpu:.0} | {} |",
-                result.throughput(),
-                ms(result.percentile(0.5)),
-                ms(result.percentile(0.9)),
-                ms(result.percentile(0.99)),
-                ms(result.latencies.last().copied().unwrap_or_default()),
-                result.failed,
+        let mut runs = vec![Vec::new(); servers.len()];
+        for repetition in 0..settings.repeat {
+            let cpu_before = cpu_time(baseline_pid);
+            let base = load::run(
+                baseline_port,
+                &certs.ca,
+                bodies.clone(),
+                concurrency,
+                settings.duration,
+            )
+            .await;
+            let base_cpu = cpu_per_request(cpu_before, baseline_pid, &base);
+            print_row(
+                concurrency,
+                "baseline (hyper+rustls, no work)",
+                &base,
+                &base,
+                base_cpu,
             );
-            if let Some(reason) = &result.first_failure {
-                println!("|  | first failure: {reason} | | | | | | | | |");
+            // Each repetition starts with the next build, so none always runs first.
+            for turn in 0..servers.len() {
+                let index = (turn + repetition) % servers.len();
+                let pid = servers[index].process.child.id();
+                let cpu_before = cpu_time(pid);
+                let mine = load::run(
+                    servers[index].port,
+                    &certs.ca,
+                    bodies.clone(),
+                    concurrency,
+                    settings.duration,
+                )
+                .await;
+                let mine_cpu = cpu_per_request(cpu_before, pid, &mine);
+                rss_after_runs[index] = rss_after_runs[index].max(memory_kib(pid).0);
+                print_row(concurrency, &name_of(index), &mine, &base, mine_cpu);
+                runs[index].push((mine.throughput(), mine_cpu));
+            }
+        }
+        figures.push((concurrency, runs));
+    }
+    if settings.repeat > 1 || servers.len() > 1 {
+        println!();
+        println!("### Webhook: medians over the runs\n");
+        println!("| C | server | median req/s | ratio to the first | median server CPU µs/req |");
+        println!("|---|---|---|---|---|");
+        for (concurrency, runs) in &figures {
+            let medians: Vec<(f64, f64)> = runs
+                .iter()
+                .map(|runs| {
+                    (
+                        median(runs.iter().map(|r| r.0).collect()),
+                        median(runs.iter().map(|r| r.1).collect()),
+                    )
+                })
+                .collect();
+            for (index, (throughput, cpu)) in medians.iter().enumerate() {
+                println!(
+                    "| {concurrency} | {} | {throughput:.0} | {:.2}x | {cpu:.0} |",
+                    name_of(index),
+                    throughput / medians[0].0
+                );
             }
         }
     }
-    let (rss, hwm) = memory_kib(ours_pid);
     println!();
     println!("### Webhook: start-up and memory\n");
     println!("| measure | value |");
@@ -218,12 +253,43 @@ pub(crate) async fn webhook(settings: &Settings) -> anyhow::Result<()> {
         ms(ready_times[ready_times.len() / 2]),
         ms(*ready_times.last().unwrap_or(&Duration::ZERO))
     );
-    println!(
-        "| RSS after the load runs / peak (VmHWM) | {} / {} |",
-        mib(rss.max(rss_after_runs)),
-        mib(hwm)
-    );
+    for (index, server) in servers.iter().enumerate() {
+        let (rss, hwm) = memory_kib(server.process.child.id());
+        println!(
+            "| {}: RSS after the load runs / peak (VmHWM) | {} / {} |",
+            name_of(index),
+            mib(rss.max(rss_after_runs[index])),
+            mib(hwm)
+        );
+    }
     drop(baseline_process);
     println!();
     Ok(())
+}
+
+fn print_row(
+    concurrency: usize,
+    name: &str,
+    result: &load::LoadResult,
+    base: &load::LoadResult,
+    cpu: f64,
+) {
+    println!(
+        "| {concurrency} | {name} | {:.0} | {:.2}x | {} | {} | {} | {} | {cpu:.0} | {} |",
+        result.throughput(),
+        result.throughput() / base.throughput(),
+        ms(result.percentile(0.5)),
+        ms(result.percentile(0.9)),
+        ms(result.percentile(0.99)),
+        ms(result.latencies.last().copied().unwrap_or_default()),
+        result.failed,
+    );
+    if let Some(reason) = &result.first_failure {
+        println!("|  | first failure: {reason} | | | | | | | | |");
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }

@@ -69,9 +69,19 @@ impl Webhook {
         api: Option<&FakeApiServer>,
         extra_args: &[&str],
     ) -> Self {
+        Self::start_binary(&binary("pod-reloaded-webhook"), certs, api, extra_args).await
+    }
+
+    /// As `start`, with the webhook binary at `path` (the bench compares builds).
+    pub async fn start_binary(
+        path: &Path,
+        certs: &Certificates,
+        api: Option<&FakeApiServer>,
+        extra_args: &[&str],
+    ) -> Self {
         let port = free_port();
         let metrics_port = free_port();
-        let mut command = Command::new(binary("pod-reloaded-webhook"));
+        let mut command = Command::new(path);
         command
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))

@@ -4,9 +4,9 @@ use std::borrow::Cow;
 use std::time::Instant;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use kube::core::{DynamicObject, Resource};
+use kube::core::{DynamicObject, Resource, TypeMeta};
+use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::inject::{self, Decision, InjectionSettings, PodView};
@@ -21,16 +21,43 @@ const REVIEW_KIND: &str = "AdmissionReview";
 /// The response body. kube's `AdmissionResponse` serializes the patch bytes as a JSON
 /// array of numbers, which Go's decoder accepts; the API server's own form is base64,
 /// four times smaller, and writing it was the largest cost of an admission (BENCHMARKS.md).
+/// The rest of the response is kube's own serialization, written straight to the body.
 pub fn encode_review(mut review: Review) -> Result<Vec<u8>, serde_json::Error> {
     let patch = review.response.as_mut().and_then(|r| r.patch.take());
-    let mut value = serde_json::to_value(&review)?;
-    if let (Some(patch), Some(response)) = (
-        patch,
-        value.get_mut("response").and_then(|r| r.as_object_mut()),
-    ) {
-        response.insert("patch".to_string(), BASE64.encode(patch).into());
+    serde_json::to_vec(&EncodedReview {
+        types: &review.types,
+        response: review.response.as_ref().map(|response| EncodedResponse {
+            response,
+            patch: patch.as_deref().map(Base64Text),
+        }),
+    })
+}
+
+/// A review as the webhook answers it: no request, the response's patch in base64.
+#[derive(Serialize)]
+struct EncodedReview<'a> {
+    #[serde(flatten)]
+    types: &'a TypeMeta,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response: Option<EncodedResponse<'a>>,
+}
+
+#[derive(Serialize)]
+struct EncodedResponse<'a> {
+    /// Every field but the patch, which was taken out of it.
+    #[serde(flatten)]
+    response: &'a AdmissionResponse,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<Base64Text<'a>>,
+}
+
+/// Bytes written as a base64 string, the way Go encodes `[]byte` in JSON.
+struct Base64Text<'a>(&'a [u8]);
+
+impl Serialize for Base64Text<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&base64::display::Base64Display::new(self.0, &BASE64))
     }
-    serde_json::to_vec(&value)
 }
 
 /// Why a request body could not be handled; the text is the HTTP 400 body.
@@ -260,4 +287,83 @@ fn pod_name(pod: &PodView) -> &str {
         .as_deref()
         .or(pod.metadata.generate_name.as_deref())
         .unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn request() -> AdmissionRequest<DynamicObject> {
+        let review: Review = serde_json::from_value(json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "operation": "CREATE",
+                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+                "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"}}
+            }
+        }))
+        .expect("a review");
+        review.try_into().expect("a request")
+    }
+
+    /// What kube's own serialization writes, with the patch bytes as base64 text.
+    fn expected(review: &Review, patch: Option<&[u8]>) -> Value {
+        let mut value = serde_json::to_value(review).expect("serializes");
+        if let Some(patch) = patch {
+            use base64::Engine as _;
+            value["response"]["patch"] = BASE64.encode(patch).into();
+        }
+        value
+    }
+
+    #[test]
+    fn a_patched_response_is_kubes_serialization_with_the_patch_in_base64() {
+        let patch: json_patch::Patch = serde_json::from_value(json!([
+            {"op": "add", "path": "/metadata/labels", "value": {"a": "b/c+d"}}
+        ]))
+        .expect("a patch");
+        let response = AdmissionResponse::from(&request())
+            .with_patch(patch)
+            .expect("serializes");
+        let response = with_warnings(response, vec!["pinned \"app\"".to_string()]);
+        let review = response.into_review();
+        let patch_bytes = review
+            .response
+            .as_ref()
+            .and_then(|r| r.patch.clone())
+            .expect("a patch");
+        let mut without_patch = review.clone();
+        if let Some(response) = without_patch.response.as_mut() {
+            response.patch = None;
+        }
+
+        let encoded: Value =
+            serde_json::from_slice(&encode_review(review).expect("encodes")).expect("JSON");
+
+        assert_eq!(encoded, expected(&without_patch, Some(&patch_bytes)));
+        assert_eq!(encoded["response"]["patchType"], "JSONPatch");
+        assert_eq!(
+            encoded["response"]["uid"],
+            "705ab4f5-6393-11e8-b7cc-42010a800002"
+        );
+    }
+
+    #[test]
+    fn a_response_without_a_patch_has_no_patch_field() {
+        let response = with_warnings(
+            AdmissionResponse::from(&request()),
+            vec!["pod-reloaded: only Pod CREATE is injected".to_string()],
+        );
+        let review = response.into_review();
+        let encoded: Value =
+            serde_json::from_slice(&encode_review(review.clone()).expect("encodes")).expect("JSON");
+        assert_eq!(encoded, expected(&review, None));
+        assert!(encoded["response"].get("patch").is_none());
+        assert!(encoded["response"].get("patchType").is_none());
+    }
 }
