@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
-use pod_reloaded_webhook::admission::{encode_review, Admission};
+use pod_reloaded_webhook::admission::{encode_review, with_json_patch, Admission};
 use pod_reloaded_webhook::inject::{self, Decision, PodView};
 
 fn time<T>(iterations: u32, mut f: impl FnMut() -> T) -> Duration {
@@ -30,9 +30,8 @@ pub async fn run(admission: &Admission, body: &[u8], iterations: u32) {
         panic!("fixture should inject");
     };
     let respond = time(iterations, || {
-        let response = AdmissionResponse::from(&request)
-            .with_patch(injection.patch.clone())
-            .ok()?;
+        let response =
+            with_json_patch(AdmissionResponse::from(&request), injection.patch.clone()).ok()?;
         encode_review(response.into_review()).ok()
     });
     let mut whole = Duration::ZERO;

@@ -49,7 +49,11 @@ fn injected_env_with(pod: &Pod, settings: &InjectionSettings) -> Option<Vec<(Str
     let Decision::Inject(injection) = inject::decide(&view, "shop", settings) else {
         return None;
     };
-    json_patch::patch(&mut value, &injection.patch).expect("patch applies");
+    json_patch::patch(
+        &mut value,
+        &injection.patch.operations().expect("a JSON Patch"),
+    )
+    .expect("patch applies");
     let sidecar = value["spec"]["containers"]
         .as_array()
         .and_then(|c| {

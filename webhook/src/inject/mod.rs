@@ -10,6 +10,7 @@ mod pod_view;
 mod rules;
 mod templates;
 
+pub use self::patch::JsonPatch;
 pub use self::pod_view::{ContainerView, PodSpecView, PodView, VolumeView};
 
 pub use self::rules::{InjectionSettings, SidecarMode, SkipReason};
@@ -24,7 +25,7 @@ pub enum Decision {
 
 #[derive(Debug)]
 pub struct Injection {
-    pub patch: json_patch::Patch,
+    pub patch: JsonPatch,
     /// The account the pod will run as, which must be bound to the checker ClusterRole.
     pub service_account: String,
     /// True when the pod was switched to the checker ServiceAccount, which must exist.

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
 use jsonptr::PointerBuf;
 use k8s_openapi::api::core::v1::{ConfigMapVolumeSource, SecretVolumeSource, Volume, VolumeMount};
 use pod_reloaded_contract as contract;
@@ -18,22 +17,56 @@ use super::templates::{
 };
 use super::Injection;
 
+/// A JSON Patch (RFC 6902) document, as the text that goes into the admission response.
+///
+/// The operations are written as JSON when they are added: building them as
+/// `serde_json::Value` trees first (what `json_patch::Patch` holds), writing those and
+/// dropping them was a third of an admission's CPU (BENCHMARKS.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JsonPatch(Vec<u8>);
+
+impl JsonPatch {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+
+    /// The operations, read back with `json_patch`'s types (to apply or inspect them).
+    pub fn operations(&self) -> Result<json_patch::Patch, serde_json::Error> {
+        serde_json::from_slice(&self.0)
+    }
+}
+
 /// JSON Patch operations against the pod as the API server sent it. Pointers are built
 /// from unescaped tokens by `jsonptr`, which escapes `/` and `~` (annotation keys).
-#[derive(Default)]
-struct PatchOps(Vec<PatchOperation>);
+struct PatchOps {
+    /// `[` and the operations written so far, separated by commas.
+    json: Vec<u8>,
+}
+
+#[derive(Serialize)]
+struct Operation<'a, V> {
+    op: &'static str,
+    path: &'a PointerBuf,
+    value: V,
+}
 
 impl PatchOps {
+    fn new() -> Self {
+        let mut json = Vec::with_capacity(2048);
+        json.push(b'[');
+        Self { json }
+    }
+
     fn add<'t>(&mut self, path: impl IntoIterator<Item = &'t str>, value: impl Serialize) {
-        self.push(path, value, |path, value| {
-            PatchOperation::Add(AddOperation { path, value })
-        });
+        self.push("add", path, value);
     }
 
     fn replace<'t>(&mut self, path: impl IntoIterator<Item = &'t str>, value: impl Serialize) {
-        self.push(path, value, |path, value| {
-            PatchOperation::Replace(ReplaceOperation { path, value })
-        });
+        self.push("replace", path, value);
     }
 
     /// `add` when the pod has no such field yet, `replace` when it has one.
@@ -52,13 +85,38 @@ impl PatchOps {
 
     fn push<'t>(
         &mut self,
+        op: &'static str,
         path: impl IntoIterator<Item = &'t str>,
         value: impl Serialize,
-        op: impl FnOnce(PointerBuf, serde_json::Value) -> PatchOperation,
     ) {
-        // k8s-openapi types and strings always serialize; `Null` keeps the no-panic rule.
-        let value = serde_json::to_value(value).unwrap_or_default();
-        self.0.push(op(PointerBuf::from_tokens(path), value));
+        if self.json.len() > 1 {
+            self.json.push(b',');
+        }
+        let path = PointerBuf::from_tokens(path);
+        let start = self.json.len();
+        let written = serde_json::to_writer(
+            &mut self.json,
+            &Operation {
+                op,
+                path: &path,
+                value,
+            },
+        );
+        if written.is_err() {
+            // k8s-openapi types and strings always serialize; `null` keeps the no-panic rule.
+            self.json.truncate(start);
+            let null = Operation {
+                op,
+                path: &path,
+                value: (),
+            };
+            let _ = serde_json::to_writer(&mut self.json, &null);
+        }
+    }
+
+    fn finish(mut self) -> JsonPatch {
+        self.json.push(b']');
+        JsonPatch(self.json)
     }
 }
 
@@ -68,7 +126,7 @@ pub(super) fn build_injection(
     settings: &InjectionSettings,
 ) -> Injection {
     let mut warnings = plan.warnings;
-    let mut ops = PatchOps::default();
+    let mut ops = PatchOps::new();
     let empty_spec = PodSpecView::default();
     let spec = pod.spec.as_ref().unwrap_or(&empty_spec);
 
@@ -235,7 +293,7 @@ pub(super) fn build_injection(
     }
 
     Injection {
-        patch: json_patch::Patch(ops.0),
+        patch: ops.finish(),
         service_account,
         uses_checker_account,
         watched_containers: plan.watched,

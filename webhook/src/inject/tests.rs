@@ -53,13 +53,21 @@ fn deployment_pod() -> Value {
     })
 }
 
+/// The injection's patch as `json_patch` operations, to apply.
+fn operations(injection: &Injection) -> json_patch::Patch {
+    injection
+        .patch
+        .operations()
+        .expect("the patch is a JSON Patch")
+}
+
 /// Runs the decision; for an injection, applies its patch and returns the patched pod.
 fn inject(pod: &Value, mode: SidecarMode) -> (Injection, Value) {
     let typed: Pod = serde_json::from_value(pod.clone()).expect("test pod is a Pod");
     match decide(&typed, "shop", &settings(mode)) {
         Decision::Inject(injection) => {
             let mut patched = pod.clone();
-            json_patch::patch(&mut patched, &injection.patch)
+            json_patch::patch(&mut patched, &operations(&injection))
                 .expect("patch applies to the original pod");
             (injection, patched)
         }
@@ -781,7 +789,7 @@ fn cluster_wide_sidecar_settings_reach_the_sidecar() {
         panic!("injected expected")
     };
     let mut patched = pod.clone();
-    json_patch::patch(&mut patched, &injection.patch).unwrap();
+    json_patch::patch(&mut patched, &operations(&injection)).unwrap();
     let sidecar = sidecar(&patched);
     assert_eq!(env_value(sidecar, contract::ENV_LOG_FORMAT), Some("json"));
     assert_eq!(
