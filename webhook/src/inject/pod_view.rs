@@ -7,9 +7,11 @@
 //! server sends always fits.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
 use k8s_openapi::api::core::v1::{LocalObjectReference, PodOS};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::ObjectMeta;
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{MapAccess, Visitor};
@@ -26,13 +28,50 @@ impl<'de> Deserialize<'de> for PodView {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         struct Fields {
-            #[serde(default)]
-            metadata: ObjectMeta,
+            #[serde(default, deserialize_with = "objects_only::option")]
+            metadata: Option<MetadataView>,
             #[serde(default, deserialize_with = "objects_only::option")]
             spec: Option<PodSpecView>,
         }
         let Object(Fields { metadata, spec }) = Object::deserialize(deserializer)?;
-        Ok(Self { metadata, spec })
+        Ok(Self {
+            metadata: metadata.unwrap_or_default().into_object_meta(),
+            spec,
+        })
+    }
+}
+
+/// The metadata the rules read, with the API's types; the rest (`managedFields`, the
+/// timestamps, ...) is skipped unparsed. Kept as an `ObjectMeta`, which kube's admission
+/// types need.
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MetadataView {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    generate_name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    annotations: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    owner_references: Option<Vec<OwnerReference>>,
+}
+
+impl MetadataView {
+    fn into_object_meta(self) -> ObjectMeta {
+        ObjectMeta {
+            name: self.name,
+            generate_name: self.generate_name,
+            namespace: self.namespace,
+            labels: self.labels,
+            annotations: self.annotations,
+            owner_references: self.owner_references,
+            ..ObjectMeta::default()
+        }
     }
 }
 
@@ -188,8 +227,19 @@ mod tests {
             }
         });
         let view: PodView = serde_json::from_value(pod.clone()).unwrap();
-        let whole: Pod = serde_json::from_value(pod).unwrap();
+        let whole: Pod = serde_json::from_value(pod.clone()).unwrap();
         assert_eq!(view.metadata, whole.metadata);
+        // What the rules do not read of the metadata is skipped; the rest reads the same.
+        let mut with_more = pod;
+        with_more["metadata"]["managedFields"] = json!([{"manager": "kube-controller-manager",
+            "operation": "Update", "apiVersion": "v1", "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:metadata": {"f:labels": {".": {}}}}}]);
+        with_more["metadata"]["creationTimestamp"] = json!(null);
+        with_more["metadata"]["uid"] = json!("0a1b");
+        let more: PodView = serde_json::from_value(with_more.clone()).unwrap();
+        let whole: Pod = serde_json::from_value(with_more).unwrap();
+        assert!(whole.metadata.managed_fields.is_some() && whole.metadata.uid.is_some());
+        assert_eq!(more.metadata, view.metadata);
         let (spec, whole_spec) = (view.spec.unwrap(), whole.spec.unwrap());
         assert_eq!(spec.containers.len(), 1);
         assert_eq!(spec.containers[0].name, whole_spec.containers[0].name);
@@ -226,6 +276,37 @@ mod tests {
             (json!({"volumes": [{}]}), true),
         ] {
             let pod = json!({"metadata": {}, "spec": spec});
+            assert_reads_as_pod_does(pod, valid);
+        }
+        for (metadata, valid) in [
+            (json!({"name": 3}), false),
+            (json!({"labels": ["a"]}), false),
+            (json!({"labels": {"a": 1}}), false),
+            (json!({"annotations": "x"}), false),
+            // k8s-openapi defaults the missing required fields.
+            (json!({"ownerReferences": [{"kind": "ReplicaSet"}]}), true),
+            (
+                json!({"ownerReferences": [["apps/v1", "ReplicaSet", "web-1", "u"]]}),
+                false,
+            ),
+            (json!(["web"]), false),
+            (json!(null), true),
+            (json!({"labels": null, "namespace": null}), true),
+            (
+                json!({"ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "u"}]}),
+                true,
+            ),
+        ] {
+            assert_reads_as_pod_does(json!({"metadata": metadata, "spec": {}}), valid);
+        }
+        // The pod itself as an array.
+        let pod = json!([{}, {"containers": []}]);
+        assert!(serde_json::from_value::<Pod>(pod.clone()).is_err());
+        assert!(serde_json::from_value::<PodView>(pod).is_err());
+    }
+
+    fn assert_reads_as_pod_does(pod: serde_json::Value, valid: bool) {
+        {
             assert_eq!(
                 serde_json::from_value::<Pod>(pod.clone()).is_ok(),
                 valid,
@@ -237,9 +318,5 @@ mod tests {
                 "{pod}"
             );
         }
-        // The pod itself as an array.
-        let pod = json!([{}, {"containers": []}]);
-        assert!(serde_json::from_value::<Pod>(pod.clone()).is_err());
-        assert!(serde_json::from_value::<PodView>(pod).is_err());
     }
 }
