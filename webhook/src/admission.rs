@@ -327,20 +327,38 @@ mod tests {
     use super::*;
     use serde_json::{json, Value};
 
-    fn request() -> AdmissionRequest<DynamicObject> {
-        let review: Review = serde_json::from_value(json!({
+    /// A Deployment's Pod CREATE as kube-apiserver sends it, in a dry run (no API calls);
+    /// its annotation `note` is `MARK`, for tests to put any bytes there.
+    fn pod_review() -> Value {
+        json!({
             "apiVersion": "admission.k8s.io/v1",
             "kind": "AdmissionReview",
             "request": {
                 "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
                 "kind": {"group": "", "version": "v1", "kind": "Pod"},
                 "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": "shop",
                 "operation": "CREATE",
                 "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-                "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"}}
+                "dryRun": true,
+                "object": {
+                    "metadata": {
+                        "generateName": "web-7c9d8b6f5d-",
+                        "namespace": "shop",
+                        "annotations": {"note": "MARK"},
+                        "ownerReferences": [{
+                            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+                            "name": "web-7c9d8b6f5d", "uid": "u1", "controller": true
+                        }]
+                    },
+                    "spec": {"containers": [{"name": "web", "image": "nginx:latest"}]}
+                }
             }
-        }))
-        .expect("a review");
+        })
+    }
+
+    fn request() -> AdmissionRequest<DynamicObject> {
+        let review: Review = serde_json::from_value(pod_review()).expect("a review");
         review.try_into().expect("a request")
     }
 
@@ -387,23 +405,9 @@ mod tests {
 
     #[test]
     fn a_json_patch_makes_the_response_kubes_with_patch_makes() {
-        let pod: PodView = serde_json::from_value(json!({
-            "metadata": {
-                "generateName": "web-7c9d8b6f5d-",
-                "namespace": "shop",
-                "annotations": {"team": "shop/web"},
-                "ownerReferences": [{
-                    "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7c9d8b6f5d",
-                    "uid": "u1", "controller": true
-                }]
-            },
-            "spec": {"containers": [{"name": "web", "image": "nginx:latest"}]}
-        }))
-        .expect("a pod");
-        let settings =
-            <crate::config::Config as clap::Parser>::parse_from(["pod-reloaded-webhook"])
-                .injection_settings()
-                .expect("default settings");
+        let pod: PodView =
+            serde_json::from_value(pod_review()["request"]["object"].clone()).expect("a pod");
+        let settings = admission().settings;
         let Decision::Inject(injection) = inject::decide(&pod, "shop", &settings) else {
             panic!("the pod is injected")
         };
@@ -428,32 +432,7 @@ mod tests {
     }
 
     fn dry_run_review(annotation_value: &[u8]) -> Vec<u8> {
-        let review = json!({
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": "u-1",
-                "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "resource": {"group": "", "version": "v1", "resource": "pods"},
-                "namespace": "shop",
-                "operation": "CREATE",
-                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-                "dryRun": true,
-                "object": {
-                    "metadata": {
-                        "generateName": "web-7c9d8b6f5d-",
-                        "namespace": "shop",
-                        "annotations": {"note": "MARK"},
-                        "ownerReferences": [{
-                            "apiVersion": "apps/v1", "kind": "ReplicaSet",
-                            "name": "web-7c9d8b6f5d", "uid": "u1", "controller": true
-                        }]
-                    },
-                    "spec": {"containers": [{"name": "web", "image": "nginx:latest"}]}
-                }
-            }
-        });
-        let text = review.to_string();
+        let text = pod_review().to_string();
         let (before, after) = text.split_once("MARK").expect("marker");
         [before.as_bytes(), annotation_value, after.as_bytes()].concat()
     }
