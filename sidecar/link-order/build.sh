@@ -24,10 +24,17 @@ build() { cargo build --profile sidecar-image --target "$target" -p pod-reloaded
 : > "$order"
 build "$@"
 awk -f "$here/symbols.awk" "$order.map" > "$build_dir/symbols.tsv"
-# On the target it was recorded on, most of the list is found by exact symbol; on another
-# one only by name, and generics instantiated differently there are not found.
+# With the target and compiler it was recorded with, most of the list is found by exact
+# symbol; with another target or compiler (an image's Rust may differ) only by name, and
+# functions inlined or instantiated differently there are not found.
 recorded_on=$(sed -n 's/^# target: //p' "$here/hot-functions.txt")
-if [ "$target" = "$recorded_on" ]; then min_found=0.8; else min_found=0.6; fi
+recorded_with=$(sed -n 's/^# rustc: //p' "$here/hot-functions.txt")
+if [ "$target" = "$recorded_on" ] && [ "$(rustc --version)" = "$recorded_with" ]; then
+  min_found=0.8
+else
+  min_found=0.6
+  echo "link order: recorded for $recorded_on with $recorded_with; this build: $target with $(rustc --version): found by name" >&2
+fi
 awk -v min_found="${LINK_ORDER_MIN_FOUND:-$min_found}" -f "$here/order.awk" \
     "$build_dir/symbols.tsv" "$here/hot-functions.txt" > "$order.new"
 mv "$order.new" "$order"

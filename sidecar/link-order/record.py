@@ -25,7 +25,7 @@ def functions_in(path):
     return names
 
 
-def main(dumps, symbols_tsv, target):
+def main(dumps, symbols_tsv, target, rustc):
     symbols = {}
     for line in open(symbols_tsv):
         address, size, symbol, key = line.rstrip("\n").split("\t")
@@ -53,6 +53,7 @@ def main(dumps, symbols_tsv, target):
     text_bytes = sum(size for _, size, _ in symbols.values())
     print(f"# The sidecar's functions by when they run (sidecar/link-order/README.md).")
     print(f"# target: {target}")
+    print(f"# rustc: {rustc}")
     print(f"# Rounds: {len(steady_list)} functions, {steady_bytes // 1024} KiB; start-up only: "
           f"{len(start_list)}, {start_bytes // 1024} KiB; all code: {text_bytes // 1024} KiB.")
     print("# rounds")

@@ -24,5 +24,5 @@ exec /usr/bin/valgrind --tool=callgrind --demangle=no --dump-instr=no \
 WRAPPER
 chmod +x "$dumps/sidecar"
 "$target_dir/release/pod-reloaded-bench" sidecar --rounds 90 --sidecar-binary "$dumps/sidecar"
-python3 "$here/record.py" "$dumps" "$build_dir/symbols.tsv" "$target" > "$here/hot-functions.txt.new"
+python3 "$here/record.py" "$dumps" "$build_dir/symbols.tsv" "$target" "$(rustc --version)" > "$here/hot-functions.txt.new"
 mv "$here/hot-functions.txt.new" "$here/hot-functions.txt"
