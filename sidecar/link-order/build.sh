@@ -29,11 +29,12 @@ awk -f "$here/symbols.awk" "$order.map" > "$build_dir/symbols.tsv"
 # functions inlined or instantiated differently there are not found.
 recorded_on=$(sed -n 's/^# target: //p' "$here/hot-functions.txt")
 recorded_with=$(sed -n 's/^# rustc: //p' "$here/hot-functions.txt")
-if [ "$target" = "$recorded_on" ] && [ "$(rustc --version)" = "$recorded_with" ]; then
+building_with=$(rustc --version)
+if [ "$target" = "$recorded_on" ] && [ "$building_with" = "$recorded_with" ]; then
   min_found=0.8
 else
   min_found=0.6
-  echo "link order: recorded for $recorded_on with $recorded_with; this build: $target with $(rustc --version): found by name" >&2
+  echo "link order: recorded for $recorded_on with $recorded_with; this build: $target with $building_with: found by name" >&2
 fi
 awk -v min_found="${LINK_ORDER_MIN_FOUND:-$min_found}" -f "$here/order.awk" \
     "$build_dir/symbols.tsv" "$here/hot-functions.txt" > "$order.new"

@@ -229,14 +229,15 @@ impl Admission {
             "injected"
         );
         let warnings = injection.warnings;
-        match with_json_patch(response.clone(), injection.patch) {
+        // The response is not copied for the error branch, which builds its own.
+        match with_json_patch(response, injection.patch) {
             Ok(patched) => (with_warnings(patched, warnings), AdmissionResult::Injected),
             Err(error) => {
                 warn!(%error, "could not serialize patch");
                 let message =
                     format!("pod-reloaded: not injected: could not serialize patch: {error}");
                 (
-                    with_warnings(response, vec![message]),
+                    with_warnings(AdmissionResponse::from(request), vec![message]),
                     AdmissionResult::Error,
                 )
             }

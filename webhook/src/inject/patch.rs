@@ -26,10 +26,6 @@ use super::Injection;
 pub struct JsonPatch(Vec<u8>);
 
 impl JsonPatch {
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-
     pub fn into_bytes(self) -> Vec<u8> {
         self.0
     }

@@ -306,17 +306,15 @@ mod tests {
     }
 
     fn assert_reads_as_pod_does(pod: serde_json::Value, valid: bool) {
-        {
-            assert_eq!(
-                serde_json::from_value::<Pod>(pod.clone()).is_ok(),
-                valid,
-                "{pod}"
-            );
-            assert_eq!(
-                serde_json::from_value::<PodView>(pod.clone()).is_ok(),
-                valid,
-                "{pod}"
-            );
-        }
+        assert_eq!(
+            serde_json::from_value::<Pod>(pod.clone()).is_ok(),
+            valid,
+            "{pod}"
+        );
+        assert_eq!(
+            serde_json::from_value::<PodView>(pod.clone()).is_ok(),
+            valid,
+            "{pod}"
+        );
     }
 }
