@@ -44,7 +44,7 @@ fuzz:
 ## The sidecar is measured twice: as `cargo build --release` links it (dynamic glibc) and as
 ## its image ships it (static musl, rounds' functions linked together: sidecar/link-order/).
 HOST_MUSL_TARGET = $(shell rustc -vV | sed -n 's/^host: //p' | sed 's/-gnu$$/-musl/')
-IMAGE_SIDECAR = $(TARGET_DIR)/$(HOST_MUSL_TARGET)/sidecar-image/pod-reloaded-sidecar.stripped
+IMAGE_SIDECAR = $(call image_sidecar,$(HOST_MUSL_TARGET))
 bench: deps
 	$(CARGO) build --release --workspace --bins
 	rustup target add $(HOST_MUSL_TARGET)
@@ -56,18 +56,20 @@ bench: deps
 
 ## Both musl targets the images ship, built as the Dockerfiles build them: x86_64 with
 ## musl-gcc (Debian's musl-tools), aarch64 cross-compiled with clang and rust-lld against
-## Debian's musl-dev:arm64 headers (for mimalloc's and ring's C code). The x86_64 sidecar
-## is built as its image ships it (release, link order checked: sidecar/link-order/).
+## Debian's musl-dev:arm64 headers (for mimalloc's and ring's C code). Both sidecars are
+## built as their images ship them (sidecar-image profile, link order checked:
+## sidecar/link-order/); the x86_64 ones are run.
 MUSL_TARGETS = x86_64-unknown-linux-musl aarch64-unknown-linux-musl
-MUSL_IMAGE_SIDECAR = $(TARGET_DIR)/x86_64-unknown-linux-musl/sidecar-image/pod-reloaded-sidecar.stripped
+image_sidecar = $(TARGET_DIR)/$(1)/sidecar-image/pod-reloaded-sidecar.stripped
 AARCH64_MUSL_ENV = CC_aarch64_unknown_linux_musl=clang CFLAGS_aarch64_unknown_linux_musl="--target=aarch64-linux-musl -isystem /usr/include/aarch64-linux-musl" CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld
 musl:
 	rustup target add $(MUSL_TARGETS)
 	$(CARGO) build --target x86_64-unknown-linux-musl -p pod-reloaded-webhook
-	env $(AARCH64_MUSL_ENV) $(CARGO) build --target aarch64-unknown-linux-musl -p pod-reloaded-sidecar -p pod-reloaded-webhook
+	env $(AARCH64_MUSL_ENV) $(CARGO) build --target aarch64-unknown-linux-musl -p pod-reloaded-webhook
 	$(TARGET_DIR)/x86_64-unknown-linux-musl/debug/pod-reloaded-webhook --version
-	sidecar/link-order/build.sh x86_64-unknown-linux-musl $(MUSL_IMAGE_SIDECAR)
-	$(MUSL_IMAGE_SIDECAR) --version
+	sidecar/link-order/build.sh x86_64-unknown-linux-musl $(call image_sidecar,x86_64-unknown-linux-musl)
+	$(call image_sidecar,x86_64-unknown-linux-musl) --version
+	env $(AARCH64_MUSL_ENV) sidecar/link-order/build.sh aarch64-unknown-linux-musl $(call image_sidecar,aarch64-unknown-linux-musl)
 
 lint:
 	$(CARGO) fmt --all --check
