@@ -720,6 +720,13 @@ pub async fn run(sink: &mut dyn FnMut(String)) -> anyhow::Result<Summary> {
     );
     timeline.say("2 rounds with the bad image still served: no patch (quarantined)");
     world.rollout_status(1)?;
+    let rollouts_succeeded = |w: &World| {
+        w.events("Normal")
+            .iter()
+            .filter(|e| e["reason"] == "RolloutSucceeded")
+            .count()
+    };
+    let succeeded_before = rollouts_succeeded(&world);
     let good = world
         .registry
         .push_index(REPOSITORY, "latest", "good", &PLATFORMS, false)
@@ -730,9 +737,10 @@ pub async fn run(sink: &mut dyn FnMut(String)) -> anyhow::Result<Summary> {
         })
         .await?;
     world.rollout_completes()?;
+    // The Event follows the record's patch: wait for both, as for RolloutFailed above.
     world
         .until("good rollout succeeded", Duration::from_secs(15), |w| {
-            w.rollout_record().starts_with("succeeded ")
+            w.rollout_record().starts_with("succeeded ") && rollouts_succeeded(w) > succeeded_before
         })
         .await?;
     timeline.say(format!(
