@@ -84,7 +84,6 @@ async fn run(config: Config, prepared: Prepared) -> anyhow::Result<ExitCode> {
     for certificate in prepared.registry_cas {
         http = http.add_root_certificate(certificate);
     }
-    let http = http.build().context("building the HTTP client")?;
     let credentials = match &config.pull_secrets_dir {
         Some(dir) => {
             let (credentials, problems) = Credentials::load(dir);
@@ -96,8 +95,10 @@ async fn run(config: Config, prepared: Prepared) -> anyhow::Result<ExitCode> {
         None => Credentials::default(),
     };
     let platform = config.platform.clone().unwrap_or_else(Platform::current);
-    let mut registry = RegistryClient::new(http.clone(), credentials, platform);
+    let mut registry =
+        RegistryClient::new(http, credentials, platform).context("building the HTTP client")?;
     if config.cloud_auth == CloudAuth::Auto {
+        let http = registry.http().clone();
         registry = registry.with_cloud_login(CloudLogin::new(http, CloudEnv::from_process()));
     }
 

@@ -4,6 +4,8 @@
 pub mod cloud_fakes;
 pub mod fake_apiserver;
 pub mod fault_proxy;
+pub mod hostile;
+pub mod pki;
 pub mod process;
 pub mod registry;
 pub mod webhook;

@@ -11,15 +11,16 @@ use pod_reloaded_sidecar::registry::{RegistryClient, RegistryError, Repository};
 use pod_reloaded_tests::fault_proxy::{BearerAuth, Fault, FaultProxy};
 use pod_reloaded_tests::registry::{docker_config_json, Registry, RegistryOptions};
 
-fn client(http: reqwest::Client, credentials: Credentials, platform: &str) -> RegistryClient {
-    RegistryClient::new(http, credentials, Platform::parse(platform).unwrap())
+fn client(
+    http: reqwest::ClientBuilder,
+    credentials: Credentials,
+    platform: &str,
+) -> RegistryClient {
+    RegistryClient::new(http, credentials, Platform::parse(platform).unwrap()).unwrap()
 }
 
-fn plain_http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
+fn plain_http() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().timeout(Duration::from_secs(10))
 }
 
 fn repository(base_url: &str, name: &str) -> Repository {
@@ -189,16 +190,14 @@ async fn tls_registry_with_a_custom_ca() {
     let pem = std::fs::read(registry.ca.as_ref().unwrap()).unwrap();
     let trusting = reqwest::Client::builder()
         .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-        .build()
-        .unwrap();
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
     let remote = client(trusting, Credentials::default(), "linux/amd64")
         .resolve_tag(&repo, "v1")
         .await
         .unwrap();
     assert_eq!(remote.digest, pushed.digest);
 
-    let untrusting = reqwest::Client::builder().use_rustls_tls().build().unwrap();
+    let untrusting = reqwest::Client::builder().use_rustls_tls();
     assert!(matches!(
         client(untrusting, Credentials::default(), "linux/amd64")
             .resolve_tag(&repo, "v1")
@@ -325,10 +324,7 @@ async fn bad_answers_are_errors_never_digests() {
         .await;
     let proxy = FaultProxy::start(&registry.base_url, None).await;
     let repo = repository(&proxy.base_url(), "demo/app");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_millis(500))
-        .build()
-        .unwrap();
+    let http = reqwest::Client::builder().timeout(Duration::from_millis(500));
     let checker = client(http, Credentials::default(), "linux/amd64");
 
     proxy.set_fault(Fault::Status(500));

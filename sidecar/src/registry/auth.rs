@@ -4,6 +4,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use reqwest::header::GetAll;
+use reqwest::header::HeaderValue;
+use reqwest::Url;
+
 use super::credentials::Credential;
 
 /// Token lifetime when the token server does not say (distribution spec default).
@@ -25,7 +29,33 @@ pub enum Challenge {
     },
 }
 
-/// Parses `Bearer realm="…",service="…",scope="…"` or `Basic realm="…"`.
+/// The challenge to answer among a 401's `WWW-Authenticate` headers: Bearer when one is
+/// offered, else Basic. Bearer challenges that name different realms, services or scopes
+/// are an answer we do not understand.
+pub fn challenge_of(headers: GetAll<'_, HeaderValue>) -> Result<Challenge, String> {
+    let mut chosen: Option<Challenge> = None;
+    for raw in headers {
+        let text = raw.to_str().unwrap_or("");
+        let Some(challenge) = parse_challenge(text) else {
+            continue;
+        };
+        match (&chosen, &challenge) {
+            (Some(first @ Challenge::Bearer { .. }), Challenge::Bearer { .. })
+                if *first != challenge =>
+            {
+                return Err(format!(
+                    "two Bearer challenges disagree: {first:?} and {challenge:?}"
+                ));
+            }
+            (Some(Challenge::Bearer { .. }), _) => {}
+            _ => chosen = Some(challenge),
+        }
+    }
+    chosen.ok_or_else(|| "no supported WWW-Authenticate challenge".to_string())
+}
+
+/// Parses `Bearer realm="…",service="…",scope="…"` or `Basic realm="…"`; a parameter given
+/// twice with different values makes the challenge unreadable (`None`).
 pub fn parse_challenge(header: &str) -> Option<Challenge> {
     let (scheme, params) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
     let mut values: HashMap<String, String> = HashMap::new();
@@ -45,6 +75,9 @@ pub fn parse_challenge(header: &str) -> Option<Challenge> {
             let end = after.find(',').unwrap_or(after.len());
             (&after[..end], &after[end..])
         };
+        if values.get(&key).is_some_and(|first| first != value) {
+            return None;
+        }
         values.insert(key, value.to_string());
         rest = remaining.trim_start().trim_start_matches(',').trim_start();
     }
@@ -121,34 +154,16 @@ pub fn basic_header(credential: &Credential) -> String {
     )
 }
 
-fn scheme_and_host(url: &str) -> Option<(&str, &str)> {
-    let (scheme, rest) = url.split_once("://")?;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = match host.rfind(':') {
-        Some(i) if !host[i..].contains(']') => &host[..i],
-        _ => host,
-    };
-    Some((scheme, host))
-}
-
-/// May credentials for the registry at `registry_base_url` be sent to the token `realm`
-/// its challenge named? Over HTTPS, yes (Docker Hub's realm is another host by design).
-/// Over plain HTTP only when the registry itself was explicitly configured as plain HTTP,
-/// and only to the registry's own host: a challenge must not be able to pull secrets off
-/// the pod in clear text or to a third host.
-pub fn may_send_credentials(registry_base_url: &str, realm: &str) -> bool {
-    let (Some((realm_scheme, realm_host)), Some((registry_scheme, registry_host))) =
-        (scheme_and_host(realm), scheme_and_host(registry_base_url))
-    else {
-        return false;
-    };
-    match (
-        realm_scheme.to_ascii_lowercase().as_str(),
-        registry_scheme.to_ascii_lowercase().as_str(),
-    ) {
-        ("https", _) => true,
-        ("http", "http") => realm_host.eq_ignore_ascii_case(registry_host),
+/// May credentials for the registry at `registry` be sent to `target` (a token realm its
+/// challenge named)? Decided on the URLs exactly as the client connects to them. Over
+/// HTTPS, yes (Docker Hub's realm is another host by design). Over plain HTTP only when the
+/// registry itself was configured as plain HTTP, and only to the registry's own host: a
+/// challenge must not be able to pull secrets off the pod in clear text or to a third host.
+/// Redirects never carry credentials to another scheme, host or port (`RegistryClient`).
+pub fn may_send_credentials(registry: &Url, target: &Url) -> bool {
+    match (target.scheme(), registry.scheme()) {
+        ("https", _) => target.host().is_some(),
+        ("http", "http") => target.host().is_some() && target.host() == registry.host(),
         _ => false,
     }
 }
@@ -186,6 +201,11 @@ mod tests {
         assert_eq!(parse_challenge("Negotiate"), None);
         assert_eq!(parse_challenge("Bearer service=x"), None, "no realm");
         assert_eq!(parse_challenge(r#"Bearer realm="unterminated"#), None);
+        assert_eq!(
+            parse_challenge(r#"Bearer realm="https://a/token",realm="https://b/token""#),
+            None,
+            "one realm, said twice differently"
+        );
     }
 
     #[test]
@@ -206,6 +226,12 @@ mod tests {
 
     #[test]
     fn credentials_go_only_over_https_or_to_the_plain_http_registry_itself() {
+        fn may_send_credentials(registry: &str, target: &str) -> bool {
+            match (Url::parse(registry), Url::parse(target)) {
+                (Ok(registry), Ok(target)) => super::may_send_credentials(&registry, &target),
+                _ => false,
+            }
+        }
         assert!(may_send_credentials(
             "https://registry-1.docker.io",
             "https://auth.docker.io/token"
@@ -235,5 +261,19 @@ mod tests {
             "ftp://r.example.com/token"
         ));
         assert!(!may_send_credentials("https://r.example.com", "not a url"));
+        // The host the connection will use, whatever the text looks like: `\` is `/`
+        // to the URL parser, so this realm is 127.0.0.2, not the registry's 127.0.0.1.
+        assert!(!may_send_credentials(
+            "http://127.0.0.1:5000",
+            "http://127.0.0.2:5000\\@127.0.0.1:5001/token"
+        ));
+        assert!(may_send_credentials(
+            "http://127.0.0.1:5000",
+            "http://u@127.0.0.1:5001/token"
+        ));
+        assert!(!may_send_credentials(
+            "http://127.0.0.1:5000",
+            "http://127.0.0.1.evil.example.com/token"
+        ));
     }
 }

@@ -18,23 +18,29 @@ use std::time::{Duration, Instant};
 
 use pod_reloaded_contract::is_sha256_digest;
 use reqwest::header::{
-    HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+    HeaderMap, HeaderName, ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION, RETRY_AFTER,
+    WWW_AUTHENTICATE,
 };
-use reqwest::{Method, Response, StatusCode};
+use reqwest::{Method, Response, StatusCode, Url};
 use sha2::{Digest as _, Sha256};
 
 use self::auth::{
-    basic_header, may_send_credentials, parse_challenge, CachedAuth, Challenge, TokenResponse,
+    basic_header, challenge_of, may_send_credentials, CachedAuth, Challenge, TokenResponse,
 };
 use self::cloud::CloudLogin;
 use self::credentials::{Credential, Credentials};
 use self::manifest::{
     Index, Manifest, ManifestKind, MediaTypeOnly, RemoteDetails, RemoteTag, MANIFEST_ACCEPT,
 };
+
+/// `Docker-Content-Digest`: the digest a registry says a manifest has.
+const CONTENT_DIGEST: &str = "docker-content-digest";
 use crate::platform::Platform;
 
 /// Largest manifest or token body read; real ones are a few KiB.
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Most redirects followed for one request (a registry sends at most one, to a CDN).
+pub const MAX_REDIRECTS: usize = 5;
 /// Longest `Retry-After` obeyed: a registry asking for more would park the checker for
 /// good; it is asked again after this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -57,6 +63,23 @@ impl Repository {
     fn manifest_url(&self, reference: &str) -> String {
         format!("{}/v2/{}/manifests/{reference}", self.base_url, self.name)
     }
+}
+
+/// The HTTP client of every registry and cloud-login request: it follows no redirect by
+/// itself, so that `RegistryClient` decides each hop (never from HTTPS to HTTP, and
+/// credentials only to the same scheme, host and port).
+pub fn http_client(builder: reqwest::ClientBuilder) -> reqwest::Result<reqwest::Client> {
+    builder.redirect(reqwest::redirect::Policy::none()).build()
+}
+
+/// A manifest whose bytes were checked: they parse as a manifest or index of a media type
+/// we know, and hash to `digest` (which the registry's `Docker-Content-Digest`, when it
+/// sent one, names too).
+struct VerifiedManifest {
+    url: String,
+    digest: String,
+    kind: ManifestKind,
+    body: Vec<u8>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,14 +154,25 @@ pub struct RegistryClient {
 }
 
 impl RegistryClient {
-    pub fn new(http: reqwest::Client, credentials: Credentials, platform: Platform) -> Self {
-        Self {
-            http,
+    /// `http` is built with `http_client` (no automatic redirects); `RegistryClient::http`
+    /// hands the built client to the cloud logins.
+    pub fn new(
+        http: reqwest::ClientBuilder,
+        credentials: Credentials,
+        platform: Platform,
+    ) -> reqwest::Result<Self> {
+        Ok(Self {
+            http: http_client(http)?,
             credentials: Mutex::new(credentials),
             auth: Mutex::new(HashMap::new()),
             platform,
             cloud: None,
-        }
+        })
+    }
+
+    /// The HTTP client, for the cloud logins (it follows no redirect).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     /// Logs in to cloud registries (ECR, Artifact Registry/GCR, ACR) with the pod's
@@ -180,8 +214,9 @@ impl RegistryClient {
             })
     }
 
-    /// What `repository:tag` points to now: one HEAD (a GET only if the registry gives no
-    /// digest or no media type with it).
+    /// What `repository:tag` points to now: one HEAD, and a GET only if the HEAD gives no
+    /// digest or no media type. A digest from a HEAD is trusted only as `sha256:<64 hex>`;
+    /// from a GET, only as the hash of a body that parses as a manifest we know.
     pub async fn resolve_tag(
         &self,
         repository: &Repository,
@@ -190,30 +225,44 @@ impl RegistryClient {
         let url = repository.manifest_url(tag);
         let response = self.send(repository, Method::HEAD, &url).await?;
         let response = check_status(Method::HEAD, &url, response)?;
-        let mut media_type = header_text(response.headers(), CONTENT_TYPE);
-        let mut digest = match response.headers().get("docker-content-digest") {
-            Some(value) => Some(checked_digest(&url, value.to_str().unwrap_or(""))?),
-            None => None,
-        };
-        if digest.is_none() || media_type.trim().is_empty() {
-            // Some registries and proxies leave these off a HEAD: the GET's answer says
-            // the same, and the digest of a manifest is the hash of its bytes.
-            let (get_media_type, body) = self.get_manifest(repository, tag).await?;
-            if media_type.trim().is_empty() {
-                media_type = if get_media_type.trim().is_empty() {
-                    MediaTypeOnly::declared_in(&body).unwrap_or_default()
-                } else {
-                    get_media_type
-                };
-            }
-            digest.get_or_insert_with(|| format!("sha256:{}", hex(&Sha256::digest(&body))));
+        let headers = response.headers();
+        let head_digest = single_header(&url, headers, CONTENT_DIGEST)?
+            .map(|digest| checked_digest(&url, &digest))
+            .transpose()?;
+        let head_kind = single_header(&url, headers, CONTENT_TYPE.as_str())?
+            .filter(|media_type| !media_type.is_empty())
+            .map(|media_type| known_media_type(&url, &media_type))
+            .transpose()?;
+        if let (Some(digest), Some(kind)) = (&head_digest, head_kind) {
+            return Ok(RemoteTag {
+                digest: digest.clone(),
+                kind,
+            });
         }
-        let kind = ManifestKind::from_media_type(&media_type).ok_or_else(|| {
-            unexpected(&url, format!("unknown manifest media type {media_type:?}"))
-        })?;
+        // Some registries and proxies leave these off a HEAD: the GET says the same, and
+        // its body is verified before anything is read from it.
+        let manifest = self.fetch_manifest(repository, tag).await?;
+        if let Some(digest) = head_digest.filter(|d| *d != manifest.digest) {
+            return Err(unexpected(
+                &url,
+                format!(
+                    "the HEAD named {digest}, the GET's body hashes to {}",
+                    manifest.digest
+                ),
+            ));
+        }
+        if let Some(kind) = head_kind.filter(|k| *k != manifest.kind) {
+            return Err(unexpected(
+                &url,
+                format!(
+                    "the HEAD said {kind:?}, the GET's body is a {:?}",
+                    manifest.kind
+                ),
+            ));
+        }
         Ok(RemoteTag {
-            digest: digest.unwrap_or_default(),
-            kind,
+            digest: manifest.digest,
+            kind: manifest.kind,
         })
     }
 
@@ -226,9 +275,17 @@ impl RegistryClient {
         remote: &RemoteTag,
         want_config: bool,
     ) -> Result<RemoteDetails, RegistryError> {
-        let (url, body) = self.get_verified(repository, &remote.digest).await?;
+        let VerifiedManifest {
+            url, kind, body, ..
+        } = self.get_verified(repository, &remote.digest).await?;
+        if kind != remote.kind {
+            return Err(unexpected(
+                &url,
+                format!("the tag was a {:?}, its digest is a {kind:?}", remote.kind),
+            ));
+        }
         let mut details = RemoteDetails::default();
-        let manifest_body = match remote.kind {
+        let manifest_body = match kind {
             ManifestKind::Manifest => {
                 details.platform_manifest = Some(remote.digest.clone());
                 body
@@ -249,7 +306,11 @@ impl RegistryClient {
                     ));
                 };
                 let child = checked_digest(&url, child)?;
-                self.get_verified(repository, &child).await?.1
+                let child = self.get_verified(repository, &child).await?;
+                if child.kind != ManifestKind::Manifest {
+                    return Err(unexpected(&child.url, "an index's child is not a manifest"));
+                }
+                child.body
             }
         };
         if want_config {
@@ -268,55 +329,91 @@ impl RegistryClient {
         repository: &Repository,
         digest: &str,
     ) -> Result<Option<String>, RegistryError> {
-        let (url, body) = self.get_verified(repository, digest).await?;
-        let declared =
-            MediaTypeOnly::declared_in(&body).and_then(|m| ManifestKind::from_media_type(&m));
-        let index = match declared {
-            Some(ManifestKind::Manifest) => return Ok(Some(digest.to_string())),
-            Some(ManifestKind::Index) => serde_json::from_slice::<Index>(&body)
-                .map_err(|e| unexpected(&url, format!("index does not parse: {e}")))?,
-            // OCI leaves mediaType optional: an index is what lists manifests.
-            None => match serde_json::from_slice::<Index>(&body) {
-                Ok(index) => index,
-                Err(_) => return Ok(Some(digest.to_string())),
-            },
-        };
+        let VerifiedManifest {
+            url, kind, body, ..
+        } = self.get_verified(repository, digest).await?;
+        if kind == ManifestKind::Manifest {
+            return Ok(Some(digest.to_string()));
+        }
+        let index = serde_json::from_slice::<Index>(&body)
+            .map_err(|e| unexpected(&url, format!("index does not parse: {e}")))?;
         index
             .manifest_for(&self.platform)
             .map(|child| checked_digest(&url, child))
             .transpose()
     }
 
-    /// GET a manifest by digest and check that its bytes hash to that digest.
+    /// GET a manifest by digest: verified, and its bytes hash to that digest.
     async fn get_verified(
         &self,
         repository: &Repository,
         digest: &str,
-    ) -> Result<(String, Vec<u8>), RegistryError> {
-        let url = repository.manifest_url(digest);
-        let (_, body) = self.get_manifest(repository, digest).await?;
-        let actual = format!("sha256:{}", hex(&Sha256::digest(&body)));
-        if actual != digest {
+    ) -> Result<VerifiedManifest, RegistryError> {
+        let manifest = self.fetch_manifest(repository, digest).await?;
+        if manifest.digest != digest {
             return Err(unexpected(
-                &url,
-                format!("manifest bytes hash to {actual}, not {digest}"),
+                &manifest.url,
+                format!("manifest bytes hash to {}, not {digest}", manifest.digest),
             ));
         }
-        Ok((url, body))
+        Ok(manifest)
     }
 
-    /// GET a manifest: its `Content-Type` and its bytes.
-    async fn get_manifest(
+    /// GET a manifest by tag or digest and verify it: a `Content-Type` and a declared
+    /// `mediaType`, where present, name the same known type; the body parses as that
+    /// type; a `Docker-Content-Digest` names the body's own hash.
+    async fn fetch_manifest(
         &self,
         repository: &Repository,
         reference: &str,
-    ) -> Result<(String, Vec<u8>), RegistryError> {
+    ) -> Result<VerifiedManifest, RegistryError> {
         let url = repository.manifest_url(reference);
         let response = self.send(repository, Method::GET, &url).await?;
         let response = check_status(Method::GET, &url, response)?;
-        let media_type = header_text(response.headers(), CONTENT_TYPE);
+        let content_type = single_header(&url, response.headers(), CONTENT_TYPE.as_str())?;
+        let named_digest = single_header(&url, response.headers(), CONTENT_DIGEST)?;
         let body = read_limited(&url, response).await?;
-        Ok((media_type, body))
+        let digest = format!("sha256:{}", hex(&Sha256::digest(&body)));
+        if let Some(named) = named_digest {
+            if checked_digest(&url, &named)? != digest {
+                return Err(unexpected(
+                    &url,
+                    format!("Docker-Content-Digest names {named}, the body hashes to {digest}"),
+                ));
+            }
+        }
+        let declared = serde_json::from_slice::<MediaTypeOnly>(&body)
+            .map_err(|e| unexpected(&url, format!("manifest is not a JSON object: {e}")))?
+            .media_type;
+        let kind = match (content_type.filter(|t| !t.trim().is_empty()), declared) {
+            (None, None) => {
+                return Err(unexpected(&url, "manifest has no media type"));
+            }
+            (Some(media_type), None) | (None, Some(media_type)) => {
+                known_media_type(&url, &media_type)?
+            }
+            (Some(header), Some(declared)) => {
+                let kind = known_media_type(&url, &declared)?;
+                if known_media_type(&url, &header)? != kind {
+                    return Err(unexpected(
+                        &url,
+                        format!("Content-Type {header:?} and the body's mediaType {declared:?} disagree"),
+                    ));
+                }
+                kind
+            }
+        };
+        let parses = match kind {
+            ManifestKind::Index => serde_json::from_slice::<Index>(&body).map(drop),
+            ManifestKind::Manifest => serde_json::from_slice::<Manifest>(&body).map(drop),
+        };
+        parses.map_err(|e| unexpected(&url, format!("{kind:?} does not parse: {e}")))?;
+        Ok(VerifiedManifest {
+            url,
+            digest,
+            kind,
+            body,
+        })
     }
 
     /// Sends with the cached authorization; on a 401, answers the challenge once.
@@ -331,11 +428,13 @@ impl RegistryClient {
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
-        let header = header_text(response.headers(), WWW_AUTHENTICATE);
-        let challenge = parse_challenge(&header).ok_or_else(|| RegistryError::Unauthorized {
-            url: url.to_string(),
-            reason: format!("unsupported challenge {header:?}"),
-        })?;
+        let challenge =
+            challenge_of(response.headers().get_all(WWW_AUTHENTICATE)).map_err(|reason| {
+                RegistryError::Unauthorized {
+                    url: url.to_string(),
+                    reason,
+                }
+            })?;
         let authorization = self.answer(repository, &challenge).await?;
         let response = self.request(method, url, Some(&authorization)).await?;
         if response.status() == StatusCode::UNAUTHORIZED {
@@ -354,14 +453,58 @@ impl RegistryClient {
         url: &str,
         authorization: Option<&str>,
     ) -> Result<Response, RegistryError> {
-        let mut request = self
-            .http
-            .request(method, url)
-            .header(ACCEPT, MANIFEST_ACCEPT);
-        if let Some(value) = authorization {
-            request = request.header(AUTHORIZATION, value);
+        let url = parse_url(url)?;
+        self.follow(method, url, Some(MANIFEST_ACCEPT), authorization)
+            .await
+    }
+
+    /// Sends, following redirects by this rule: at most `MAX_REDIRECTS` hops, never from
+    /// HTTPS to anything else, and the `Authorization` only while scheme, host and port
+    /// stay those of the first URL (a blob CDN gets none).
+    async fn follow(
+        &self,
+        method: Method,
+        mut url: Url,
+        accept: Option<&str>,
+        mut authorization: Option<&str>,
+    ) -> Result<Response, RegistryError> {
+        let origin = url.origin();
+        for _ in 0..=MAX_REDIRECTS {
+            let mut request = self.http.request(method.clone(), url.clone());
+            if let Some(accept) = accept {
+                request = request.header(ACCEPT, accept);
+            }
+            if let Some(value) = authorization {
+                request = request.header(AUTHORIZATION, value);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| transport(url.as_str(), e))?;
+            if !is_redirect(response.status()) {
+                return Ok(response);
+            }
+            let location = single_header(url.as_str(), response.headers(), LOCATION.as_str())?
+                .ok_or_else(|| unexpected(url.as_str(), "redirect without a Location"))?;
+            let next = url
+                .join(&location)
+                .map_err(|e| unexpected(url.as_str(), format!("redirect to {location:?}: {e}")))?;
+            let downgrade = url.scheme() == "https" && next.scheme() != "https";
+            if downgrade || !matches!(next.scheme(), "http" | "https") {
+                return Err(unexpected(
+                    url.as_str(),
+                    format!("refusing the redirect from {} to {next}", url.scheme()),
+                ));
+            }
+            if next.origin() != origin {
+                authorization = None;
+            }
+            url = next;
         }
-        request.send().await.map_err(|e| transport(url, e))
+        Err(unexpected(
+            url.as_str(),
+            format!("more than {MAX_REDIRECTS} redirects"),
+        ))
     }
 
     fn forget(&self, repository: &Repository) {
@@ -425,7 +568,9 @@ impl RegistryClient {
                 service,
                 scope,
             } => {
-                if credential.is_some() && !may_send_credentials(&repository.base_url, realm) {
+                let realm_url = parse_url(realm)?;
+                let registry_url = parse_url(&repository.base_url)?;
+                if credential.is_some() && !may_send_credentials(&registry_url, &realm_url) {
                     return Err(RegistryError::Unauthorized {
                         url: repository.base_url.clone(),
                         reason: format!(
@@ -438,7 +583,7 @@ impl RegistryClient {
                     .clone()
                     .unwrap_or_else(|| format!("repository:{}:pull", repository.name));
                 let (token, lifetime) = self
-                    .fetch_token(realm, service.as_deref(), &scope, credential.as_ref())
+                    .fetch_token(realm_url, service.as_deref(), &scope, credential.as_ref())
                     .await?;
                 CachedAuth::bearer(&token, lifetime, challenge.clone(), Instant::now())
             }
@@ -450,38 +595,87 @@ impl RegistryClient {
         Ok(header)
     }
 
+    /// The token from `realm`, checked by `may_send_credentials` on this same URL.
     async fn fetch_token(
         &self,
-        realm: &str,
+        mut realm: Url,
         service: Option<&str>,
         scope: &str,
         credential: Option<&Credential>,
     ) -> Result<(String, Duration), RegistryError> {
-        let mut query = vec![("scope", scope)];
+        realm.query_pairs_mut().append_pair("scope", scope);
         if let Some(service) = service {
-            query.push(("service", service));
+            realm.query_pairs_mut().append_pair("service", service);
         }
-        let mut request = self.http.get(realm).query(&query);
-        if let Some(credential) = credential {
-            request = request.header(AUTHORIZATION, basic_header(credential));
-        }
-        let response = request.send().await.map_err(|e| transport(realm, e))?;
+        let text = realm.to_string();
+        let authorization = credential.map(basic_header);
+        let response = self
+            .follow(Method::GET, realm, None, authorization.as_deref())
+            .await?;
         if matches!(
             response.status(),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
         ) {
             return Err(RegistryError::Unauthorized {
-                url: realm.to_string(),
+                url: text,
                 reason: format!("token server answered HTTP {}", response.status().as_u16()),
             });
         }
-        let response = check_status(Method::GET, realm, response)?;
-        let body = read_limited(realm, response).await?;
-        TokenResponse::parse(&body).map_err(|reason| unexpected(realm, reason))
+        let response = check_status(Method::GET, &text, response)?;
+        let body = read_limited(&text, response).await?;
+        TokenResponse::parse(&body).map_err(|reason| unexpected(&text, reason))
     }
 }
 
-fn header_text(headers: &HeaderMap, name: reqwest::header::HeaderName) -> String {
+fn parse_url(url: &str) -> Result<Url, RegistryError> {
+    Url::parse(url).map_err(|e| unexpected(url, format!("not a URL: {e}")))
+}
+
+fn is_redirect(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::MOVED_PERMANENTLY
+            | StatusCode::FOUND
+            | StatusCode::SEE_OTHER
+            | StatusCode::TEMPORARY_REDIRECT
+            | StatusCode::PERMANENT_REDIRECT
+    )
+}
+
+/// A header whose meaning is one value: absent, or present once (or repeated with the
+/// same value). Two different values are an answer we do not understand.
+fn single_header(
+    url: &str,
+    headers: &HeaderMap,
+    name: &str,
+) -> Result<Option<String>, RegistryError> {
+    let mut value: Option<String> = None;
+    for raw in headers.get_all(name) {
+        let text = raw
+            .to_str()
+            .map_err(|_| unexpected(url, format!("{name} is not text")))?
+            .trim()
+            .to_string();
+        match &value {
+            Some(first) if *first != text => {
+                return Err(unexpected(
+                    url,
+                    format!("two {name} headers disagree: {first:?} and {text:?}"),
+                ))
+            }
+            _ => value = Some(text),
+        }
+    }
+    Ok(value)
+}
+
+/// The kind of a media type we know; any other is an answer we do not understand.
+fn known_media_type(url: &str, media_type: &str) -> Result<ManifestKind, RegistryError> {
+    ManifestKind::from_media_type(media_type)
+        .ok_or_else(|| unexpected(url, format!("unknown manifest media type {media_type:?}")))
+}
+
+fn header_text(headers: &HeaderMap, name: HeaderName) -> String {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
