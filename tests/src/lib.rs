@@ -2,6 +2,7 @@
 //! registry, real TLS, and a small fake Kubernetes API server.
 
 pub mod cloud_fakes;
+pub mod cluster;
 pub mod fake_apiserver;
 pub mod fault_proxy;
 pub mod hostile;

@@ -285,7 +285,7 @@ impl World {
             object_path(&stored).ends_with(name),
             "pod stored under an unexpected path"
         );
-        let sidecar = Running::spawn(command_from_pod(&self.api, &stored, &[]));
+        let sidecar = Running::spawn(command_from_pod(self.api.kubeconfig_path(), &stored, &[]));
         Ok((stored, sidecar))
     }
 

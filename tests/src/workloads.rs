@@ -112,7 +112,11 @@ pub fn sidecar_command(
 
 /// Runs the sidecar of a pod as the kubelet would: its container's env (downward API
 /// `fieldRef`s resolved from the stored pod) and args, nothing set by hand.
-pub fn command_from_pod(api: &FakeApiServer, pod: &Value, extra_env: &[(&str, String)]) -> Command {
+pub fn command_from_pod(
+    kubeconfig: &std::path::Path,
+    pod: &Value,
+    extra_env: &[(&str, String)],
+) -> Command {
     let containers = pod["spec"]["containers"]
         .as_array()
         .into_iter()
@@ -128,7 +132,7 @@ pub fn command_from_pod(api: &FakeApiServer, pod: &Value, extra_env: &[(&str, St
         .find(|c| c["name"] == contract::SIDECAR_CONTAINER_NAME)
         .expect("pod has the injected sidecar");
     let mut command = Command::new(binary("pod-reloaded-sidecar"));
-    command.env_clear().env("KUBECONFIG", api.kubeconfig_path());
+    command.env_clear().env("KUBECONFIG", kubeconfig);
     for var in sidecar["env"].as_array().into_iter().flatten() {
         let name = var["name"].as_str().expect("env name");
         let value = match (&var["value"], &var["valueFrom"]["fieldRef"]["fieldPath"]) {
