@@ -20,10 +20,19 @@ fn api_resource(kind: WorkloadKind) -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind.name()))
 }
 
+/// Set by the Deployment controller on a ReplicaSet it reuses for a template it had
+/// before (`kubectl rollout undo`): the revisions the ReplicaSet had.
+const REVISION_HISTORY_ANNOTATION: &str = "deployment.kubernetes.io/revision-history";
+
 /// Where the owner chain ends.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Owner {
-    Restartable(WorkloadRef),
+    Restartable {
+        workload: WorkloadRef,
+        /// The pod's ReplicaSet was made for an earlier revision and reused: its template
+        /// went back to one it had before (see `decide::ThisPod`).
+        from_earlier_revision: bool,
+    },
     /// Bare pod, Job, a ReplicaSet without a Deployment, ...: said once, then left alone.
     NotRestartable(NotRestartable),
 }
@@ -63,7 +72,12 @@ impl Cluster {
         let owners = pod.metadata.owner_references.as_deref().unwrap_or_default();
         let replica_set = match owner::pod_owner(owners) {
             Err(why) => return Ok(Owner::NotRestartable(why)),
-            Ok(PodOwner::Workload(workload)) => return Ok(Owner::Restartable(workload)),
+            Ok(PodOwner::Workload(workload)) => {
+                return Ok(Owner::Restartable {
+                    workload,
+                    from_earlier_revision: false,
+                })
+            }
             Ok(PodOwner::ReplicaSet { name }) => name,
         };
         let object = Api::<k8s_openapi::api::apps::v1::ReplicaSet>::namespaced(
@@ -78,8 +92,17 @@ impl Cluster {
             .owner_references
             .as_deref()
             .unwrap_or_default();
+        // The Deployment controller records the revisions a reused ReplicaSet had before.
+        let from_earlier_revision = object
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(REVISION_HISTORY_ANNOTATION));
         Ok(match owner::replica_set_owner(&replica_set, parents) {
-            Ok(workload) => Owner::Restartable(workload),
+            Ok(workload) => Owner::Restartable {
+                workload,
+                from_earlier_revision,
+            },
             Err(why) => Owner::NotRestartable(why),
         })
     }
@@ -247,20 +270,26 @@ mod tests {
         server.await.unwrap();
         assert_eq!(
             owner,
-            Owner::Restartable(WorkloadRef {
-                kind: WorkloadKind::Deployment,
-                name: "web".into(),
-                uid: "web-uid".into()
-            })
+            Owner::Restartable {
+                workload: WorkloadRef {
+                    kind: WorkloadKind::Deployment,
+                    name: "web".into(),
+                    uid: "web-uid".into()
+                },
+                from_earlier_revision: false
+            }
         );
         // A StatefulSet owner needs no request at all.
         let (cluster, _api) = self::cluster();
         assert!(matches!(
             cluster.owner(&pod("StatefulSet", "db")).await.unwrap(),
-            Owner::Restartable(WorkloadRef {
-                kind: WorkloadKind::StatefulSet,
-                ..
-            })
+            Owner::Restartable {
+                workload: WorkloadRef {
+                    kind: WorkloadKind::StatefulSet,
+                    ..
+                },
+                from_earlier_revision: false
+            }
         ));
     }
 

@@ -170,16 +170,48 @@ pub struct Restart {
     pub pending: PendingRecord,
 }
 
-/// Decides for `changes` (non-empty) given the workload, when this pod was created, its
-/// timing settings, and the time.
+/// What the deciding pod knows of itself.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ThisPod {
+    pub created: Option<Timestamp>,
+    /// Its ReplicaSet was made for an earlier revision and reused: the template went back
+    /// to one it had before. pod-reloaded's own rollbacks write a new `restartedAt`, so they
+    /// never reuse one: a person did (`kubectl rollout undo`). That undo also puts back the
+    /// Deployment's annotations of that revision, the rollout record among them, so the
+    /// record cannot tell.
+    pub from_earlier_revision: bool,
+}
+
+/// Decides for `changes` (non-empty) given the workload, this pod, its timing settings,
+/// and the time.
 pub fn decide_restart(
     workload: &WorkloadState,
     changes: &[Change],
-    pod_created: Option<Timestamp>,
+    this_pod: ThisPod,
     timing: &Timing,
     now: Timestamp,
 ) -> RestartDecision {
     let record = workload.rollout();
+    if this_pod.from_earlier_revision
+        && record
+            .as_ref()
+            .is_none_or(|r| r.state != RolloutState::Undone)
+    {
+        let restarted_for = workload.restarted_for();
+        let quarantined = workload.quarantined();
+        let mut left = DigestRecord::default();
+        for change in changes {
+            let digest = Some(change.digest.as_str());
+            if restarted_for.get(&change.container) != digest
+                && quarantined.get(&change.container) != digest
+            {
+                left.insert(&change.container, &change.digest);
+            }
+        }
+        if !left.is_empty() {
+            return RestartDecision::Undone { left };
+        }
+    }
     if let Some(record) = &record {
         let active = matches!(
             record.state,
@@ -214,7 +246,7 @@ pub fn decide_restart(
             .template_annotations
             .get(contract::ANNOTATION_RESTARTED_AT)
             .and_then(|t| t.parse::<Timestamp>().ok());
-        let pull_did_not_take = match (pod_created, restarted_at) {
+        let pull_did_not_take = match (this_pod.created, restarted_at) {
             // restartedAt has second precision: a pod of that same second predates it.
             (Some(created), Some(restarted)) => created > restarted,
             _ => false,
@@ -361,7 +393,13 @@ mod tests {
 
     /// The decision with no timing settings, for a pod of unknown age, at `now()`.
     fn decide_now(state: &WorkloadState, changes: &[Change]) -> RestartDecision {
-        decide_restart(state, changes, None, &Timing::default(), now())
+        decide_restart(
+            state,
+            changes,
+            ThisPod::default(),
+            &Timing::default(),
+            now(),
+        )
     }
 
     fn change(container: &str, c: char, running: Option<char>) -> Change {
@@ -454,7 +492,10 @@ mod tests {
             decide_restart(
                 &state,
                 &[change("web", 'a', Some('0'))],
-                Some(older),
+                ThisPod {
+                    created: Some(older),
+                    ..ThisPod::default()
+                },
                 &Timing::default(),
                 now()
             ),
@@ -466,7 +507,10 @@ mod tests {
             decide_restart(
                 &state,
                 &[change("web", 'a', Some('0'))],
-                Some(newer),
+                ThisPod {
+                    created: Some(newer),
+                    ..ThisPod::default()
+                },
                 &Timing::default(),
                 now()
             ),
@@ -588,6 +632,77 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_of_a_reused_replica_set_sees_an_undo_even_when_the_record_was_put_back() {
+        // `kubectl rollout undo` of a Deployment restored the template that records '0'
+        // and the annotations of that revision: an older record (a rolled-back 'b').
+        let state = workload(
+            &[(
+                contract::ANNOTATION_RESTARTED_FOR,
+                format!("web={}", digest('0')),
+            )],
+            &[
+                (
+                    contract::ANNOTATION_ROLLOUT,
+                    format!("rolled-back 2026-11-24T09:00:00Z web={}", digest('b')),
+                ),
+                (
+                    contract::ANNOTATION_QUARANTINED,
+                    format!("web={}", digest('b')),
+                ),
+            ],
+        );
+        let reused = ThisPod {
+            from_earlier_revision: true,
+            ..ThisPod::default()
+        };
+        let decide = |state: &WorkloadState, pod: ThisPod, to: char| {
+            decide_restart(
+                state,
+                &[change("web", to, Some('0'))],
+                pod,
+                &Timing::default(),
+                now(),
+            )
+        };
+        assert_eq!(
+            decide(&state, reused, 'a'),
+            RestartDecision::Undone {
+                left: DigestRecord::parse(&format!("web={}", digest('a')))
+            }
+        );
+        // A pod of a new ReplicaSet has nothing to go by but the record: a restart.
+        assert!(matches!(
+            decide(&state, ThisPod::default(), 'a'),
+            RestartDecision::Restart(_)
+        ));
+        // Once the undo is recorded, a new digest rolls out again.
+        let recorded = workload(
+            &[(
+                contract::ANNOTATION_RESTARTED_FOR,
+                format!("web={}", digest('0')),
+            )],
+            &[
+                (
+                    contract::ANNOTATION_ROLLOUT,
+                    format!("undone 2026-11-24T12:00:00Z web={}", digest('a')),
+                ),
+                (
+                    contract::ANNOTATION_QUARANTINED,
+                    format!("web={}", digest('a')),
+                ),
+            ],
+        );
+        assert!(matches!(
+            decide(&recorded, reused, 'a'),
+            RestartDecision::Quarantined { .. }
+        ));
+        assert!(matches!(
+            decide(&recorded, reused, 'c'),
+            RestartDecision::Restart(_)
+        ));
+    }
+
+    #[test]
     fn the_restart_patch_records_the_rollout_and_its_origin() {
         let at: Timestamp = "2026-11-24T10:00:00.123Z".parse().unwrap();
         let restart = restart_of(decide_now(
@@ -639,7 +754,7 @@ mod tests {
         } = decide_restart(
             &WorkloadState::default(),
             &[change("web", 'b', Some('a'))],
-            None,
+            ThisPod::default(),
             &soak,
             now(),
         )
@@ -659,7 +774,7 @@ mod tests {
         let restart = restart_of(decide_restart(
             &state,
             &[change("web", 'b', Some('a'))],
-            None,
+            ThisPod::default(),
             &soak,
             later,
         ));
@@ -675,7 +790,7 @@ mod tests {
             decide_restart(
                 &paused,
                 &[change("web", 'b', Some('a'))],
-                None,
+                ThisPod::default(),
                 &Timing::default(),
                 later
             ),

@@ -1,44 +1,43 @@
 //! pod-reloaded against a real control plane: kube-apiserver, etcd and
-//! kube-controller-manager built from their Go modules (`pod_reloaded_tests::cluster`).
+//! kube-controller-manager built from their Go modules (`pod_reloaded_tests::cluster`),
+//! installed from `manifests/`, the webhook called by the API server, the sidecars run with
+//! real ServiceAccount tokens, the real controllers rolling out.
 
-use std::time::Duration;
+use pod_reloaded_tests::cluster::story;
 
-use pod_reloaded_tests::cluster::{control_plane, Api, Kubelet, KubeletOptions};
-use pod_reloaded_tests::process::eventually_async;
-use serde_json::json;
-
-#[tokio::test]
-async fn smoke() {
-    let plane = control_plane();
-    let api = Api::admin(plane);
-    api.create(
-        "/api/v1/namespaces",
-        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "smoke"}}),
-    )
-    .await
-    .unwrap();
-    let _kubelet = Kubelet::start("smoke", KubeletOptions::default());
-    api.create("/apis/apps/v1/namespaces/smoke/deployments", &json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "web"},
-        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
-          "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "nginx:latest"}]}}}
-    })).await.unwrap();
-    let done = eventually_async(Duration::from_secs(60), || {
-        let api = api.clone();
-        async move {
-            let d = api
-                .get("/apis/apps/v1/namespaces/smoke/deployments/web")
-                .await
-                .unwrap()
-                .unwrap();
-            d["status"]["availableReplicas"] == 2
-        }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_story_on_a_real_control_plane() {
+    let mut lines = Vec::new();
+    let result = story::run("story", &mut |line| {
+        eprintln!("{line}");
+        lines.push(line)
     })
     .await;
-    let d = api
-        .get("/apis/apps/v1/namespaces/smoke/deployments/web")
-        .await
-        .unwrap();
-    assert!(done, "{d:#?}\n{}", plane.logs());
+    let summary = match result {
+        Ok(summary) => summary,
+        Err(error) => panic!("{error}"),
+    };
+    assert_eq!(summary.first_sidecars, 3);
+    // One restart for the push; a restart and a rollback for the bad image; one for the
+    // next push; the person's undo; nothing after it.
+    assert_eq!(summary.revisions[0], 2, "{summary:?}");
+    assert_eq!(summary.revisions[1], 4, "{summary:?}");
+    assert_eq!(summary.revisions[2], 5, "{summary:?}");
+    assert_eq!(summary.revisions[3], 6, "{summary:?}");
+    assert!(
+        summary.rollout_records[0].starts_with("undone "),
+        "{summary:?}"
+    );
+    for reason in [
+        "ImageDigestChanged",
+        "RolloutSucceeded",
+        "RolloutFailed",
+        "RolloutUndone",
+    ] {
+        assert!(
+            summary.describe.contains(reason),
+            "kubectl describe shows no {reason} Event:\n{}",
+            summary.describe
+        );
+    }
 }

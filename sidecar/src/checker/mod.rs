@@ -74,6 +74,8 @@ pub struct Checker {
     /// The workload that owns our pod once looked up (it does not change); `Some(None)`
     /// when nothing can be restarted for it.
     workload: Option<Option<WorkloadRef>>,
+    /// This pod's ReplicaSet was reused for an earlier revision (read with the owner).
+    from_earlier_revision: bool,
     /// True while a rollout pod-reloaded started on our workload is followed: the
     /// workload is read each round until its outcome is recorded.
     following: bool,
@@ -97,6 +99,7 @@ impl Checker {
             rounds_since_pod_read: 0,
             known_verdicts: HashMap::new(),
             workload: None,
+            from_earlier_revision: false,
             following: false,
             warned: HashSet::new(),
         }
@@ -396,8 +399,12 @@ impl Checker {
             return known.clone();
         }
         match self.cluster.owner(pod).await {
-            Ok(Owner::Restartable(workload)) => {
+            Ok(Owner::Restartable {
+                workload,
+                from_earlier_revision,
+            }) => {
                 self.workload = Some(Some(workload.clone()));
+                self.from_earlier_revision = from_earlier_revision;
                 Some(workload)
             }
             Ok(Owner::NotRestartable(why)) => {

@@ -19,21 +19,27 @@ impl Checker {
         let Some(workload) = self.workload(pod).await else {
             return RoundOutcome::Failed { retry_after: None };
         };
-        let pod_created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let this_pod = decide::ThisPod {
+            created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            from_earlier_revision: self.from_earlier_revision,
+        };
         let timing =
             Timing::from_annotations(&pod.metadata.annotations.clone().unwrap_or_default());
         let now = jiff::Timestamp::now();
         let updated = self
             .cluster
             .update_workload(&workload, |state, version| {
-                let decision = decide::decide_restart(state, changes, pod_created, &timing, now);
+                let decision = decide::decide_restart(state, changes, this_pod, &timing, now);
                 match &decision {
                     RestartDecision::Restart(restart) => {
                         Update::Patch(decide::restart_patch(version, now, restart), decision)
                     }
                     RestartDecision::Undone { left } => {
+                        // The record of the rollout undone; after an undo that restored an
+                        // older record (a Deployment's), a new one for what was left.
                         let record = state
                             .rollout()
+                            .filter(|r| r.rolled_to == *left)
                             .map(|r| r.with_state(RolloutState::Undone))
                             .unwrap_or_else(|| RolloutRecord {
                                 state: RolloutState::Undone,

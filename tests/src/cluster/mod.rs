@@ -4,8 +4,12 @@
 
 pub mod api;
 pub mod control_plane;
+pub mod install;
 pub mod kubelet;
+pub mod namespace;
+pub mod story;
 
 pub use api::Api;
 pub use control_plane::{control_plane, ControlPlane};
 pub use kubelet::{Kubelet, KubeletOptions};
+pub use namespace::{wait_for, TestNamespace, ROLLOUT_DEADLINE};
