@@ -11,12 +11,20 @@ CERTS_DIR ?= certs/out
 # Where cargo puts what it builds (honours CARGO_TARGET_DIR).
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: demo deps tools test fuzz musl build images push deploy undeploy undeploy-accounts certs bench lint
+.PHONY: demo deps tools control-plane test fuzz musl build images push deploy undeploy undeploy-accounts certs bench lint
 
-## The whole loop on this machine (registry, webhook, sidecar on 127.0.0.1), as a timeline.
-demo: deps
+## The whole loop on this machine, as a timeline: a registry, the webhook and the sidecars
+## on 127.0.0.1 against a real control plane. `make demo KEEP=1` keeps the cluster up
+## until Ctrl-C.
+demo: deps control-plane
 	$(CARGO) build --quiet --workspace --bins
-	$(TARGET_DIR)/debug/pod-reloaded-demo
+	$(TARGET_DIR)/debug/pod-reloaded-demo $(if $(KEEP),--keep)
+
+## kube-apiserver, kube-controller-manager and kubectl (Kubernetes v1.36.3) and etcd
+## (v3.6.16), built from their Go modules into ~/.cache/pod-reloaded/ when missing
+## (tests/control-plane/; about 7 minutes and 5 GB of Go caches the first time).
+control-plane:
+	tests/control-plane/build.sh
 
 ## The registry the demo and the tests run on 127.0.0.1 (Debian's docker-registry).
 deps:
@@ -31,7 +39,7 @@ tools:
 	python3 tests/install-tools.py
 
 ## Build the binaries and run every test (unit, integration, end-to-end).
-test: deps tools
+test: deps tools control-plane
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 

@@ -20,6 +20,5 @@ pub fn workspace_root() -> PathBuf {
         .expect("tests/ has a parent")
         .to_path_buf()
 }
-pub mod scenario;
 pub mod workloads;
 pub mod world;

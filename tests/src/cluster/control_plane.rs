@@ -222,11 +222,34 @@ fn kubectl(bin: &Path, kubeconfig: &Path, args: &[&str]) -> Result<String, Strin
 /// Every request at `Metadata` level: who did what to which resource, and the answer.
 const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n";
 
+const DIR_PREFIX: &str = "pod-reloaded-control-plane-";
+
+/// Removes the directories (etcd's data, logs) of control planes whose process ended.
+fn remove_dirs_of_ended_runs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let pid = name
+            .strip_prefix(DIR_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
 fn start() -> Result<ControlPlane, String> {
     let bin = binaries_dir()?;
-    // Kept for the process's life: the logs stay readable after a failure.
+    // Kept after the process (the logs stay readable after a failure) until a later run
+    // finds its process gone and removes it: the name carries the pid.
+    remove_dirs_of_ended_runs();
     let dir = tempfile::Builder::new()
-        .prefix("pod-reloaded-control-plane-")
+        .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
         .tempdir()
         .map_err(|e| e.to_string())?
         .keep();

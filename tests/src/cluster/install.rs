@@ -85,10 +85,8 @@ pub fn yaml_documents(text: &str) -> anyhow::Result<Vec<Value>> {
 
 async fn install() -> anyhow::Result<Installed> {
     let plane = control_plane();
-    let dir = tempfile::Builder::new()
-        .prefix("pod-reloaded-install-")
-        .tempdir()?
-        .keep();
+    let dir = plane.dir.join("install");
+    std::fs::create_dir_all(&dir)?;
     let certs = generate_certificates_for(&dir.join("certs"), &["127.0.0.1"]);
     let ca_pem = std::fs::read_to_string(&certs.ca)?;
     let webhook_port = free_port();

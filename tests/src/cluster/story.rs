@@ -41,6 +41,10 @@ pub struct Summary {
     /// What `kubectl describe deployment` printed at the end.
     pub describe: String,
     pub rollout_records: Vec<String>,
+    /// The env the webhook gave the sidecar (name=value, fieldRefs as name=fieldRef:path).
+    pub sidecar_env: Vec<String>,
+    /// pod-reloaded's Events at the end, by reason, with their type.
+    pub events: std::collections::BTreeMap<String, (String, usize)>,
     pub total: Duration,
 }
 
@@ -196,6 +200,27 @@ fn running_digest(pod: &Value) -> Option<String> {
         .map(|(_, digest)| digest.to_string())
 }
 
+fn sidecar_env(pod: &Value) -> Vec<String> {
+    let sidecar = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == contract::SIDECAR_CONTAINER_NAME);
+    sidecar
+        .and_then(|c| c["env"].as_array())
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let name = e["name"].as_str().unwrap_or("");
+            match (&e["value"], &e["valueFrom"]["fieldRef"]["fieldPath"]) {
+                (Value::String(v), _) => format!("{name}={v}"),
+                (_, Value::String(p)) => format!("{name}=fieldRef:{p}"),
+                _ => format!("{name}=?"),
+            }
+        })
+        .collect()
+}
+
 fn container_names(pod: &Value) -> Vec<String> {
     pod["spec"]["containers"]
         .as_array()
@@ -335,6 +360,11 @@ pub async fn run(namespace: &str, sink: &mut dyn FnMut(String)) -> anyhow::Resul
             container_names(&admitted)
         );
         timeline.say("a second admission of a stored pod (dry run): unchanged");
+        summary.sidecar_env = sidecar_env(&pods[0]);
+        timeline.say(format!(
+            "the sidecar's env, as stored: [{}]",
+            summary.sidecar_env.join(", ")
+        ));
 
         // 2. Rounds without a change; a push; exactly one restart.
         story.rounds(2).await?;
@@ -457,6 +487,18 @@ pub async fn run(namespace: &str, sink: &mut dyn FnMut(String)) -> anyhow::Resul
             short(&v4.digest)
         ));
 
+        for event in story.ns.list("events").await? {
+            let source = event["source"]["component"].as_str().unwrap_or("");
+            let reporter = event["reportingComponent"].as_str().unwrap_or("");
+            if !(source.contains("pod-reloaded") || reporter.contains("pod-reloaded")) {
+                continue;
+            }
+            let entry = summary
+                .events
+                .entry(event["reason"].as_str().unwrap_or("").to_string())
+                .or_insert((event["type"].as_str().unwrap_or("").to_string(), 0));
+            entry.1 += event["count"].as_u64().unwrap_or(1) as usize;
+        }
         summary.rollout_records.push(story.annotation(false, contract::ANNOTATION_ROLLOUT).await?);
         summary.describe = plane
             .kubectl(&["describe", "deployment", DEPLOYMENT, "-n", namespace])
