@@ -10,6 +10,9 @@ kinds = {
   "rollouts": ["replicas", "selector", "strategy", "minReadySeconds", "revisionHistoryLimit", "paused", "progressDeadlineSeconds", "progressDeadlineAbort", "restartAt", "workloadRef", "analysis", "rollbackWindow"],
 }
 groups = {"rollouts": ("argoproj.io", "v1alpha1")}
+# Metadata annotations the API server itself writes on an update (before validation), so a
+# restart changes them too: a DaemonSet's template generation counts template changes.
+server_written = {"daemonsets": ["deprecated.daemonset.template.generation"]}
 def same(path):
     o = f"object.{path}"; old = f"oldObject.{path}"
     parent, field = path.rsplit(".", 1)
@@ -28,6 +31,7 @@ out = ["# Least privilege for the identities pod-reloaded grants (the checker ac
        "# nothing). Kubernetes >= 1.30 (admissionregistration.k8s.io/v1); see README, Security model."]
 for resource, fields in kinds.items():
     name = f"pod-reloaded-checker-{resource}"
+    ours = " || ".join(["k.startsWith('pod-reloaded.io/')"] + [f"k == '{a}'" for a in server_written.get(resource, [])])
     spec_checks = " &&\n        ".join(same(f"spec.{f}") for f in fields)
     out.append(f"""---
 apiVersion: admissionregistration.k8s.io/v1
@@ -84,9 +88,9 @@ spec:
         {same("metadata.labels")} &&
         {same("metadata.ownerReferences")} &&
         {same("metadata.finalizers")} &&
-        variables.newAnnotations.all(k, k.startsWith('pod-reloaded.io/') ||
+        variables.newAnnotations.all(k, {ours} ||
         (k in variables.oldAnnotations && variables.oldAnnotations[k] == variables.newAnnotations[k])) &&
-        variables.oldAnnotations.all(k, k.startsWith('pod-reloaded.io/') || k in variables.newAnnotations))
+        variables.oldAnnotations.all(k, {ours} || k in variables.newAnnotations))
       message: "pod-reloaded's checker may change only pod-reloaded.io/* annotations on the workload's metadata"
 ---
 apiVersion: admissionregistration.k8s.io/v1

@@ -1,13 +1,52 @@
-//! The whole loop against a real control plane (`cluster::story`, what `make demo`
-//! prints): kube-apiserver, etcd and kube-controller-manager built from their Go modules,
+//! pod-reloaded against a real control plane (`pod_reloaded_tests::cluster`):
+//! kube-apiserver, etcd and kube-controller-manager built from their Go modules,
 //! pod-reloaded installed from `manifests/`, the webhook called by the API server, the
-//! sidecars run with real ServiceAccount tokens, the real Deployment controller rolling out.
+//! sidecars run with real ServiceAccount tokens, the real controllers rolling out.
+//!
+//! One test runs the scenarios one after another on one control plane, and ends by
+//! reading the audit log of all of them: every request of the checker and the webhook was
+//! allowed, and every rule of their ClusterRoles was used.
 
+use std::collections::BTreeSet;
+
+use anyhow::ensure;
 use pod_reloaded_contract as contract;
-use pod_reloaded_tests::cluster::story;
+use pod_reloaded_tests::cluster::argo::{install_rollout_crd, RolloutController};
+use pod_reloaded_tests::cluster::install::rendered_manifests;
+use pod_reloaded_tests::cluster::{
+    control_plane, story, wait_for, Api, TestNamespace, ROLLOUT_DEADLINE,
+};
+use pod_reloaded_tests::registry::{Registry, RegistryOptions};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const PLATFORMS: [(&str, &str); 2] = [("linux", "amd64"), ("linux", "arm64")];
+/// The user agent of requests a test makes with a checker's token on purpose, to be
+/// denied: left out of "every request of the checker was allowed".
+const PROBE_AGENT: &str = "least-privilege-probe";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_push_rolls_out_once_a_bad_image_is_rolled_back_and_an_undo_is_kept() {
+async fn on_a_real_control_plane() {
+    the_story().await;
+    for (name, result) in [
+        (
+            "StatefulSet and DaemonSet",
+            statefulset_and_daemonset().await,
+        ),
+        ("least privilege", least_privilege().await),
+        ("Argo Rollout", argo_rollout().await),
+        ("the webhook's grants", webhook_grants().await),
+        ("RBAC fits", rbac_fits()),
+    ] {
+        if let Err(error) = result {
+            panic!("{name}: {error:#}");
+        }
+    }
+}
+
+/// Scenarios 1-4: injection, one restart, pinning, a real ProgressDeadlineExceeded rolled
+/// back, a person's undo kept (`cluster::story`, what `make demo` prints).
+async fn the_story() {
     let mut timeline = Vec::new();
     let result = story::run("story", &mut |line| timeline.push(line)).await;
     let summary = match result {
@@ -65,4 +104,457 @@ async fn a_push_rolls_out_once_a_bad_image_is_rolled_back_and_an_undo_is_kept() 
         .sidecar_env
         .iter()
         .any(|e| e.starts_with(contract::ENV_REGISTRY_URL)));
+}
+
+fn workload(
+    kind: &str,
+    name: &str,
+    replicas: Option<i64>,
+    image: &str,
+    registry_url: &str,
+) -> Value {
+    let mut spec = json!({
+        "selector": {"matchLabels": {"app": name}},
+        "template": {
+            "metadata": {"labels": {"app": name}, "annotations": {
+                contract::ANNOTATION_INTERVAL: "1s",
+                contract::ANNOTATION_REGISTRY_URL: registry_url
+            }},
+            "spec": {"containers": [{"name": "app", "image": image}]}
+        }
+    });
+    if let Some(replicas) = replicas {
+        spec["replicas"] = json!(replicas);
+    }
+    if kind == "StatefulSet" {
+        spec["serviceName"] = json!(name);
+    }
+    json!({"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name}, "spec": spec})
+}
+
+fn image_digest(pod: &Value) -> Option<String> {
+    let status = pod["status"]["containerStatuses"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == "app")?;
+    Some(status["imageID"].as_str()?.rsplit_once('@')?.1.to_string())
+}
+
+/// Waits until every live pod owned (through its controller) by `owner_uid` runs `digest`,
+/// `count` of them, and the controller's status says the rollout is done.
+async fn settled(
+    ns: &TestNamespace,
+    resource: &str,
+    name: &str,
+    count: usize,
+    digest: &str,
+) -> anyhow::Result<()> {
+    wait_for(
+        &format!("{resource}/{name}: {count} pods on {digest}"),
+        ROLLOUT_DEADLINE,
+        || async {
+            let object = ns.get(resource, name).await?;
+            let status = &object["status"];
+            let done = status["observedGeneration"] == object["metadata"]["generation"]
+                && match resource {
+                    "statefulsets" => {
+                        status["updatedReplicas"] == count
+                            && status["readyReplicas"] == count
+                            && status["currentRevision"] == status["updateRevision"]
+                    }
+                    _ => {
+                        status["updatedNumberScheduled"] == count
+                            && status["numberAvailable"] == count
+                            && status["desiredNumberScheduled"] == count
+                    }
+                };
+            let uid = object["metadata"]["uid"].clone();
+            let pods: Vec<Value> = ns
+                .live_pods()
+                .await?
+                .into_iter()
+                .filter(|p| p["metadata"]["ownerReferences"][0]["uid"] == uid)
+                .collect();
+            Ok(done
+                && pods.len() == count
+                && pods
+                    .iter()
+                    .all(|p| image_digest(p).as_deref() == Some(digest)))
+        },
+    )
+    .await
+}
+
+/// Scenario 5: a StatefulSet's and a DaemonSet's restarts complete with the real
+/// controllers, the new pods pinned, the rollouts recorded succeeded.
+async fn statefulset_and_daemonset() -> anyhow::Result<()> {
+    let registry = Registry::start(RegistryOptions::default()).await;
+    let ns = TestNamespace::opted_in("sets").await?;
+    let result = async {
+        let v1 = registry
+            .push_index("sets/app", "latest", "s1", &PLATFORMS, false)
+            .await;
+        let image = format!("{}/sets/app:latest", registry.host());
+        // The DaemonSet controller makes a pod for each node: two nodes, no kubelet. The
+        // admission plugin TaintNodesByCondition taints a new node not-ready (which daemon
+        // pods do not tolerate for scheduling); its kubelet would report it Ready, and the
+        // node lifecycle controller (off here) would then lift the taint: done by hand.
+        let admin = Api::admin(control_plane());
+        for node in ["node-a", "node-b"] {
+            admin
+                .create(
+                    "/api/v1/nodes",
+                    &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node,
+                        "labels": {"kubernetes.io/hostname": node, "kubernetes.io/os": "linux"}}}),
+                )
+                .await?;
+            admin
+                .merge_patch(
+                    &format!("/api/v1/nodes/{node}"),
+                    &json!({"spec": {"taints": null}}),
+                )
+                .await?;
+            admin
+                .merge_patch(
+                    &format!("/api/v1/nodes/{node}/status"),
+                    &json!({"status": {"conditions": [{"type": "Ready", "status": "True",
+                        "reason": "KubeletReady", "message": "played by the test harness"}]}}),
+                )
+                .await?;
+        }
+        ns.create(
+            "statefulsets",
+            &workload("StatefulSet", "db", Some(2), &image, &registry.base_url),
+        )
+        .await?;
+        ns.create(
+            "daemonsets",
+            &workload("DaemonSet", "agent", None, &image, &registry.base_url),
+        )
+        .await?;
+        settled(&ns, "statefulsets", "db", 2, &v1.digest).await?;
+        settled(&ns, "daemonsets", "agent", 2, &v1.digest).await?;
+
+        let v2 = registry
+            .push_index("sets/app", "latest", "s2", &PLATFORMS, false)
+            .await;
+        for (resource, name) in [("statefulsets", "db"), ("daemonsets", "agent")] {
+            settled(&ns, resource, name, 2, &v2.digest).await?;
+            let record_is_succeeded = || async {
+                let object = ns.get(resource, name).await?;
+                let record = object["metadata"]["annotations"][contract::ANNOTATION_ROLLOUT]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                Ok(record.starts_with("succeeded ") && record.contains(&v2.digest))
+            };
+            wait_for(
+                &format!("{resource}/{name} recorded succeeded"),
+                ROLLOUT_DEADLINE,
+                record_is_succeeded,
+            )
+            .await?;
+            let object = ns.get(resource, name).await?;
+            let restarted_for = object["spec"]["template"]["metadata"]["annotations"]
+                [contract::ANNOTATION_RESTARTED_FOR]
+                .as_str()
+                .unwrap_or("");
+            ensure!(
+                restarted_for == format!("app={}", v2.digest),
+                "{resource}/{name}: {restarted_for}"
+            );
+        }
+        for pod in ns.live_pods().await? {
+            let image = pod["spec"]["containers"][0]["image"].as_str().unwrap_or("");
+            ensure!(
+                image.ends_with(&format!("@{}", v2.digest)),
+                "pod {} is not pinned: {image}",
+                pod["metadata"]["name"]
+            );
+        }
+        let restarts = ns.events("ImageDigestChanged").await?.len();
+        ensure!(
+            restarts == 2,
+            "{restarts} ImageDigestChanged Events for two workloads"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    result.map_err(|e| anyhow::anyhow!("{e:#}\n{}", ns.diagnostics()))
+}
+
+/// Scenario 10: an Argo Rollout, its CRD the real one (so the restart patch is validated
+/// by its schema), its controller played by the harness.
+async fn argo_rollout() -> anyhow::Result<()> {
+    install_rollout_crd().await?;
+    let registry = Registry::start(RegistryOptions::default()).await;
+    let ns = TestNamespace::opted_in("argo").await?;
+    let result = async {
+        let v1 = registry
+            .push_index("argo/app", "latest", "a1", &PLATFORMS, false)
+            .await;
+        let image = format!("{}/argo/app:latest", registry.host());
+        let mut rollout = workload("Deployment", "web", Some(2), &image, &registry.base_url);
+        rollout["apiVersion"] = json!("argoproj.io/v1alpha1");
+        rollout["kind"] = json!("Rollout");
+        rollout["spec"]["strategy"] = json!({"canary": {}});
+        ns.create("rollouts", &rollout).await?;
+        let _controller = RolloutController::start(&ns.name, "web");
+        let all_on = |digest: String| {
+            let ns = &ns;
+            move || {
+                let digest = digest.clone();
+                async move {
+                    let pods = ns.live_pods().await?;
+                    Ok(pods.len() == 2
+                        && pods
+                            .iter()
+                            .all(|p| image_digest(p).as_deref() == Some(digest.as_str())))
+                }
+            }
+        };
+        wait_for(
+            "the Rollout's pods run",
+            ROLLOUT_DEADLINE,
+            all_on(v1.digest.clone()),
+        )
+        .await?;
+        let v2 = registry
+            .push_index("argo/app", "latest", "a2", &PLATFORMS, false)
+            .await;
+        wait_for(
+            "the Rollout's pods run the push",
+            ROLLOUT_DEADLINE,
+            all_on(v2.digest.clone()),
+        )
+        .await?;
+        wait_for(
+            "the Rollout recorded succeeded",
+            ROLLOUT_DEADLINE,
+            || async {
+                let rollout = ns.get("rollouts", "web").await?;
+                let record = rollout["metadata"]["annotations"][contract::ANNOTATION_ROLLOUT]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                Ok(record.starts_with("succeeded ") && record.contains(&v2.digest))
+            },
+        )
+        .await?;
+        let rollout = ns.get("rollouts", "web").await?;
+        let restarted_for = rollout["spec"]["template"]["metadata"]["annotations"]
+            [contract::ANNOTATION_RESTARTED_FOR]
+            .as_str()
+            .unwrap_or("");
+        ensure!(
+            restarted_for == format!("app={}", v2.digest),
+            "restarted-for {restarted_for}"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    result.map_err(|e| anyhow::anyhow!("{e:#}\n{}", ns.diagnostics()))
+}
+
+/// Scenario 8 (part): the webhook puts back a RoleBinding whose subjects were changed by
+/// hand, and makes again one deleted by hand (its watch cache against a real watch).
+async fn webhook_grants() -> anyhow::Result<()> {
+    let registry = Registry::start(RegistryOptions::default()).await;
+    let ns = TestNamespace::opted_in("grants").await?;
+    let result = async {
+        let v1 = registry.push_index("grants/app", "latest", "g1", &PLATFORMS, false).await;
+        let image = format!("{}/grants/app:latest", registry.host());
+        let binding_name = contract::checker_role_binding_name(contract::CHECKER_SERVICE_ACCOUNT);
+        let wanted = json!([{"kind": "ServiceAccount", "name": contract::CHECKER_SERVICE_ACCOUNT, "namespace": ns.name}]);
+        ns.create(
+            "rolebindings",
+            &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": binding_name, "labels": {contract::MANAGED_BY_LABEL: contract::MANAGED_BY_VALUE}},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": contract::CHECKER_CLUSTER_ROLE},
+                "subjects": [{"kind": "ServiceAccount", "name": "someone-else", "namespace": ns.name}]}),
+        )
+        .await?;
+        ns.create("deployments", &workload("Deployment", "web", Some(1), &image, &registry.base_url))
+            .await?;
+        let bound = || async {
+            Ok(ns.get("rolebindings", &binding_name).await.ok().map(|b| b["subjects"].clone()) == Some(wanted.clone()))
+        };
+        wait_for("the binding's subjects put back", ROLLOUT_DEADLINE, bound).await?;
+        wait_for("the pod runs", ROLLOUT_DEADLINE, || async {
+            Ok(ns.live_pods().await?.iter().any(|p| image_digest(p).as_deref() == Some(v1.digest.as_str())))
+        })
+        .await?;
+        ns.api.delete(&ns.path("rolebindings", &binding_name)).await?;
+        ns.api
+            .merge_patch(&ns.path("deployments", "web"), &json!({"spec": {"replicas": 2}}))
+            .await?;
+        wait_for("the deleted binding made again", ROLLOUT_DEADLINE, bound).await?;
+        wait_for("both pods run with the sidecar", ROLLOUT_DEADLINE, || async {
+            let pods = ns.live_pods().await?;
+            Ok(pods.len() == 2 && pods.iter().all(|p| p["spec"]["serviceAccountName"] == contract::CHECKER_SERVICE_ACCOUNT))
+        })
+        .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    result.map_err(|e| anyhow::anyhow!("{e:#}\n{}", ns.diagnostics()))
+}
+
+/// Scenario 6: with the checker's own token, the API server (the policy) refuses every
+/// change but pod-reloaded's annotations; RBAC refuses the rest.
+async fn least_privilege() -> anyhow::Result<()> {
+    let registry = Registry::start(RegistryOptions::default()).await;
+    let ns = TestNamespace::opted_in("privilege").await?;
+    let result = async {
+        let v1 = registry.push_index("priv/app", "latest", "p1", &PLATFORMS, false).await;
+        let image = format!("{}/priv/app:latest", registry.host());
+        ns.create("deployments", &workload("Deployment", "web", Some(1), &image, &registry.base_url))
+            .await?;
+        wait_for("the pod runs", ROLLOUT_DEADLINE, || async {
+            Ok(ns.live_pods().await?.iter().any(|p| image_digest(p).as_deref() == Some(v1.digest.as_str())))
+        })
+        .await?;
+        let plane = control_plane();
+        let admin = Api::admin(plane);
+        let token = admin
+            .service_account_token(&ns.name, contract::CHECKER_SERVICE_ACCOUNT, None)
+            .await?;
+        let checker = Api::with_token_and_agent(plane, &token, PROBE_AGENT);
+        let deployment = ns.path("deployments", "web");
+        let patch = |body: Value| {
+            let checker = checker.clone();
+            let deployment = deployment.clone();
+            async move {
+                checker
+                    .request(Method::PATCH, &deployment, "application/merge-patch+json", Some(&body))
+                    .await
+            }
+        };
+        let denied = [
+            ("the image", json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "evil/miner:latest"}]}}}})),
+            ("the replicas", json!({"spec": {"replicas": 5}})),
+            ("another template annotation", json!({"spec": {"template": {"metadata": {"annotations": {"example.com/x": "1"}}}}})),
+            ("a label", json!({"metadata": {"labels": {"team": "x"}}})),
+            ("another metadata annotation", json!({"metadata": {"annotations": {"example.com/x": "1"}}})),
+        ];
+        for (what, body) in denied {
+            let answer = patch(body).await?;
+            ensure!(
+                answer.status.is_client_error(),
+                "changing {what} with the checker's token was allowed: {answer:?}"
+            );
+            let message = answer.body["message"].as_str().unwrap_or("");
+            ensure!(
+                message.contains("pod-reloaded-checker-deployments"),
+                "changing {what} was refused, but not by the policy: {message}"
+            );
+        }
+        let allowed = patch(json!({"metadata": {"annotations": {contract::ANNOTATION_PAUSED: "false"}}})).await?;
+        ensure!(allowed.status.is_success(), "pod-reloaded's own annotation refused: {allowed:?}");
+        // RBAC: nothing in another namespace, no Secrets.
+        for path in [
+            "/apis/apps/v1/namespaces/story/deployments/app".to_string(),
+            format!("/api/v1/namespaces/{}/secrets", ns.name),
+        ] {
+            let answer = checker.request(Method::GET, &path, "", None).await?;
+            ensure!(answer.status == reqwest::StatusCode::FORBIDDEN, "GET {path}: {answer:?}");
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    result.map_err(|e| anyhow::anyhow!("{e:#}\n{}", ns.diagnostics()))
+}
+
+/// Scenario 7: from the audit log of every scenario above, each request of the checkers
+/// and of the webhook was allowed, and each rule of their ClusterRoles was used.
+fn rbac_fits() -> anyhow::Result<()> {
+    let webhook_user = format!(
+        "system:serviceaccount:{}:{}",
+        contract::WEBHOOK_NAMESPACE,
+        contract::WEBHOOK_SERVICE
+    );
+    let checker_suffix = format!(":{}", contract::CHECKER_SERVICE_ACCOUNT);
+    let mut used: BTreeSet<(String, String, String, String)> = BTreeSet::new();
+    let mut refused = Vec::new();
+    for event in control_plane().audit_events() {
+        let user = event["user"]["username"].as_str().unwrap_or("");
+        let role = if user == webhook_user {
+            "pod-reloaded-webhook"
+        } else if user.starts_with("system:serviceaccount:") && user.ends_with(&checker_suffix) {
+            "pod-reloaded-checker"
+        } else {
+            continue;
+        };
+        if event["userAgent"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with(PROBE_AGENT)
+        {
+            continue;
+        }
+        let object = &event["objectRef"];
+        let verb = event["verb"].as_str().unwrap_or("").to_string();
+        let decision = event["annotations"]["authorization.k8s.io/decision"]
+            .as_str()
+            .unwrap_or("");
+        let resource = match object["subresource"].as_str() {
+            Some(sub) => format!("{}/{sub}", object["resource"].as_str().unwrap_or("")),
+            None => object["resource"].as_str().unwrap_or("").to_string(),
+        };
+        let group = object["apiGroup"].as_str().unwrap_or("").to_string();
+        if decision != "allow" {
+            refused.push(format!("{user} {verb} {group}/{resource}: {decision}"));
+        }
+        used.insert((role.to_string(), group, resource, verb));
+    }
+    ensure!(refused.is_empty(), "requests refused by RBAC: {refused:#?}");
+
+    let mut unused = Vec::new();
+    for role in rendered_manifests()?
+        .into_iter()
+        .filter(|o| o["kind"] == "ClusterRole")
+    {
+        let name = role["metadata"]["name"].as_str().unwrap_or("").to_string();
+        for rule in role["rules"].as_array().into_iter().flatten() {
+            for group in strings(&rule["apiGroups"]) {
+                for resource in strings(&rule["resources"]) {
+                    for verb in strings(&rule["verbs"]) {
+                        // `bind` is no request: the API server checks it when the webhook
+                        // creates a RoleBinding to a ClusterRole it does not hold itself.
+                        if verb == "bind" {
+                            continue;
+                        }
+                        let key = (name.clone(), group.clone(), resource.clone(), verb.clone());
+                        if !used.contains(&key) {
+                            unused.push(format!("{name}: {verb} {group}/{resource}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let bindings_made = used.iter().any(|(role, group, resource, verb)| {
+        role == "pod-reloaded-webhook"
+            && group == "rbac.authorization.k8s.io"
+            && resource == "rolebindings"
+            && verb == "create"
+    });
+    ensure!(
+        bindings_made,
+        "the webhook never created a RoleBinding (so `bind` was never exercised)"
+    );
+    ensure!(
+        unused.is_empty(),
+        "granted but used by no scenario: {unused:#?}\nused: {used:#?}"
+    );
+    Ok(())
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect()
 }

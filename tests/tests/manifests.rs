@@ -164,8 +164,8 @@ fn base_renders_and_agrees_with_the_code() {
         "patch daemonsets",
         "get rollouts",
         "patch rollouts",
+        // Each Event is created once; the end-to-end test's audit finds no other use.
         "create events",
-        "patch events",
     ]
     .into_iter()
     .map(String::from)

@@ -253,6 +253,30 @@ fn denied_changes(resource: &str) -> Vec<(&'static str, Change)> {
     changes
 }
 
+/// The API server bumps a DaemonSet's `deprecated.daemonset.template.generation` on
+/// every template change, before validation: the restart patch of a DaemonSet arrives with
+/// it changed (found on the real API server). Only there is it allowed.
+#[test]
+fn a_daemonset_restart_carries_the_template_generation_the_api_server_bumps() {
+    for policy in policies() {
+        let mut old = workload(&policy.resource, "shop");
+        old["metadata"]["annotations"]["deprecated.daemonset.template.generation"] = json!("1");
+        let mut new = old.clone();
+        (allowed_changes()[0].1)(&mut new);
+        new["metadata"]["annotations"]["deprecated.daemonset.template.generation"] = json!("2");
+        let verdict = evaluate(&policy, CHECKER, &old, &new, &binding("shop"));
+        if policy.resource == "daemonsets" {
+            assert_eq!(verdict, Ok(()), "a DaemonSet's restart must be allowed");
+        } else {
+            assert!(
+                verdict.is_err(),
+                "{}: not an annotation of its own",
+                policy.resource
+            );
+        }
+    }
+}
+
 #[test]
 fn the_checker_may_change_its_annotations_and_nothing_else() {
     for policy in policies() {

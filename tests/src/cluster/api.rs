@@ -59,8 +59,16 @@ impl Api {
 
     /// As the holder of `token` (a ServiceAccount's).
     pub fn with_token(plane: &ControlPlane, token: &str) -> Self {
+        Self::with_token_and_agent(plane, token, "pod-reloaded-tests")
+    }
+
+    /// As the holder of `token`, with this `User-Agent` (the audit log records it).
+    pub fn with_token_and_agent(plane: &ControlPlane, token: &str, agent: &str) -> Self {
         Self {
-            http: builder(plane).build().expect("client builds"),
+            http: builder(plane)
+                .user_agent(agent)
+                .build()
+                .expect("client builds"),
             base: plane.url.clone(),
             token: Some(token.to_string()),
         }

@@ -3,6 +3,7 @@
 //! plays the kubelet's part; `install` installs pod-reloaded as a user does.
 
 pub mod api;
+pub mod argo;
 pub mod control_plane;
 pub mod install;
 pub mod kubelet;
