@@ -9,10 +9,10 @@
 
 use std::collections::BTreeSet;
 
-use anyhow::ensure;
+use anyhow::{ensure, Context as _};
 use pod_reloaded_contract as contract;
 use pod_reloaded_tests::cluster::argo::{install_rollout_crd, RolloutController};
-use pod_reloaded_tests::cluster::install::rendered_manifests;
+use pod_reloaded_tests::cluster::install::{installed, rendered_manifests};
 use pod_reloaded_tests::cluster::{
     control_plane, story, wait_for, Api, TestNamespace, ROLLOUT_DEADLINE,
 };
@@ -27,6 +27,9 @@ const PROBE_AGENT: &str = "least-privilege-probe";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_real_control_plane() {
+    if let Err(error) = installed_as_a_user_installs_it().await {
+        panic!("install: {error:#}");
+    }
     the_story().await;
     for (name, result) in [
         (
@@ -42,6 +45,76 @@ async fn on_a_real_control_plane() {
             panic!("{name}: {error:#}");
         }
     }
+}
+
+/// Section 3: `manifests/` applied with strict field validation and no warning; each
+/// ValidatingAdmissionPolicy type-checked by the API server without a warning; the Helm
+/// chart's objects accepted the same way (a server-side dry run).
+async fn installed_as_a_user_installs_it() -> anyhow::Result<()> {
+    let install = installed();
+    ensure!(
+        !install.apply_stderr.to_lowercase().contains("warning"),
+        "kubectl apply of manifests/ warned: {}",
+        install.apply_stderr
+    );
+    let plane = control_plane();
+    let admin = Api::admin(plane);
+    let policies: Vec<String> = install
+        .objects
+        .iter()
+        .filter(|o| o["kind"] == "ValidatingAdmissionPolicy")
+        .filter_map(|o| o["metadata"]["name"].as_str().map(str::to_string))
+        .collect();
+    ensure!(policies.len() == 4, "policies: {policies:?}");
+    for name in &policies {
+        let path =
+            format!("/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/{name}");
+        wait_for(
+            &format!("{name} type-checked"),
+            ROLLOUT_DEADLINE,
+            || async {
+                Ok(admin
+                    .get(&path)
+                    .await?
+                    .is_some_and(|p| !p["status"]["typeChecking"].is_null()))
+            },
+        )
+        .await?;
+        let policy = admin.get(&path).await?.unwrap_or_default();
+        let warnings = &policy["status"]["typeChecking"]["expressionWarnings"];
+        ensure!(
+            warnings.as_array().is_none_or(|w| w.is_empty()),
+            "{name}: the API server's type check warns: {warnings:#}"
+        );
+    }
+
+    let helm = pod_reloaded_tests::workspace_root().join(".tools/bin/helm");
+    let chart = pod_reloaded_tests::workspace_root().join("charts/pod-reloaded");
+    let output = std::process::Command::new(&helm)
+        .args(["template", "pod-reloaded"])
+        .arg(&chart)
+        .args(["--namespace", contract::WEBHOOK_NAMESPACE])
+        .output()
+        .with_context(|| format!("{} (make test installs it)", helm.display()))?;
+    ensure!(
+        output.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rendered = plane.dir.join("chart.yaml");
+    std::fs::write(&rendered, &output.stdout)?;
+    let applied = std::process::Command::new(plane.bin.join("kubectl"))
+        .arg("--kubeconfig")
+        .arg(&plane.admin_kubeconfig)
+        .args(["apply", "--dry-run=server", "--validate=strict", "-f"])
+        .arg(&rendered)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&applied.stderr);
+    ensure!(
+        applied.status.success() && !stderr.to_lowercase().contains("warning"),
+        "the chart's objects, applied (server dry run): {stderr}"
+    );
+    Ok(())
 }
 
 /// Scenarios 1-4: injection, one restart, pinning, a real ProgressDeadlineExceeded rolled
