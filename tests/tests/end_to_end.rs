@@ -39,6 +39,7 @@ async fn on_a_real_control_plane() {
         ("least privilege", least_privilege().await),
         ("Argo Rollout", argo_rollout().await),
         ("the webhook's grants", webhook_grants().await),
+        ("the webhook down and back", webhook_down_and_back().await),
         ("RBAC fits", rbac_fits()),
     ] {
         if let Err(error) = result {
@@ -467,6 +468,66 @@ async fn webhook_grants() -> anyhow::Result<()> {
             Ok(pods.len() == 2 && pods.iter().all(|p| p["spec"]["serviceAccountName"] == contract::CHECKER_SERVICE_ACCOUNT))
         })
         .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    result.map_err(|e| anyhow::anyhow!("{e:#}\n{}", ns.diagnostics()))
+}
+
+/// Scenario 8: with the webhook down, pods are still created, without the sidecar
+/// (`failurePolicy: Ignore`); back up, injection resumes.
+async fn webhook_down_and_back() -> anyhow::Result<()> {
+    let registry = Registry::start(RegistryOptions::default()).await;
+    let ns = TestNamespace::opted_in("outage").await?;
+    let result = async {
+        registry
+            .push_index("outage/app", "latest", "o1", &PLATFORMS, false)
+            .await;
+        let image = format!("{}/outage/app:latest", registry.host());
+        ns.create(
+            "deployments",
+            &workload("Deployment", "web", Some(1), &image, &registry.base_url),
+        )
+        .await?;
+        let with_sidecar = |pod: &Value| {
+            pod["spec"]["containers"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["name"] == contract::SIDECAR_CONTAINER_NAME)
+            })
+        };
+        let pods_are = |count: usize, injected: usize| {
+            let ns = &ns;
+            move || async move {
+                let pods = ns.live_pods().await?;
+                Ok(pods.len() == count
+                    && pods.iter().filter(|p| with_sidecar(p)).count() == injected)
+            }
+        };
+        wait_for("the first pod, injected", ROLLOUT_DEADLINE, pods_are(1, 1)).await?;
+        let install = installed();
+        install.stop_webhook()?;
+        let scale = |replicas: i64| {
+            let ns = &ns;
+            async move {
+                ns.api
+                    .merge_patch(
+                        &ns.path("deployments", "web"),
+                        &json!({"spec": {"replicas": replicas}}),
+                    )
+                    .await
+            }
+        };
+        scale(2).await?;
+        let outage = wait_for(
+            "a pod created without the sidecar while the webhook is down",
+            ROLLOUT_DEADLINE,
+            pods_are(2, 1),
+        )
+        .await;
+        install.start_webhook().await?;
+        outage?;
+        scale(3).await?;
+        wait_for("injection resumed", ROLLOUT_DEADLINE, pods_are(3, 2)).await?;
         anyhow::Ok(())
     }
     .await;

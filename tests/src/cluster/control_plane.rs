@@ -154,7 +154,12 @@ pub enum KubeconfigUser<'a> {
 
 /// Spawns `command` with its output to `log`, to be killed when the spawning thread ends.
 fn spawn(mut command: Command, log: &Path) -> Result<Child, String> {
-    let file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    // Appended: a process started again (the webhook after an outage) keeps the first log.
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("{}: {e}", log.display()))?;
     let stdout = file.try_clone().map_err(|e| e.to_string())?;
     command.stdin(Stdio::null()).stdout(stdout).stderr(file);
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.

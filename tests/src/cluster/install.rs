@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -23,6 +23,10 @@ use crate::workspace_root;
 pub const SIDECAR_IMAGE: &str = "pod-reloaded/sidecar:test";
 
 pub struct Installed {
+    /// The webhook process, `None` while a test keeps it stopped.
+    webhook_pid: Mutex<Option<u32>>,
+    webhook_args: Vec<std::ffi::OsString>,
+    webhook_kubeconfig: PathBuf,
     pub webhook_port: u16,
     pub metrics_port: u16,
     pub webhook_log: PathBuf,
@@ -130,31 +134,32 @@ async fn install() -> anyhow::Result<Installed> {
         &webhook_kubeconfig,
         kubeconfig(&plane.url, &plane.ca_pem, KubeconfigUser::Token(&token)),
     )?;
-    let mut command = Command::new(binary("pod-reloaded-webhook"));
-    command
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{webhook_port}"))
-        .arg("--metrics-listen")
-        .arg(format!("127.0.0.1:{metrics_port}"))
-        .arg("--tls-cert-file")
-        .arg(&certs.cert)
-        .arg("--tls-key-file")
-        .arg(&certs.key)
-        .arg("--sidecar-image")
-        .arg(SIDECAR_IMAGE)
-        .env_clear()
-        .env("KUBECONFIG", &webhook_kubeconfig);
+    let webhook_args: Vec<std::ffi::OsString> = vec![
+        "--listen".into(),
+        format!("127.0.0.1:{webhook_port}").into(),
+        "--metrics-listen".into(),
+        format!("127.0.0.1:{metrics_port}").into(),
+        "--tls-cert-file".into(),
+        certs.cert.clone().into(),
+        "--tls-key-file".into(),
+        certs.key.clone().into(),
+        "--sidecar-image".into(),
+        SIDECAR_IMAGE.into(),
+    ];
     let webhook_log = dir.join("webhook.log");
-    spawn_for_process_life(command, &webhook_log).map_err(anyhow::Error::msg)?;
+    let installed = Installed {
+        webhook_pid: Mutex::new(None),
+        webhook_args,
+        webhook_kubeconfig,
+        webhook_port,
+        metrics_port,
+        webhook_log,
+        objects,
+        apply_stderr,
+        ca_pem,
+    };
+    installed.start_webhook().await?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !matches!(http_get(metrics_port, "/readyz"), Ok((200, _))) {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the webhook did not become ready:\n{}",
-            std::fs::read_to_string(&webhook_log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 
     // The API server calls webhooks once its informer has the configuration: wait until
     // a dry-run pod in an opted-in namespace comes back with the webhook's warning.
@@ -188,17 +193,52 @@ async fn install() -> anyhow::Result<Installed> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     eprintln!("pod-reloaded installed: manifests/ applied, webhook on 127.0.0.1:{webhook_port}");
-    Ok(Installed {
-        webhook_port,
-        metrics_port,
-        webhook_log,
-        objects,
-        apply_stderr,
-        ca_pem,
-    })
+    Ok(installed)
 }
 
 impl Installed {
+    /// Starts the webhook binary (as its ServiceAccount) and waits for `/readyz`.
+    pub async fn start_webhook(&self) -> anyhow::Result<()> {
+        let mut command = Command::new(binary("pod-reloaded-webhook"));
+        command
+            .args(&self.webhook_args)
+            .env_clear()
+            .env("KUBECONFIG", &self.webhook_kubeconfig);
+        let pid = spawn_for_process_life(command, &self.webhook_log).map_err(anyhow::Error::msg)?;
+        *self.webhook_pid.lock().unwrap_or_else(|p| p.into_inner()) = Some(pid);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(http_get(self.metrics_port, "/readyz"), Ok((200, _))) {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the webhook did not become ready:\n{}",
+                self.webhook_output()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    /// Kills the webhook (an outage: the API server finds nothing on its port).
+    pub fn stop_webhook(&self) -> anyhow::Result<()> {
+        let pid = self
+            .webhook_pid
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let pid = pid.ok_or_else(|| anyhow::anyhow!("the webhook is not running"))?;
+        let status = Command::new("kill")
+            .arg("-KILL")
+            .arg(pid.to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill {pid} failed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.webhook_port)).is_ok() {
+            anyhow::ensure!(Instant::now() < deadline, "the webhook still listens");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     pub fn webhook_output(&self) -> String {
         std::fs::read_to_string(&self.webhook_log).unwrap_or_default()
     }
