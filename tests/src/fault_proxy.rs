@@ -32,6 +32,18 @@ pub enum Fault {
     NoContentTypeOnHead,
 }
 
+/// What the proxy does to requests of one method and exact path (in front of an API
+/// server: any request, not only manifests).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestFault {
+    /// Answers this status with a Kubernetes `Status` body (500, 403, ...).
+    Status(u16),
+    /// Answers correctly, after this long.
+    Slow(Duration),
+    /// Starts the upstream answer and breaks the connection in the middle of its body.
+    Reset,
+}
+
 /// Bearer-token auth played by the proxy.
 #[derive(Clone, Debug)]
 pub struct BearerAuth {
@@ -52,6 +64,7 @@ struct ProxyState {
     upstream: String,
     client: reqwest::Client,
     fault: Fault,
+    request_faults: Vec<(String, String, RequestFault)>,
     bearer: Option<BearerAuth>,
     tokens: HashMap<String, Instant>,
     requests: Vec<ProxiedRequest>,
@@ -66,17 +79,28 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub async fn start(upstream: &str, bearer: Option<BearerAuth>) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client");
+        Self::start_with_client(upstream, bearer, client).await
+    }
+
+    /// In front of `upstream`, reached with `client` (e.g. one that trusts a test CA).
+    pub async fn start_with_client(
+        upstream: &str,
+        bearer: Option<BearerAuth>,
+        client: reqwest::Client,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind proxy");
         let address = listener.local_addr().expect("proxy address");
         let state = Arc::new(Mutex::new(ProxyState {
             upstream: upstream.trim_end_matches('/').to_string(),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("client"),
+            client,
             fault: Fault::None,
+            request_faults: Vec::new(),
             bearer,
             tokens: HashMap::new(),
             requests: Vec::new(),
@@ -104,6 +128,15 @@ impl FaultProxy {
 
     pub fn set_fault(&self, fault: Fault) {
         self.lock().fault = fault;
+    }
+
+    /// From now on, `method` requests of exactly `path` meet `fault`; replaces any other.
+    pub fn set_request_fault(&self, method: &str, path: &str, fault: RequestFault) {
+        self.lock().request_faults = vec![(method.to_string(), path.to_string(), fault)];
+    }
+
+    pub fn clear_request_faults(&self) {
+        self.lock().request_faults.clear();
     }
 
     pub fn requests(&self) -> Vec<ProxiedRequest> {
@@ -134,7 +167,7 @@ async fn handle(
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let (upstream, client, fault, bearer, address) = {
+    let (upstream, client, fault, bearer, address, request_fault) = {
         let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
         s.requests.push(ProxiedRequest {
             method: method.to_string(),
@@ -142,14 +175,30 @@ async fn handle(
             authorization: authorization.clone(),
             at: Instant::now(),
         });
+        let request_fault = s
+            .request_faults
+            .iter()
+            .find(|(m, p, _)| *m == method.as_str() && p == uri.path())
+            .map(|(_, _, fault)| fault.clone());
         (
             s.upstream.clone(),
             s.client.clone(),
             s.fault.clone(),
             s.bearer.clone(),
             s.address,
+            request_fault,
         )
     };
+    match &request_fault {
+        Some(RequestFault::Status(code)) => {
+            let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let body = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": format!("injected by the test's fault proxy: HTTP {code}"), "code": code});
+            return (status, axum::Json(body)).into_response();
+        }
+        Some(RequestFault::Slow(delay)) => tokio::time::sleep(*delay).await,
+        Some(RequestFault::Reset) | None => {}
+    }
 
     if uri.path() == "/token" {
         return token(&state, bearer, authorization.as_deref());
@@ -278,7 +327,19 @@ async fn handle(
         _ => {}
     }
     let bytes = upstream_response.bytes().await.unwrap_or_default();
-    let mut response = Response::new(Body::from(bytes));
+    let body = if request_fault == Some(RequestFault::Reset) {
+        let half = bytes.slice(..bytes.len() / 2);
+        Body::from_stream(futures_util::stream::iter([
+            Ok(half),
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "injected by the test's fault proxy",
+            )),
+        ]))
+    } else {
+        Body::from(bytes)
+    };
+    let mut response = Response::new(body);
     *response.status_mut() =
         StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     *response.headers_mut() = copied;

@@ -47,6 +47,8 @@ pub struct Kubelet {
 pub struct KubeletOptions {
     /// Env added to every sidecar (e.g. `IMAGE_CHECKER_PLATFORM`).
     pub sidecar_env: Vec<(String, String)>,
+    /// The test runs the sidecars itself (`--once`, through a proxy, ...).
+    pub no_sidecars: bool,
 }
 
 impl Kubelet {
@@ -253,7 +255,7 @@ impl Worker {
             .api
             .merge_patch(&path, &json!({"status": status}))
             .await?;
-        let sidecar = if has_sidecar(&stored) {
+        let sidecar = if has_sidecar(&stored) && !self.options.no_sidecars {
             Some(self.start_sidecar(&stored).await?)
         } else {
             None

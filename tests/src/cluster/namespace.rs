@@ -54,6 +54,7 @@ impl TestNamespace {
             json!({contract::INJECT_LABEL: contract::INJECT_ENABLED}),
             KubeletOptions {
                 sidecar_env: vec![("IMAGE_CHECKER_PLATFORM".into(), "linux/amd64".into())],
+                ..KubeletOptions::default()
             },
         )
         .await
