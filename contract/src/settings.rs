@@ -97,7 +97,14 @@ pub struct RegistryUrl {
     pub base: String,
     /// `host[:port]`, for credential look-up.
     pub host: String,
+    /// The text as given, when it was the old image-checker's form (`…/api/v1/repository/`).
+    pub legacy_form: Option<String>,
 }
+
+/// The path of the only registry URL the hand-deployed image-checker documented
+/// (`https://domain.com/api/v1/repository/`): Quay's API base, not where a registry's
+/// `/v2/` lives. A URL with exactly this path means the registry at its host.
+pub const LEGACY_IMAGE_CHECKER_API_PATH: &str = "api/v1/repository";
 
 impl RegistryUrl {
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -123,9 +130,18 @@ impl RegistryUrl {
                 "{text:?} must be scheme://host[:port][/path] without query or spaces"
             ));
         }
+        if path == LEGACY_IMAGE_CHECKER_API_PATH {
+            let base = &trimmed[..trimmed.len() - path.len() - 1];
+            return Ok(Self {
+                base: base.to_string(),
+                host: host.to_ascii_lowercase(),
+                legacy_form: Some(text.trim().to_string()),
+            });
+        }
         Ok(Self {
             base: trimmed.to_string(),
             host: host.to_ascii_lowercase(),
+            legacy_form: None,
         })
     }
 
@@ -171,6 +187,19 @@ impl RegistryOverride {
             every_image: None,
             by_host,
         })
+    }
+
+    /// The URLs given in the old image-checker's form, as given (said once at start).
+    pub fn legacy_forms(&self) -> Vec<(&str, &str)> {
+        self.every_image
+            .iter()
+            .chain(self.by_host.iter().map(|(_, url)| url))
+            .filter_map(|url| {
+                url.legacy_form
+                    .as_deref()
+                    .map(|text| (text, url.base.as_str()))
+            })
+            .collect()
     }
 
     /// The URL to ask instead of `registry` (an image's host), if any.
@@ -320,6 +349,30 @@ mod tests {
         );
         assert_eq!(scoped.for_registry("quay.io"), None);
         assert!(RegistryOverride::parse("docker.io=").is_err());
+        // The old image-checker's documented form is the registry at that host.
+        let legacy =
+            RegistryOverride::parse("https://quay.example.com/api/v1/repository/").unwrap();
+        assert_eq!(
+            legacy
+                .for_registry("quay.example.com")
+                .map(|u| u.base.as_str()),
+            Some("https://quay.example.com")
+        );
+        assert_eq!(
+            legacy.legacy_forms(),
+            vec![(
+                "https://quay.example.com/api/v1/repository/",
+                "https://quay.example.com"
+            )]
+        );
+        // Any other path is a prefix, as before.
+        let prefixed =
+            RegistryOverride::parse("https://a.example.com/api/v1/repository/x").unwrap();
+        assert_eq!(
+            prefixed.for_registry("x").map(|u| u.base.as_str()),
+            Some("https://a.example.com/api/v1/repository/x")
+        );
+        assert!(prefixed.legacy_forms().is_empty());
         assert!(RegistryOverride::parse("=https://x").is_err());
         assert!(RegistryOverride::parse(",").is_err());
     }

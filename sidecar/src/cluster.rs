@@ -2,15 +2,19 @@
 //! owns it, patch its template with a `resourceVersion` precondition, and record Events.
 //! The only place the sidecar writes to the API.
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use pod_reloaded_contract::owner::{self, NotRestartable, PodOwner, WorkloadKind, WorkloadRef};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::decide::WorkloadState;
+use crate::metrics::Metrics;
 
 /// Re-reads after a 409 before giving up for this round.
 const MAX_CONFLICT_RETRIES: usize = 5;
@@ -23,6 +27,57 @@ fn api_resource(kind: WorkloadKind) -> ApiResource {
 /// Set by the Deployment controller on a ReplicaSet it reuses for a template it had
 /// before (`kubectl rollout undo`): the revisions the ReplicaSet had.
 const REVISION_HISTORY_ANNOTATION: &str = "deployment.kubernetes.io/revision-history";
+
+fn is_forbidden(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(response) if response.code == 403)
+}
+
+/// The name of this pod, found by its `hostname` (when `POD_NAME` is not set): the pod of
+/// that name, or else the one pod whose `spec.hostname` is it (or whose name the runtime
+/// cut to 63 characters). None or several: an error saying to set `POD_NAME`.
+pub async fn pod_named_by_hostname(
+    client: &Client,
+    namespace: &str,
+    hostname: &str,
+) -> anyhow::Result<String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let set_pod_name = "set POD_NAME (env valueFrom fieldRef metadata.name)";
+    if pods
+        .get_opt(hostname)
+        .await
+        .with_context(|| format!("reading pod {namespace}/{hostname}"))?
+        .is_some()
+    {
+        return Ok(hostname.to_string());
+    }
+    let listed = pods
+        .list(&kube::api::ListParams::default())
+        .await
+        .with_context(|| format!("no pod {namespace}/{hostname}, and its pods cannot be listed to find one with that hostname: {set_pod_name}"))?;
+    let matching: Vec<String> = listed
+        .items
+        .iter()
+        .filter(|pod| {
+            let name = pod.metadata.name.as_deref().unwrap_or("");
+            match pod.spec.as_ref().and_then(|s| s.hostname.as_deref()) {
+                Some(set) => set == hostname,
+                None => hostname.len() == 63 && name.starts_with(hostname),
+            }
+        })
+        .filter_map(|pod| pod.metadata.name.clone())
+        .collect();
+    match matching.as_slice() {
+        [name] => Ok(name.clone()),
+        [] => anyhow::bail!(
+            "no pod in {namespace} has the name or hostname {hostname:?}: {set_pod_name}"
+        ),
+        several => anyhow::bail!(
+            "{} pods in {namespace} have the hostname {hostname:?} ({}): {set_pod_name}",
+            several.len(),
+            several.join(", ")
+        ),
+    }
+}
 
 /// Where the owner chain ends.
 #[derive(Debug, PartialEq, Eq)]
@@ -49,6 +104,10 @@ pub struct Cluster {
     namespace: String,
     /// Our pod's name, the Events' reporting instance.
     pod_name: String,
+    metrics: Option<Arc<Metrics>>,
+    /// Requests RBAC refused once already (said once, then only counted): a sidecar
+    /// deployed by hand with the old image-checker's Role lacks what some features need.
+    forbidden: Mutex<BTreeSet<&'static str>>,
 }
 
 impl Cluster {
@@ -57,6 +116,36 @@ impl Cluster {
             client,
             namespace,
             pod_name,
+            metrics: None,
+            forbidden: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// Counts refused requests in `pod_reloaded_api_forbidden_total`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// A request RBAC refused, for a feature that goes on without it: one Warning line
+    /// the first time, a metric every time.
+    fn degraded(&self, request: &'static str, feature: &str, error: &kube::Error) {
+        if let Some(metrics) = &self.metrics {
+            metrics.forbidden(request);
+        }
+        let first = self
+            .forbidden
+            .lock()
+            .map(|mut seen| seen.insert(request))
+            .unwrap_or(false);
+        if first {
+            warn!(request, %error, "forbidden by RBAC: {feature} is skipped from now on; grant {request} (README: Coming from image-checker)");
+        } else {
+            debug!(request, "forbidden by RBAC again");
         }
     }
 
@@ -164,11 +253,21 @@ impl Cluster {
     ) -> anyhow::Result<Vec<Pod>> {
         let labels: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let params = kube::api::ListParams::default().labels(&labels.join(","));
-        Ok(Api::<Pod>::namespaced(self.client.clone(), &self.namespace)
+        match Api::<Pod>::namespaced(self.client.clone(), &self.namespace)
             .list(&params)
             .await
-            .context("listing the workload's pods")?
-            .items)
+        {
+            Ok(list) => Ok(list.items),
+            Err(error) if is_forbidden(&error) => {
+                self.degraded(
+                    "list pods",
+                    "saying what a failed rollout's pods do",
+                    &error,
+                );
+                Ok(Vec::new())
+            }
+            Err(error) => Err(error).context("listing the workload's pods"),
+        }
     }
 
     /// Records an Event on the workload; failures are logged, never fatal.
@@ -210,8 +309,12 @@ impl Cluster {
             ..Default::default()
         };
         let api: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
-        if let Err(error) = api.create(&PostParams::default(), &event).await {
-            warn!(%workload, %reason, %error, "could not record an Event");
+        match api.create(&PostParams::default(), &event).await {
+            Ok(_) => {}
+            Err(error) if is_forbidden(&error) => {
+                self.degraded("create events", "recording Events", &error)
+            }
+            Err(error) => warn!(%workload, %reason, %error, "could not record an Event"),
         }
     }
 }

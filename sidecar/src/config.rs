@@ -30,13 +30,20 @@ pub struct Config {
     #[arg(long, env = contract::ENV_REGISTRY_URL, value_parser = RegistryOverride::parse)]
     pub registry_url: Option<RegistryOverride>,
 
-    /// Name of this pod.
+    /// Name of this pod; default: the pod whose hostname is `HOSTNAME` (a pod's hostname
+    /// is its name unless `spec.hostname` sets another).
     #[arg(long, env = contract::ENV_POD_NAME)]
-    pub pod_name: String,
+    pub pod_name: Option<String>,
 
-    /// Namespace of this pod.
+    /// Namespace of this pod; default: the Kubernetes client's (in a pod, its service
+    /// account's namespace).
     #[arg(long, env = contract::ENV_POD_NAMESPACE)]
-    pub pod_namespace: String,
+    pub pod_namespace: Option<String>,
+
+    /// This container's hostname, set by the runtime: finds the pod when `POD_NAME` is not
+    /// set (a sidecar deployed by hand, as the image-checker was).
+    #[arg(long, env = "HOSTNAME", hide = true)]
+    pub hostname: Option<String>,
 
     /// Directory of mounted pull secrets (`<dir>/<secret>/.dockerconfigjson`).
     #[arg(long, env = contract::ENV_PULL_SECRETS_DIR)]
@@ -106,11 +113,21 @@ impl Config {
                 contract::ENV_WATCH_CONTAINER
             ));
         }
-        if self.pod_name.trim().is_empty() || self.pod_namespace.trim().is_empty() {
+        let set = |value: &Option<String>| {
+            value
+                .as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        self.pod_name = set(&self.pod_name);
+        self.pod_namespace = set(&self.pod_namespace);
+        self.hostname = set(&self.hostname);
+        if self.pod_name.is_none() && self.hostname.is_none() {
             return Err(format!(
-                "{} and {} must not be empty",
+                "neither {} nor HOSTNAME is set: set {} from the downward API (fieldRef metadata.name)",
                 contract::ENV_POD_NAME,
-                contract::ENV_POD_NAMESPACE
+                contract::ENV_POD_NAME
             ));
         }
         Ok(())

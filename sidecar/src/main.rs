@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use pod_reloaded_sidecar::checker::{Checker, RoundOutcome};
-use pod_reloaded_sidecar::cluster::Cluster;
+use pod_reloaded_sidecar::cluster::{self, Cluster};
 use pod_reloaded_sidecar::config::{CloudAuth, Config};
 use pod_reloaded_sidecar::metrics::Metrics;
 use pod_reloaded_sidecar::platform::Platform;
@@ -45,6 +45,11 @@ fn main() -> ExitCode {
         Err(problem) => pod_reloaded_contract::exit_invalid("pod-reloaded-sidecar", &problem),
     };
     pod_reloaded_contract::init_logging(config.log_format);
+    if let Some(registry_url) = &config.registry_url {
+        for (given, read_as) in registry_url.legacy_forms() {
+            info!(given, read_as, "IMAGE_CHECKER_REGISTRY_URL has the old image-checker's form (an API base, not a registry path): asking the registry at its host");
+        }
+    }
     let outcome = runtime.block_on(async {
         let mut stop = std::pin::pin!(signals.received());
         tokio::select! {
@@ -69,12 +74,26 @@ async fn run(config: Config, prepared: Prepared) -> anyhow::Result<ExitCode> {
     kube_config.connect_timeout = Some(config.api_timeout);
     kube_config.read_timeout = Some(config.api_timeout);
     kube_config.write_timeout = Some(config.api_timeout);
+    let namespace = match config.pod_namespace.clone() {
+        Some(namespace) => namespace,
+        None => {
+            info!(namespace = %kube_config.default_namespace, "POD_NAMESPACE is not set: using the Kubernetes client's namespace (in a pod, its service account's)");
+            kube_config.default_namespace.clone()
+        }
+    };
     let client = kube::Client::try_from(kube_config).context("building the Kubernetes client")?;
-    let cluster = Cluster::new(
-        client,
-        config.pod_namespace.clone(),
-        config.pod_name.clone(),
-    );
+    let pod_name = match (&config.pod_name, &config.hostname) {
+        (Some(name), _) => name.clone(),
+        (None, Some(hostname)) => {
+            let name = cluster::pod_named_by_hostname(&client, &namespace, hostname).await?;
+            info!(pod = %name, %hostname, "POD_NAME is not set: found this pod by its hostname");
+            name
+        }
+        (None, None) => anyhow::bail!("neither POD_NAME nor HOSTNAME is set"),
+    };
+    let metrics = Arc::new(Metrics::default());
+    let cluster =
+        Cluster::new(client, namespace.clone(), pod_name.clone()).with_metrics(metrics.clone());
 
     let mut http = reqwest::Client::builder()
         .user_agent(concat!("pod-reloaded-sidecar/", env!("CARGO_PKG_VERSION")))
@@ -102,13 +121,12 @@ async fn run(config: Config, prepared: Prepared) -> anyhow::Result<ExitCode> {
         registry = registry.with_cloud_login(CloudLogin::new(http, CloudEnv::from_process()));
     }
 
-    let metrics = Arc::new(Metrics::default());
     if let Some(listener) = prepared.metrics_listener {
         serve_metrics(listener, metrics.clone())?;
     }
     let interval = config.interval;
     let once = config.once;
-    info!(containers = %config.watch_containers.join(","), interval = %humantime::format_duration(interval), pod = %config.pod_name, namespace = %config.pod_namespace, "watching");
+    info!(containers = %config.watch_containers.join(","), interval = %humantime::format_duration(interval), pod = %pod_name, %namespace, "watching");
     let mut checker = Checker::new(config, registry, cluster, metrics);
 
     let mut failures: u32 = 0;

@@ -32,6 +32,11 @@ struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabel {
+    request: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ContainerLabels {
     namespace: String,
     workload: String,
@@ -63,6 +68,7 @@ pub struct Metrics {
     restarts: Counter,
     rollouts: Family<ResultLabel, Counter>,
     update_available: Family<ContainerLabels, Gauge>,
+    forbidden: Family<RequestLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -92,12 +98,19 @@ impl Default for Metrics {
             "1 while the workload runs an older digest than its tag serves (also while a restart is deferred or in notify mode), else 0",
             update_available.clone(),
         );
+        let forbidden = Family::<RequestLabel, Counter>::default();
+        registry.register(
+            "pod_reloaded_api_forbidden",
+            "API requests RBAC refused for a feature that goes on without them (e.g. create events with the old image-checker's Role), by request",
+            forbidden.clone(),
+        );
         Self {
             registry,
             checks,
             restarts,
             rollouts,
             update_available,
+            forbidden,
         }
     }
 }
@@ -136,6 +149,12 @@ impl Metrics {
             .get_or_create(&ResultLabel {
                 result: result.as_str(),
             })
+            .inc();
+    }
+
+    pub fn forbidden(&self, request: &'static str) {
+        self.forbidden
+            .get_or_create(&RequestLabel { request })
             .inc();
     }
 

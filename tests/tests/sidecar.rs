@@ -622,7 +622,9 @@ async fn a_missing_or_invalid_setting_stops_it_with_one_line() {
     std::fs::write(ca_dir.path().join("ca.crt"), "not a certificate either").unwrap();
     let ca_dir_path = ca_dir.path().display().to_string();
     let cases: Vec<(&str, Option<&str>, &str)> = vec![
-        (contract::ENV_POD_NAME, None, "--pod-name"),
+        // Neither POD_NAME nor HOSTNAME (the command's env is cleared): nothing names the pod.
+        (contract::ENV_POD_NAME, None, "set POD_NAME"),
+        (contract::ENV_POD_NAME, Some(" "), "set POD_NAME"),
         (contract::ENV_INTERVAL, Some("100ms"), "minimum"),
         (contract::ENV_INTERVAL, Some("often"), "not a duration"),
         (contract::ENV_INTERVAL, Some("48h"), "maximum"),

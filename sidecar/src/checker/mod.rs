@@ -166,7 +166,7 @@ impl Checker {
                     let checked = self.check(&container, &image, &running).await;
                     if let Ok(checked) = &checked {
                         self.metrics.update_available(
-                            &self.config.pod_namespace,
+                            self.cluster.namespace(),
                             &workload_name,
                             &container,
                             checked.verdict == Verdict::Changed,

@@ -112,6 +112,25 @@ pub struct ContainerView {
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<String>,
+    /// Only the names: a container with `IMAGE_CHECKER_WATCH_CONTAINER` is an old checker.
+    #[serde(
+        default,
+        deserialize_with = "objects_only::option_vec",
+        skip_serializing
+    )]
+    pub env: Option<Vec<EnvView>>,
+}
+
+/// An env var as far as the rules read it: its name (its value only checked to be what
+/// `EnvVar` accepts, so the view refuses what `Pod` refuses).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvView {
+    pub name: String,
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub value_from: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

@@ -71,6 +71,8 @@ pub enum SkipReason {
     WindowsPod,
     #[error("pod-reloaded: no container runs an image by tag (all are pinned by digest); nothing to watch")]
     NothingToWatch,
+    #[error("pod-reloaded: container {0} is the hand-deployed image-checker sidecar pod-reloaded replaces (it has {env}); remove it from the pod template to be injected, or the two would restart the workload; not injected", env = contract::ENV_WATCH_CONTAINER)]
+    OldImageChecker(String),
     #[error("pod-reloaded: annotation {annotation}: {problem}; not injected")]
     InvalidAnnotation {
         annotation: &'static str,
@@ -115,6 +117,9 @@ pub(super) fn plan(
     let spec = pod.spec.as_ref().ok_or(SkipReason::NothingToWatch)?;
     if is_injected(pod, spec) {
         return Err(SkipReason::AlreadyInjected);
+    }
+    if let Some(old) = old_image_checker(spec) {
+        return Err(SkipReason::OldImageChecker(old));
     }
     check_owner(pod)?;
     // The sidecar image is Linux only; on a Windows node it could not start.
@@ -245,6 +250,22 @@ fn is_injected(pod: &PodView, spec: &PodSpecView) -> bool {
         .as_ref()
         .is_some_and(|a| a.contains_key(contract::ANNOTATION_INJECTED));
     has_sidecar || annotated
+}
+
+/// A container that carries the checker's own env (`IMAGE_CHECKER_WATCH_CONTAINER`) is
+/// the image-checker sidecar deployed by hand (the old one, or pod-reloaded's sidecar put
+/// in its place): it watches and restarts already.
+fn old_image_checker(spec: &PodSpecView) -> Option<String> {
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| {
+            c.env
+                .iter()
+                .flatten()
+                .any(|e| e.name == contract::ENV_WATCH_CONTAINER)
+        })
+        .map(|c| c.name.clone())
 }
 
 fn check_owner(pod: &PodView) -> Result<(), SkipReason> {
