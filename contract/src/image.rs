@@ -134,13 +134,18 @@ fn parse_reference(image: &str) -> Result<ImageReference, String> {
             "repository must be lowercase [a-z0-9] components separated by /, ., _, __ or -",
         ));
     }
-    if name.len() > NAME_MAX_LENGTH {
-        return Err(invalid("name is longer than 255 characters"));
+    // distribution/reference >= v0.6.0 limits the path, not the registry host with it.
+    if path.len() > NAME_MAX_LENGTH {
+        return Err(invalid("repository path is longer than 255 characters"));
+    }
+    // A bare 64-hex name would read as an image ID (distribution refuses it).
+    if domain.is_none() && tag.is_none() && digest.is_none() && is_hex_of(path, 64) {
+        return Err(invalid("a 64-hex name is an image ID, not a repository"));
     }
     if let Some(digest) = digest {
         if !is_digest(digest) {
             return Err(invalid(
-                "digest must be algorithm:hex (at least 32 hex digits)",
+                "digest must be sha256:<64 hex>, sha384:<96 hex> or sha512:<128 hex>, lowercase",
             ));
         }
     }
@@ -162,7 +167,7 @@ fn parse_reference(image: &str) -> Result<ImageReference, String> {
     })
 }
 
-/// Longest repository name distribution accepts, registry included.
+/// Longest repository path distribution accepts (the registry host not counted).
 const NAME_MAX_LENGTH: usize = 255;
 
 /// The first component is a registry when it looks like a host: it has a `.` or a `:`,
@@ -241,18 +246,26 @@ fn is_tag(tag: &str) -> bool {
         && tag.bytes().all(|b| word(b) || b == b'.' || b == b'-')
 }
 
+/// A digest of an algorithm the runtime can verify, with that algorithm's length of
+/// lowercase hex (go-digest's rule): others are refused, not pulled.
 fn is_digest(digest: &str) -> bool {
     let Some((algorithm, hex)) = digest.split_once(':') else {
         return false;
     };
-    let algorithm_ok = algorithm
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_alphabetic())
-        && algorithm
+    let length = match algorithm {
+        "sha256" => 64,
+        "sha384" => 96,
+        "sha512" => 128,
+        _ => return false,
+    };
+    is_hex_of(hex, length)
+}
+
+fn is_hex_of(text: &str, length: usize) -> bool {
+    text.len() == length
+        && text
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+' | b'.'));
-    algorithm_ok && hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The digest a container runs, from `status.containerStatuses[].imageID`.

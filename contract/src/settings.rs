@@ -62,6 +62,8 @@ pub fn parse_quantity(text: &str) -> Result<f64, String> {
     let value: f64 = number.parse().map_err(|_| invalid())?;
     let multiplier = match suffix {
         "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
         "m" => 1e-3,
         "k" => 1e3,
         "M" => 1e6,

@@ -57,7 +57,24 @@ pub fn challenge_of(headers: GetAll<'_, HeaderValue>) -> Result<Challenge, Strin
 /// Parses `Bearer realm="…",service="…",scope="…"` or `Basic realm="…"`; a parameter given
 /// twice with different values makes the challenge unreadable (`None`).
 pub fn parse_challenge(header: &str) -> Option<Challenge> {
-    let (scheme, params) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
+    let (scheme, mut values) = parse_parameters(header)?;
+    match scheme.as_str() {
+        "basic" => Some(Challenge::Basic),
+        "bearer" => Some(Challenge::Bearer {
+            realm: values.remove("realm")?,
+            service: values.remove("service"),
+            scope: values.remove("scope"),
+        }),
+        _ => None,
+    }
+}
+
+/// A challenge's scheme (lowercase) and parameters (names lowercase): `name=token` or
+/// `name="quoted string"`, where a backslash takes the next character as it is (RFC 9110
+/// quoted-pair; `\"` is a quote inside the value), as distribution and containerd read it.
+pub fn parse_parameters(header: &str) -> Option<(String, HashMap<String, String>)> {
+    let header = header.trim();
+    let (scheme, params) = header.split_once(' ').unwrap_or((header, ""));
     let mut values: HashMap<String, String> = HashMap::new();
     let mut rest = params.trim();
     while !rest.is_empty() {
@@ -69,27 +86,31 @@ pub fn parse_challenge(header: &str) -> Option<Challenge> {
             .to_ascii_lowercase();
         let after = after.trim_start();
         let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
-            let end = quoted.find('"')?;
-            (&quoted[..end], &quoted[end + 1..])
+            let mut value = String::new();
+            let mut chars = quoted.char_indices();
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => value.push(chars.next()?.1),
+                    '"' => {
+                        end = Some(i);
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            (value, &quoted[end? + 1..])
         } else {
             let end = after.find(',').unwrap_or(after.len());
-            (&after[..end], &after[end..])
+            (after[..end].trim().to_string(), &after[end..])
         };
-        if values.get(&key).is_some_and(|first| first != value) {
+        if values.get(&key).is_some_and(|first| *first != value) {
             return None;
         }
-        values.insert(key, value.to_string());
+        values.insert(key, value);
         rest = remaining.trim_start().trim_start_matches(',').trim_start();
     }
-    match scheme.to_ascii_lowercase().as_str() {
-        "basic" => Some(Challenge::Basic),
-        "bearer" => Some(Challenge::Bearer {
-            realm: values.remove("realm")?,
-            service: values.remove("service"),
-            scope: values.remove("scope"),
-        }),
-        _ => None,
-    }
+    Some((scheme.to_ascii_lowercase(), values))
 }
 
 /// What to send up front for one repository.
