@@ -313,19 +313,23 @@ async fn challenge_to(
 
 #[tokio::test]
 async fn a_realm_that_parses_as_two_hosts_gets_nothing() {
-    let ca = TestCa::new("hostile test CA");
-    // To a reader that splits at the last `@`, this realm is on the registry's own host;
-    // the URL parser the client connects with reads `\` as `/`: host 127.0.0.2.
-    let (registry, token_server, result) = challenge_to(&ca, "127.0.0.2", |token| {
-        format!("http://{}\\@127.0.0.1:5000/token", token.address)
-    })
-    .await;
-    assert!(
-        matches!(result, Err(RegistryError::Unauthorized { .. })),
-        "{result:?}"
-    );
-    assert_eq!(token_server.log(), vec![], "no request to the other host");
-    assert!(with_credentials(&registry.log()).is_empty());
+    // In the header, `\\` is an escaped backslash: the realm holds one. To a reader that
+    // splits at the last `@`, it is on the registry's own host; the URL parser the client
+    // connects with reads `\` as `/`: host 127.0.0.2. Unescaped the other way (`\@` is
+    // `@`), the same text is a realm with userinfo: refused too.
+    for escape in ["\\\\", "\\"] {
+        let ca = TestCa::new("hostile test CA");
+        let (registry, token_server, result) = challenge_to(&ca, "127.0.0.2", move |token| {
+            format!("http://{}{escape}@127.0.0.1:5000/token", token.address)
+        })
+        .await;
+        assert!(
+            matches!(result, Err(RegistryError::Unauthorized { .. })),
+            "{escape}: {result:?}"
+        );
+        assert_eq!(token_server.log(), vec![], "no request to the other host");
+        assert!(with_credentials(&registry.log()).is_empty());
+    }
 }
 
 #[tokio::test]

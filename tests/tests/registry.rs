@@ -172,6 +172,28 @@ async fn basic_auth_with_pull_secret_credentials() {
         wrong.resolve_tag(&repo, "main").await,
         Err(RegistryError::Unauthorized { .. })
     ));
+
+    // Two mounted pull secrets for the same registry, the first one's password stale: each
+    // matching credential is tried in turn, as the kubelet tries them.
+    let secrets = tempfile::tempdir().unwrap();
+    for (secret, password) in [("a-stale", "wrong"), ("b-current", "s3cret")] {
+        let dir = secrets.path().join(secret);
+        std::fs::create_dir(&dir).unwrap();
+        let config = docker_config_json(&registry.host(), "puller", password);
+        std::fs::write(dir.join(".dockerconfigjson"), config.to_string()).unwrap();
+    }
+    let (both, problems) = Credentials::load(secrets.path());
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(both.all_for_image(&registry.host(), "private/app").len(), 2);
+    let second_works = client(plain_http(), both, "linux/amd64");
+    assert_eq!(
+        second_works
+            .resolve_tag(&repo, "main")
+            .await
+            .unwrap()
+            .digest,
+        pushed.digest
+    );
 }
 
 #[tokio::test]

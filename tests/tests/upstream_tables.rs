@@ -142,3 +142,70 @@ fn challenges_agree_with_distribution_and_containerd() {
         assert_eq!(params, expected, "{} ({})", header, row["source"]);
     }
 }
+
+/// An image as the kubelet's keyring looks it up: `host[:port]/path`, Docker Hub when
+/// the first component is no host.
+fn host_and_repository(image: &str) -> (String, String) {
+    match image.split_once('/') {
+        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
+            (first.to_string(), rest.to_string())
+        }
+        // A bare host (TestUrlsMatch compares URLs): no repository.
+        None if image.contains(['.', ':']) => (image.to_string(), String::new()),
+        None => ("docker.io".to_string(), format!("library/{image}")),
+        _ => ("docker.io".to_string(), image.to_string()),
+    }
+}
+
+#[test]
+fn pull_secret_keys_agree_with_the_kubelet() {
+    use base64::Engine as _;
+    use pod_reloaded_sidecar::registry::credentials::Credentials;
+    let table = table("kubelet-keyring.json");
+    let auth = base64::engine::general_purpose::STANDARD.encode("foo:bar");
+    let lookup = |key: &str, image: &str| {
+        let mut credentials = Credentials::default();
+        let config = serde_json::json!({"auths": {key: {"auth": auth, "email": "foo@bar.baz"}}});
+        let problems = credentials.add_config(config.to_string().as_bytes());
+        assert!(problems.is_empty(), "{key}: {problems:?}");
+        let (host, repository) = host_and_repository(image);
+        credentials
+            .for_image(&host, &repository)
+            .map(|c| (c.username.clone(), c.password.clone()))
+    };
+    let mut disagreements = Vec::new();
+    for row in table["keys"].as_array().expect("keys") {
+        let (key, image) = (row["key"].as_str().unwrap(), row["image"].as_str().unwrap());
+        let found = lookup(key, image);
+        let agrees = match (&found, row["match"] == true) {
+            (Some(pair), true) => pair == &("foo".to_string(), "bar".to_string()),
+            (None, false) => true,
+            _ => false,
+        };
+        if !agrees {
+            disagreements.push(format!("{row}: ours {found:?}"));
+        }
+    }
+    for row in table["differs_on_purpose"].as_array().expect("differences") {
+        assert!(row["reason"].as_str().is_some_and(|r| !r.is_empty()));
+        let found = lookup(row["key"].as_str().unwrap(), row["image"].as_str().unwrap());
+        if found.is_some() {
+            disagreements.push(format!("{row}: ours matched, on purpose it must not"));
+        }
+    }
+    for row in table["entries"].as_array().expect("entries") {
+        let mut credentials = Credentials::default();
+        let config = serde_json::json!({"registry.example.com": row["entry"]});
+        let problems = credentials.add_legacy_config(config.to_string().as_bytes());
+        let found = credentials.for_image("registry.example.com", "app");
+        let agrees = if row["fails"] == true {
+            found.is_none() && !problems.is_empty()
+        } else {
+            found.is_some_and(|c| c.username == row["username"] && c.password == row["password"])
+        };
+        if !agrees {
+            disagreements.push(format!("{row}: ours {found:?} {problems:?}"));
+        }
+    }
+    assert!(disagreements.is_empty(), "{disagreements:#?}");
+}

@@ -121,16 +121,25 @@ pub enum CachedAuth {
         header: String,
         renew_at: Instant,
         challenge: Challenge,
+        /// What the token was fetched with, to renew it the same way.
+        credential: Option<Credential>,
     },
 }
 
 impl CachedAuth {
-    pub fn bearer(token: &str, lifetime: Duration, challenge: Challenge, now: Instant) -> Self {
+    pub fn bearer(
+        token: &str,
+        lifetime: Duration,
+        challenge: Challenge,
+        credential: Option<Credential>,
+        now: Instant,
+    ) -> Self {
         let lifetime = lifetime.min(MAX_TOKEN_LIFETIME);
         Self::Bearer {
             header: format!("Bearer {token}"),
             renew_at: now + lifetime.saturating_sub(TOKEN_RENEW_MARGIN),
             challenge,
+            credential,
         }
     }
 
@@ -182,6 +191,10 @@ pub fn basic_header(credential: &Credential) -> String {
 /// challenge must not be able to pull secrets off the pod in clear text or to a third host.
 /// Redirects never carry credentials to another scheme, host or port (`RegistryClient`).
 pub fn may_send_credentials(registry: &Url, target: &Url) -> bool {
+    // A realm with userinfo names other credentials of its own: not ours to answer.
+    if !target.username().is_empty() || target.password().is_some() {
+        return false;
+    }
     match (target.scheme(), registry.scheme()) {
         ("https", _) => target.host().is_some(),
         ("http", "http") => target.host().is_some() && target.host() == registry.host(),
@@ -235,7 +248,7 @@ mod tests {
             TokenResponse::parse(br#"{"token": "t", "expires_in": 18446744073709551615}"#).unwrap();
         assert_eq!(token, "t");
         assert_eq!(lifetime, MAX_TOKEN_LIFETIME);
-        let cached = CachedAuth::bearer("t", lifetime, Challenge::Basic, Instant::now());
+        let cached = CachedAuth::bearer("t", lifetime, Challenge::Basic, None, Instant::now());
         assert_eq!(cached.header(), "Bearer t");
         assert_eq!(
             TokenResponse::parse(br#"{"access_token": "a"}"#).unwrap(),
@@ -288,7 +301,7 @@ mod tests {
             "http://127.0.0.1:5000",
             "http://127.0.0.2:5000\\@127.0.0.1:5001/token"
         ));
-        assert!(may_send_credentials(
+        assert!(!may_send_credentials(
             "http://127.0.0.1:5000",
             "http://u@127.0.0.1:5001/token"
         ));

@@ -6,7 +6,10 @@
 //! Keys match images as the kubelet matches them: a key is `host[:port][/path]`, with an
 //! optional scheme; `*` globs one label of the host (`*.example.com` matches
 //! `a.example.com`, not `a.b.example.com`); a port must be the same; a path matches the
-//! repository it prefixes. The most specific matching key wins.
+//! repository it prefixes (ending at a `/`); a leading `v1/` or `v2/` is an API version,
+//! not a path. Every matching credential is offered, the most specific key first, and
+//! the registry client tries them in turn, as the kubelet does; `auth` wins over
+//! `username`/`password`, and is base64 with or without padding.
 
 use std::path::Path;
 
@@ -51,13 +54,13 @@ impl Key {
         if host.is_empty() {
             return None;
         }
-        // Docker Hub's legacy key is `https://index.docker.io/v1/`: that path is an API
-        // version, not a repository prefix.
-        let path = if host == "docker.io" && path.trim_end_matches('/') == "v1" {
-            ""
-        } else {
-            path.trim_end_matches('/')
-        };
+        // A leading `v1/` or `v2/` is the registry API's version, not a repository prefix
+        // (`https://index.docker.io/v1/`, `https://quay.io/v1/`): the kubelet drops it.
+        let path = path
+            .strip_prefix("v1/")
+            .or_else(|| path.strip_prefix("v2/"))
+            .unwrap_or(path)
+            .trim_end_matches('/');
         Some(Self {
             host_labels: host.split('.').map(str::to_string).collect(),
             port: port.map(str::to_string),
@@ -203,19 +206,30 @@ impl Credentials {
     }
 
     /// The credential for an image at `host[:port]` in `repository`: the most specific
-    /// matching key; among equals, the first secret read (as the kubelet tries them).
+    /// matching key; among equals, the first secret read.
     pub fn for_image(&self, host: &str, repository: &str) -> Option<&Credential> {
+        self.all_for_image(host, repository).into_iter().next()
+    }
+
+    /// Every credential whose key matches, in the order the kubelet tries them when one
+    /// is refused: most specific key first; among equals, the first secret read.
+    pub fn all_for_image(&self, host: &str, repository: &str) -> Vec<&Credential> {
         let (host, port) = split_port(host);
         let host = canonical_host(host);
-        let mut best: Option<&(Key, Credential)> = None;
-        for entry in &self.entries {
-            if entry.0.matches(&host, port, repository)
-                && best.is_none_or(|b| entry.0.specificity() > b.0.specificity())
-            {
-                best = Some(entry);
+        let mut matching: Vec<&(Key, Credential)> = self
+            .entries
+            .iter()
+            .filter(|entry| entry.0.matches(&host, port, repository))
+            .collect();
+        // A stable sort keeps the order read among equals.
+        matching.sort_by_key(|entry| std::cmp::Reverse(entry.0.specificity()));
+        let mut credentials: Vec<&Credential> = Vec::new();
+        for (_, credential) in matching {
+            if !credentials.contains(&credential) {
+                credentials.push(credential);
             }
         }
-        best.map(|(_, credential)| credential)
+        credentials
     }
 
     pub fn is_empty(&self) -> bool {
@@ -227,12 +241,13 @@ fn entry_credential(key: &str, value: serde_json::Value) -> Result<(Key, Credent
     let parsed = Key::parse(key).ok_or_else(|| format!("auths[{key:?}]: not a registry"))?;
     let entry: AuthEntry =
         serde_json::from_value(value).map_err(|e| format!("auths[{key:?}]: {e}"))?;
+    // `auth` wins over `username`/`password` when both are there, as in the kubelet.
     let credential = match (entry.username, entry.password, entry.auth) {
-        (Some(username), Some(password), _) if !username.is_empty() => {
-            Credential { username, password }
-        }
         (_, _, Some(auth)) if !auth.is_empty() => {
             decode_auth(&auth).map_err(|e| format!("auths[{key:?}].auth: {e}"))?
+        }
+        (Some(username), Some(password), _) if !username.is_empty() => {
+            Credential { username, password }
         }
         _ => {
             return Err(format!(
@@ -243,8 +258,15 @@ fn entry_credential(key: &str, value: serde_json::Value) -> Result<(Key, Credent
     Ok((parsed, credential))
 }
 
+/// Standard base64, padded or not (the newest kubelet accepts both).
+const AUTH_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
 fn decode_auth(auth: &str) -> Result<Credential, String> {
-    let bytes = base64::engine::general_purpose::STANDARD
+    let bytes = AUTH_BASE64
         .decode(auth.trim())
         .map_err(|e| format!("not base64: {e}"))?;
     let text = String::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;

@@ -188,26 +188,30 @@ impl RegistryClient {
         }
     }
 
-    /// Credentials for `repository`: a matching pull secret first, then the cloud
-    /// provider's identity for a host that belongs to one, else none (anonymous).
-    async fn credential(
-        &self,
-        repository: &Repository,
-    ) -> Result<Option<Credential>, RegistryError> {
-        let from_secret = self
+    /// Credentials for `repository`, in the order to try them: the matching pull secrets'
+    /// (most specific key first, as the kubelet tries them), else the cloud provider's
+    /// identity for a host that belongs to one, else none (anonymous).
+    async fn credentials(&self, repository: &Repository) -> Result<Vec<Credential>, RegistryError> {
+        let from_secrets: Vec<Credential> = self
             .credentials
             .lock()
-            .ok()
-            .and_then(|c| c.for_image(&repository.host, &repository.name).cloned());
-        if from_secret.is_some() {
-            return Ok(from_secret);
+            .map(|c| {
+                c.all_for_image(&repository.host, &repository.name)
+                    .into_iter()
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !from_secrets.is_empty() {
+            return Ok(from_secrets);
         }
         let Some(cloud) = &self.cloud else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
         cloud
             .credential(&repository.registry, &repository.base_url)
             .await
+            .map(|credential| credential.into_iter().collect())
             .map_err(|error| RegistryError::Unauthorized {
                 url: repository.base_url.clone(),
                 reason: error.to_string(),
@@ -435,16 +439,40 @@ impl RegistryClient {
                     reason,
                 }
             })?;
-        let authorization = self.answer(repository, &challenge).await?;
-        let response = self.request(method, url, Some(&authorization)).await?;
-        if response.status() == StatusCode::UNAUTHORIZED {
-            self.forget(repository);
-            return Err(RegistryError::Unauthorized {
-                url: url.to_string(),
-                reason: "credentials rejected".to_string(),
-            });
+        // Each matching credential in turn, as the kubelet tries them; anonymous when none.
+        let mut candidates: Vec<Option<Credential>> = self
+            .credentials(repository)
+            .await?
+            .into_iter()
+            .map(Some)
+            .collect();
+        if candidates.is_empty() {
+            candidates.push(None);
         }
-        Ok(response)
+        let mut refused = None;
+        for credential in candidates {
+            match self.answer(repository, &challenge, credential).await {
+                Ok(authorization) => {
+                    let response = self
+                        .request(method.clone(), url, Some(&authorization))
+                        .await?;
+                    if response.status() != StatusCode::UNAUTHORIZED {
+                        return Ok(response);
+                    }
+                    refused = Some(RegistryError::Unauthorized {
+                        url: url.to_string(),
+                        reason: "credentials rejected".to_string(),
+                    });
+                }
+                Err(error @ RegistryError::Unauthorized { .. }) => refused = Some(error),
+                Err(error) => return Err(error),
+            }
+        }
+        self.forget(repository);
+        Err(refused.unwrap_or_else(|| RegistryError::Unauthorized {
+            url: url.to_string(),
+            reason: "credentials rejected".to_string(),
+        }))
     }
 
     async fn request(
@@ -533,25 +561,39 @@ impl RegistryClient {
                 if self.cloud.is_some()
                     && cloud::Provider::for_host(&repository.registry).is_some() =>
             {
-                Ok(self.credential(repository).await?.map(|c| basic_header(&c)))
+                let credentials = self.credentials(repository).await?;
+                Ok(credentials.first().map(basic_header))
             }
             Some(CachedAuth::Basic(header)) => Ok(Some(header)),
             Some(CachedAuth::Bearer {
                 header, renew_at, ..
             }) if Instant::now() < renew_at => Ok(Some(header)),
-            Some(CachedAuth::Bearer { challenge, .. }) => {
-                self.answer(repository, &challenge).await.map(Some)
+            Some(CachedAuth::Bearer {
+                challenge,
+                credential,
+                ..
+            }) => {
+                // Renewed with the credential that worked, while it is still offered (a
+                // cloud login's is replaced by a fresh one).
+                let offered = self.credentials(repository).await?;
+                let credential = match credential {
+                    Some(worked) if offered.contains(&worked) => Some(worked),
+                    _ => offered.into_iter().next(),
+                };
+                self.answer(repository, &challenge, credential)
+                    .await
+                    .map(Some)
             }
         }
     }
 
-    /// Answers a challenge and caches the result for the repository.
+    /// Answers a challenge with `credential` and caches the result for the repository.
     async fn answer(
         &self,
         repository: &Repository,
         challenge: &Challenge,
+        credential: Option<Credential>,
     ) -> Result<String, RegistryError> {
-        let credential = self.credential(repository).await?;
         let cached = match challenge {
             Challenge::Basic => {
                 let credential = credential.ok_or_else(|| RegistryError::Unauthorized {
@@ -585,7 +627,13 @@ impl RegistryClient {
                 let (token, lifetime) = self
                     .fetch_token(realm_url, service.as_deref(), &scope, credential.as_ref())
                     .await?;
-                CachedAuth::bearer(&token, lifetime, challenge.clone(), Instant::now())
+                CachedAuth::bearer(
+                    &token,
+                    lifetime,
+                    challenge.clone(),
+                    credential.clone(),
+                    Instant::now(),
+                )
             }
         };
         let header = cached.header().to_string();
