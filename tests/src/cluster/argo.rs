@@ -49,19 +49,22 @@ pub async fn install_rollout_crd() -> anyhow::Result<()> {
             &crd.to_string_lossy(),
         ])
         .map_err(anyhow::Error::msg)?;
-    plane
-        .kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/rollouts.argoproj.io",
-        ])
-        .map_err(anyhow::Error::msg)?;
+    // Polled rather than `kubectl wait`, which fails while the CRD has no conditions yet.
     let api = Api::admin(plane);
+    let crd = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/rollouts.argoproj.io";
     wait_for(
-        "the Rollout API is served",
-        Duration::from_secs(30),
-        || async { Ok(api.get("/apis/argoproj.io/v1alpha1/rollouts").await.is_ok()) },
+        "the Rollout CRD is established",
+        Duration::from_secs(60),
+        || async {
+            let established = api.get(crd).await?.is_some_and(|crd| {
+                crd["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Established" && c["status"] == "True")
+            });
+            Ok(established && api.get("/apis/argoproj.io/v1alpha1/rollouts").await.is_ok())
+        },
     )
     .await
 }
