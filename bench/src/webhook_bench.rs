@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pod_reloaded_tests::fake_apiserver::FakeApiServer;
+use pod_reloaded_tests::api_server::ApiServer;
 use pod_reloaded_tests::process::{binary, free_port, Running};
 use pod_reloaded_tests::webhook::{fixture, generate_certificates, http_get, Webhook};
 use serde_json::json;
@@ -84,7 +84,7 @@ pub(crate) fn ms(d: Duration) -> String {
 pub(crate) async fn webhook(settings: &Settings) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let certs = generate_certificates(dir.path());
-    let api = FakeApiServer::start().await?;
+    let api = ApiServer::start().await?;
     let bodies = Arc::new(bodies());
 
     // Time from process start to /readyz answering 200, five starts.

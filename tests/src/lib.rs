@@ -1,9 +1,9 @@
 //! Test harness for pod-reloaded's end-to-end tests: the real binaries, a real OCI
 //! registry, real TLS, and a small fake Kubernetes API server.
 
+pub mod api_server;
 pub mod cloud_fakes;
 pub mod cluster;
-pub mod fake_apiserver;
 pub mod fault_proxy;
 pub mod hostile;
 pub mod pki;

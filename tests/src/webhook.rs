@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::Value;
 
-use crate::fake_apiserver::FakeApiServer;
+use crate::api_server::ApiServer;
 use crate::process::{binary, eventually, free_port, Running};
 use crate::workspace_root;
 
@@ -64,11 +64,7 @@ pub struct Webhook {
 impl Webhook {
     /// Starts the webhook on free local ports and waits for `/readyz`. With `api: None` it
     /// runs with a KUBECONFIG that does not exist (no API access).
-    pub async fn start(
-        certs: &Certificates,
-        api: Option<&FakeApiServer>,
-        extra_args: &[&str],
-    ) -> Self {
+    pub async fn start(certs: &Certificates, api: Option<&ApiServer>, extra_args: &[&str]) -> Self {
         Self::start_binary(&binary("pod-reloaded-webhook"), certs, api, extra_args).await
     }
 
@@ -76,7 +72,7 @@ impl Webhook {
     pub async fn start_binary(
         path: &Path,
         certs: &Certificates,
-        api: Option<&FakeApiServer>,
+        api: Option<&ApiServer>,
         extra_args: &[&str],
     ) -> Self {
         let port = free_port();

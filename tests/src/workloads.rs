@@ -7,7 +7,7 @@ use std::process::Command;
 use pod_reloaded_contract as contract;
 use serde_json::{json, Value};
 
-use crate::fake_apiserver::FakeApiServer;
+use crate::api_server::ApiServer;
 use crate::process::binary;
 
 pub const NAMESPACE: &str = "shop";
@@ -40,7 +40,7 @@ fn template(kind: &str, name: &str, image: &str, annotations: Value) -> Value {
 }
 
 /// Stores a Deployment and its ReplicaSet; returns the stored ReplicaSet (the pods' owner).
-pub fn deployment(api: &FakeApiServer, name: &str, image: &str, annotations: Value) -> Value {
+pub fn deployment(api: &ApiServer, name: &str, image: &str, annotations: Value) -> Value {
     let deployment = api.put(template("Deployment", name, image, annotations));
     let mut replica_set = template("ReplicaSet", &format!("{name}-5d9c8b7f6"), image, json!({}));
     replica_set["metadata"]["ownerReferences"] = json!([owner_reference(&deployment)]);
@@ -48,7 +48,7 @@ pub fn deployment(api: &FakeApiServer, name: &str, image: &str, annotations: Val
 }
 
 /// Stores a StatefulSet or DaemonSet; returns it (the pods' owner).
-pub fn controller(api: &FakeApiServer, kind: &str, name: &str, image: &str) -> Value {
+pub fn controller(api: &ApiServer, kind: &str, name: &str, image: &str) -> Value {
     api.put(template(kind, name, image, json!({})))
 }
 
@@ -67,7 +67,7 @@ pub fn events_prefix() -> String {
 /// Stores a running pod owned by `owner` (or bare with `None`) whose container `web` runs
 /// `image` at `image_id`.
 pub fn running_pod(
-    api: &FakeApiServer,
+    api: &ApiServer,
     name: &str,
     owner: Option<&Value>,
     image: &str,
@@ -89,7 +89,7 @@ pub fn running_pod(
 
 /// The sidecar binary with the env the webhook injects, for pod `pod_name`.
 pub fn sidecar_command(
-    api: &FakeApiServer,
+    api: &ApiServer,
     pod_name: &str,
     watch: &str,
     interval: &str,

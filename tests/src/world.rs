@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::fake_apiserver::FakeApiServer;
+use crate::api_server::ApiServer;
 use crate::process::{eventually, Running};
 use crate::registry::{PushedIndex, Registry, RegistryOptions};
 use crate::workloads::{
@@ -19,7 +19,7 @@ pub const PLATFORMS: [(&str, &str); 2] = [("linux", "amd64"), ("linux", "arm64")
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
 pub struct World {
-    pub api: FakeApiServer,
+    pub api: ApiServer,
     pub registry: Registry,
     pub image: String,
     pub first: PushedIndex,
@@ -34,7 +34,7 @@ impl World {
             .push_index("demo/app", "latest", "v1", &PLATFORMS, false)
             .await;
         let image = format!("{}/demo/app:latest", registry.host());
-        let api = FakeApiServer::start().await.unwrap();
+        let api = ApiServer::start().await.unwrap();
         let replica_set = deployment(&api, "web", &image, annotations);
         (
             Self {

@@ -6,8 +6,8 @@
 use std::process::Command;
 use std::time::Duration;
 
+use pod_reloaded_tests::api_server::ApiServer;
 use pod_reloaded_tests::cloud_fakes::{self, CloudFakes};
-use pod_reloaded_tests::fake_apiserver::FakeApiServer;
 use pod_reloaded_tests::fault_proxy::{BearerAuth, FaultProxy};
 use pod_reloaded_tests::process::{eventually, Running};
 use pod_reloaded_tests::registry::{Registry, RegistryOptions};
@@ -19,7 +19,7 @@ const GCR_HOST: &str = "europe-west4-docker.pkg.dev";
 const ACR_HOST: &str = "shop.azurecr.io";
 
 struct Cloud {
-    api: FakeApiServer,
+    api: ApiServer,
     fakes: CloudFakes,
     registry: Registry,
     _proxy: Option<FaultProxy>,
@@ -62,7 +62,7 @@ impl Cloud {
         let url = proxy
             .as_ref()
             .map_or(registry.base_url.clone(), |p| p.base_url());
-        let api = FakeApiServer::start().await.unwrap();
+        let api = ApiServer::start().await.unwrap();
         let image = format!("{host}/demo/app:latest");
         let owner = deployment(&api, "web", &image, json!({}));
         running_pod(

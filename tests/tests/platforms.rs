@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use pod_reloaded_tests::fake_apiserver::FakeApiServer;
+use pod_reloaded_tests::api_server::ApiServer;
 use pod_reloaded_tests::fault_proxy::FaultProxy;
 use pod_reloaded_tests::process::{eventually, Running};
 use pod_reloaded_tests::registry::{Registry, RegistryOptions};
@@ -32,7 +32,7 @@ async fn only_this_platforms_image_decides_a_restart() {
         .await;
     let proxy = FaultProxy::start(&registry.base_url, None).await;
     let image = format!("{}/{repo}:latest", registry.host());
-    let api = FakeApiServer::start().await.unwrap();
+    let api = ApiServer::start().await.unwrap();
     let owner = deployment(&api, "web", &image, json!({}));
     // The pod runs the index it was pinned to, on amd64.
     let image_id = format!("{}/{repo}@{}", registry.host(), first.digest);

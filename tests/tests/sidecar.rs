@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use pod_reloaded_contract as contract;
-use pod_reloaded_tests::fake_apiserver::FakeApiServer;
+use pod_reloaded_tests::api_server::ApiServer;
 use pod_reloaded_tests::fault_proxy::{Fault, FaultProxy};
 use pod_reloaded_tests::process::{eventually, Running};
 use pod_reloaded_tests::registry::{docker_config_json, PushedIndex, Registry, RegistryOptions};
@@ -26,7 +26,7 @@ async fn run_once(mut command: Command) -> (i32, String) {
 }
 
 struct Setup {
-    api: FakeApiServer,
+    api: ApiServer,
     registry: Registry,
     image: String,
     first: PushedIndex,
@@ -46,7 +46,7 @@ async fn setup() -> Setup {
         .await;
     let image = format!("{}/demo/app:latest", registry.host());
     Setup {
-        api: FakeApiServer::start().await.unwrap(),
+        api: ApiServer::start().await.unwrap(),
         registry,
         image,
         first,
@@ -102,7 +102,7 @@ impl Setup {
     }
 }
 
-fn template_annotations(api: &FakeApiServer, path: &str) -> Value {
+fn template_annotations(api: &ApiServer, path: &str) -> Value {
     api.get(path).expect("workload")["spec"]["template"]["metadata"]["annotations"].clone()
 }
 
@@ -240,7 +240,9 @@ async fn a_recorded_restart_is_not_repeated_and_warns_once() {
     assert!(sidecar.wait_for_exit(Duration::from_secs(2)).is_some());
 
     // An old pod waiting for the rollout another replica started: no patch, no warning.
-    running_pod(
+    // The API server stamps a pod's creation with its own clock, so the restart is moved
+    // to just after this pod's creation instead of the pod to before the restart.
+    let old = running_pod(
         &s.api,
         "web-old",
         Some(&owner),
@@ -248,6 +250,16 @@ async fn a_recorded_restart_is_not_repeated_and_warns_once() {
         &s.image_id(&s.first.digest),
         EARLY,
     );
+    let created: jiff::Timestamp = old["metadata"]["creationTimestamp"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut deployment = s.api.get(&deployment_path("web")).unwrap();
+    deployment["spec"]["template"]["metadata"]["annotations"][contract::ANNOTATION_RESTARTED_AT] = json!(
+        pod_reloaded_contract::record::timestamp_text(created + jiff::SignedDuration::from_secs(1))
+    );
+    s.api.put(deployment);
     let (code, output) = run_once(s.command("web-old")).await;
     assert_eq!(code, 0, "{output}");
     assert_eq!(s.events().len(), 1);
@@ -319,7 +331,8 @@ async fn pods_without_a_restartable_owner_are_never_patched() {
         &s.image_id(&s.first.digest),
         EARLY,
     );
-    let job = s.api.put(json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "nightly", "namespace": NAMESPACE}}));
+    let job = s.api.put(json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "nightly", "namespace": NAMESPACE},
+        "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "web", "image": s.image}]}}}}));
     running_pod(
         &s.api,
         "job-pod",
@@ -612,7 +625,7 @@ async fn sigterm_and_sigint_stop_it_within_a_second() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_or_invalid_setting_stops_it_with_one_line() {
-    let api = FakeApiServer::start().await.unwrap();
+    let api = ApiServer::start().await.unwrap();
     let not_pem = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(not_pem.path(), "this is not a certificate").unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -760,7 +773,8 @@ async fn an_argo_rollout_is_restarted_through_its_template() {
         "metadata": {"name": "web-7f8c", "namespace": NAMESPACE, "ownerReferences": [{
             "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": "web",
             "uid": rollout["metadata"]["uid"], "controller": true}]},
-        "spec": {"replicas": 1}
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": s.image}]}}}
     }));
     running_pod(
         &s.api,

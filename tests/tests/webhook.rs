@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use pod_reloaded_contract as contract;
-use pod_reloaded_tests::fake_apiserver::{ApiFault, FakeApiServer};
+use pod_reloaded_tests::api_server::{ApiFault, ApiServer};
 use pod_reloaded_tests::webhook::{
     fixture, generate_certificates, response_patch, tls_client, warnings, Webhook,
 };
@@ -56,7 +56,7 @@ fn sidecar_of(pod: &Value) -> Option<&Value> {
 
 #[tokio::test]
 async fn fixtures_are_answered_as_their_readme_says() {
-    let api = FakeApiServer::start().await.unwrap();
+    let api = ApiServer::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let certs = generate_certificates(dir.path());
     let webhook = Webhook::start(&certs, Some(&api), &["--sidecar-image", "test/checker:1"]).await;
@@ -213,7 +213,7 @@ async fn fixtures_are_answered_as_their_readme_says() {
 
 #[tokio::test]
 async fn native_sidecar_mode_uses_an_init_container() {
-    let api = FakeApiServer::start().await.unwrap();
+    let api = ApiServer::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let certs = generate_certificates(dir.path());
     let webhook = Webhook::start(&certs, Some(&api), &["--sidecar-mode", "native"]).await;
@@ -255,7 +255,7 @@ async fn without_api_access_pods_are_admitted_uninjected_with_a_warning() {
 
 #[tokio::test]
 async fn a_binding_with_other_subjects_is_patched() {
-    let api = FakeApiServer::start().await.unwrap();
+    let api = ApiServer::start().await.unwrap();
     api.put(json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
         "metadata": {"name": "pod-reloaded-checker", "namespace": "shop"},
@@ -284,7 +284,7 @@ async fn a_binding_with_other_subjects_is_patched() {
 
 #[tokio::test]
 async fn malformed_requests_get_a_clear_4xx_and_change_nothing() {
-    let api = FakeApiServer::start().await.unwrap();
+    let api = ApiServer::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let certs = generate_certificates(dir.path());
     let mut webhook = Webhook::start(
@@ -451,7 +451,7 @@ async fn a_rotated_certificate_is_served_without_restart() {
 
 #[tokio::test]
 async fn an_account_or_binding_deleted_by_hand_is_created_again_for_the_next_pod() {
-    let api = FakeApiServer::start().await.unwrap();
+    let api = ApiServer::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let certs = generate_certificates(dir.path());
     let webhook = Webhook::start(&certs, Some(&api), &[]).await;
@@ -533,7 +533,7 @@ async fn an_account_or_binding_deleted_by_hand_is_created_again_for_the_next_pod
 
 #[tokio::test]
 async fn without_the_watch_each_pod_is_checked_with_the_api_server() {
-    let api = FakeApiServer::start().await.unwrap();
+    let api = ApiServer::start().await.unwrap();
     // A ClusterRole without list/watch on rolebindings, as an older install has.
     api.inject_fault(
         "GET",

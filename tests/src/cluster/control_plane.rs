@@ -48,7 +48,11 @@ static CONTROL_PLANE: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
 /// The control plane of this process, started on first use. Panics with the reason (and
 /// the components' logs) when it cannot start.
 pub fn control_plane() -> &'static ControlPlane {
-    match CONTROL_PLANE.get_or_init(start) {
+    match CONTROL_PLANE.get_or_init(|| {
+        start(true, &mut |command, log| {
+            spawn_for_process_life(command, log)
+        })
+    }) {
         Ok(plane) => plane,
         Err(error) => panic!("the control plane did not start: {error}"),
     }
@@ -248,7 +252,12 @@ fn remove_dirs_of_ended_runs() {
     }
 }
 
-fn start() -> Result<ControlPlane, String> {
+/// Starts etcd, kube-apiserver and (`with_controllers`) kube-controller-manager, each
+/// through `spawn` (which returns its pid).
+pub fn start(
+    with_controllers: bool,
+    spawn: &mut dyn FnMut(Command, &Path) -> Result<u32, String>,
+) -> Result<ControlPlane, String> {
     let bin = binaries_dir()?;
     // Kept after the process (the logs stay readable after a failure) until a later run
     // finds its process gone and removes it: the name carries the pid.
@@ -301,7 +310,7 @@ fn start() -> Result<ControlPlane, String> {
         .arg("--unsafe-no-fsync=true")
         .arg("--log-level=warn");
     let etcd_log = path("etcd.log");
-    let etcd_pid = spawn_for_process_life(etcd, &etcd_log)?;
+    let etcd_pid = spawn(etcd, &etcd_log)?;
     let etcd_version_url = format!("{etcd_url}/version");
     let mut etcd_version = String::new();
     wait_until("etcd", etcd_pid, &etcd_log, Duration::from_secs(60), || {
@@ -352,7 +361,7 @@ fn start() -> Result<ControlPlane, String> {
         .arg("--audit-log-mode=blocking")
         .arg("--v=1");
     let apiserver_log = path("kube-apiserver.log");
-    let apiserver_pid = spawn_for_process_life(apiserver, &apiserver_log)?;
+    let apiserver_pid = spawn(apiserver, &apiserver_log)?;
     wait_until(
         "kube-apiserver",
         apiserver_pid,
@@ -368,53 +377,55 @@ fn start() -> Result<ControlPlane, String> {
     .map_err(|e| e.to_string())?;
     let kubernetes = version["gitVersion"].as_str().unwrap_or("?").to_string();
 
-    let mut controller_manager = Command::new(bin.join("kube-controller-manager"));
-    controller_manager
-        .arg(format!("--kubeconfig={}", admin_kubeconfig.display()))
-        .arg("--leader-elect=false")
-        .arg("--controllers=*,-nodelifecycle")
-        .arg(format!("--root-ca-file={}", path("ca.crt").display()))
-        .arg(format!(
-            "--service-account-private-key-file={}",
-            path("service-account.key").display()
-        ))
-        .arg("--use-service-account-credentials=true")
-        .arg("--bind-address=127.0.0.1")
-        .arg(format!("--secure-port={controller_manager_port}"))
-        .arg(format!(
-            "--cert-dir={}",
-            path("controller-manager-certs").display()
-        ))
-        .arg("--v=1");
-    let controller_manager_log = path("kube-controller-manager.log");
-    let controller_manager_pid =
-        spawn_for_process_life(controller_manager, &controller_manager_log)?;
-    // Up when its ServiceAccount controller made the `default` account of `default`.
-    wait_until(
-        "kube-controller-manager",
-        controller_manager_pid,
-        &controller_manager_log,
-        Duration::from_secs(120),
-        || {
-            kubectl(
-                &bin,
-                &admin_kubeconfig,
-                &["get", "serviceaccount", "default", "-n", "default"],
-            )
-            .map(drop)
-        },
-    )?;
-    let controller_manager_version = Command::new(bin.join("kube-controller-manager"))
-        .arg("--version")
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .trim()
-                .trim_start_matches("Kubernetes ")
-                .to_string()
-        })
-        .map_err(|e| e.to_string())?;
-
+    let controller_manager_version = if with_controllers {
+        let mut controller_manager = Command::new(bin.join("kube-controller-manager"));
+        controller_manager
+            .arg(format!("--kubeconfig={}", admin_kubeconfig.display()))
+            .arg("--leader-elect=false")
+            .arg("--controllers=*,-nodelifecycle")
+            .arg(format!("--root-ca-file={}", path("ca.crt").display()))
+            .arg(format!(
+                "--service-account-private-key-file={}",
+                path("service-account.key").display()
+            ))
+            .arg("--use-service-account-credentials=true")
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--secure-port={controller_manager_port}"))
+            .arg(format!(
+                "--cert-dir={}",
+                path("controller-manager-certs").display()
+            ))
+            .arg("--v=1");
+        let controller_manager_log = path("kube-controller-manager.log");
+        let controller_manager_pid = spawn(controller_manager, &controller_manager_log)?;
+        // Up when its ServiceAccount controller made the `default` account of `default`.
+        wait_until(
+            "kube-controller-manager",
+            controller_manager_pid,
+            &controller_manager_log,
+            Duration::from_secs(120),
+            || {
+                kubectl(
+                    &bin,
+                    &admin_kubeconfig,
+                    &["get", "serviceaccount", "default", "-n", "default"],
+                )
+                .map(drop)
+            },
+        )?;
+        Command::new(bin.join("kube-controller-manager"))
+            .arg("--version")
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .trim_start_matches("Kubernetes ")
+                    .to_string()
+            })
+            .map_err(|e| e.to_string())?
+    } else {
+        "not started".to_string()
+    };
     let versions = Versions {
         kubernetes,
         etcd: etcd_version,
