@@ -53,7 +53,7 @@ fuzz:
 ## its image ships it (static musl, rounds' functions linked together: sidecar/link-order/).
 HOST_MUSL_TARGET = $(shell rustc -vV | sed -n 's/^host: //p' | sed 's/-gnu$$/-musl/')
 IMAGE_SIDECAR = $(call image_sidecar,$(HOST_MUSL_TARGET))
-bench: deps
+bench: deps control-plane
 	$(CARGO) build --release --workspace --bins
 	rustup target add $(HOST_MUSL_TARGET)
 	sidecar/link-order/build.sh $(HOST_MUSL_TARGET) $(IMAGE_SIDECAR)

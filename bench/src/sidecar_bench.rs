@@ -147,7 +147,7 @@ async fn sidecar_rounds(
     cloud: bool,
 ) -> anyhow::Result<SidecarFigures> {
     // The tests' world: `demo/app:latest` (a two-platform index) in a real registry, a
-    // Deployment `web` in the fake API server; its pod runs the pushed index.
+    // Deployment `web` in the API server; its pod runs the pushed index.
     let (world, owner) = World::start(json!({})).await;
     let ecr = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
     if cloud {

@@ -1,7 +1,7 @@
 //! Unit tests of API calls without a cluster: a `kube::Client` over `tower_test`'s mock
 //! service, and a verifier that takes the requests in order, asserts each (method, path,
 //! and hands back the body) and answers what the API server would. The approach of
-//! kube-rs/controller-rs; the fake API server in `tests/` is for whole-binary tests.
+//! kube-rs/controller-rs; the real API servers of `tests/` are for whole-binary tests.
 
 use http::{Request, Response};
 use kube::client::Body;

@@ -294,7 +294,8 @@ impl ApiServer {
         self.get(&path).unwrap_or(Value::Null)
     }
 
-    fn ensure_namespace(&self, namespace: &str) {
+    /// Creates `namespace` (and its `default` account) unless it exists.
+    pub fn ensure_namespace(&self, namespace: &str) {
         let path = format!("/api/v1/namespaces/{namespace}");
         if self.send(reqwest::Method::GET, &path, "", None).0 == 200 {
             return;

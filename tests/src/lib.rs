@@ -1,5 +1,6 @@
 //! Test harness for pod-reloaded's end-to-end tests: the real binaries, a real OCI
-//! registry, real TLS, and a small fake Kubernetes API server.
+//! registry, real TLS, and real Kubernetes: the whole control plane (`cluster`), or one
+//! kube-apiserver per test behind a recording proxy (`api_server`).
 
 pub mod api_server;
 pub mod cloud_fakes;

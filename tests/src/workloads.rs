@@ -1,4 +1,4 @@
-//! Workload objects as the controllers make them, stored in the fake API server with
+//! Workload objects as the controllers make them, written to a real API server with
 //! faithful owner references (uids of the stored owners), and the sidecar command built
 //! from a pod's sidecar container the way the kubelet would run it.
 

@@ -1,6 +1,7 @@
-//! A world for sidecar scenarios: a real registry with `demo/app:latest`, the fake API
-//! server with a Deployment `web`, and helpers that play the Deployment controller
-//! (pods of the current template, status) and read what the sidecars wrote.
+//! A world for sidecar scenarios: a real registry with `demo/app:latest`, a real API
+//! server (`api_server`, no controllers) with a Deployment `web`, and helpers that play the
+//! Deployment controller (pods of the current template, status) and read what the
+//! sidecars wrote.
 
 use std::process::Command;
 use std::time::Duration;

@@ -1,5 +1,5 @@
-//! Exact-digest rollouts with the real sidecar binary, a real registry and the fake API
-//! server playing the Deployment controller's status: success, rollback across replicas,
+//! Exact-digest rollouts with the real sidecar binary, a real registry and a real API
+//! server, the test playing the Deployment controller's status: success, rollback across replicas,
 //! halt, a person's undo, and a restart with no rollback target.
 
 use pod_reloaded_contract as contract;

@@ -1,4 +1,4 @@
-//! The real sidecar binary against a real registry and the fake API server: what it
+//! The real sidecar binary against a real registry and a real API server: what it
 //! patches, when it does not, and what it does with bad answers.
 
 use std::process::Command;
@@ -32,7 +32,7 @@ struct Setup {
     first: PushedIndex,
 }
 
-/// A registry with `demo/app:latest` (a two-platform index) and the fake API server.
+/// A registry with `demo/app:latest` (a two-platform index) and a real API server.
 async fn setup() -> Setup {
     let registry = Registry::start(RegistryOptions::default()).await;
     let first = registry

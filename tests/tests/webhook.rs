@@ -1,5 +1,5 @@
 //! The real webhook binary over real TLS, with certificates from the real certs command,
-//! its RBAC side effect landing in the fake API server.
+//! its RBAC side effect landing in a real API server (`api_server`).
 
 use std::time::Duration;
 
@@ -9,6 +9,16 @@ use pod_reloaded_tests::webhook::{
     fixture, generate_certificates, response_patch, tls_client, warnings, Webhook,
 };
 use serde_json::{json, Value};
+
+/// A real API server with the namespaces the fixtures' pods are created in (a pod is
+/// admitted only in a namespace that exists).
+async fn api_server() -> ApiServer {
+    let api = ApiServer::start().await.unwrap();
+    for namespace in ["shop", "payments", "data", "monitoring", "batch"] {
+        api.ensure_namespace(namespace);
+    }
+    api
+}
 
 async fn post(
     webhook: &Webhook,
@@ -56,7 +66,7 @@ fn sidecar_of(pod: &Value) -> Option<&Value> {
 
 #[tokio::test]
 async fn fixtures_are_answered_as_their_readme_says() {
-    let api = ApiServer::start().await.unwrap();
+    let api = api_server().await;
     let dir = tempfile::tempdir().unwrap();
     let certs = generate_certificates(dir.path());
     let webhook = Webhook::start(&certs, Some(&api), &["--sidecar-image", "test/checker:1"]).await;
@@ -213,7 +223,7 @@ async fn fixtures_are_answered_as_their_readme_says() {
 
 #[tokio::test]
 async fn native_sidecar_mode_uses_an_init_container() {
-    let api = ApiServer::start().await.unwrap();
+    let api = api_server().await;
     let dir = tempfile::tempdir().unwrap();
     let certs = generate_certificates(dir.path());
     let webhook = Webhook::start(&certs, Some(&api), &["--sidecar-mode", "native"]).await;
@@ -255,7 +265,7 @@ async fn without_api_access_pods_are_admitted_uninjected_with_a_warning() {
 
 #[tokio::test]
 async fn a_binding_with_other_subjects_is_patched() {
-    let api = ApiServer::start().await.unwrap();
+    let api = api_server().await;
     api.put(json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
         "metadata": {"name": "pod-reloaded-checker", "namespace": "shop"},
@@ -284,7 +294,7 @@ async fn a_binding_with_other_subjects_is_patched() {
 
 #[tokio::test]
 async fn malformed_requests_get_a_clear_4xx_and_change_nothing() {
-    let api = ApiServer::start().await.unwrap();
+    let api = api_server().await;
     let dir = tempfile::tempdir().unwrap();
     let certs = generate_certificates(dir.path());
     let mut webhook = Webhook::start(
@@ -451,7 +461,7 @@ async fn a_rotated_certificate_is_served_without_restart() {
 
 #[tokio::test]
 async fn an_account_or_binding_deleted_by_hand_is_created_again_for_the_next_pod() {
-    let api = ApiServer::start().await.unwrap();
+    let api = api_server().await;
     let dir = tempfile::tempdir().unwrap();
     let certs = generate_certificates(dir.path());
     let webhook = Webhook::start(&certs, Some(&api), &[]).await;
@@ -533,7 +543,7 @@ async fn an_account_or_binding_deleted_by_hand_is_created_again_for_the_next_pod
 
 #[tokio::test]
 async fn without_the_watch_each_pod_is_checked_with_the_api_server() {
-    let api = ApiServer::start().await.unwrap();
+    let api = api_server().await;
     // A ClusterRole without list/watch on rolebindings, as an older install has.
     api.inject_fault(
         "GET",
