@@ -22,7 +22,7 @@ demo: deps control-plane
 
 ## kube-apiserver, kube-controller-manager and kubectl (Kubernetes v1.36.3) and etcd
 ## (v3.6.16), built from their Go modules into ~/.cache/pod-reloaded/ when missing
-## (tests/control-plane/; about 7 minutes and 5 GB of Go caches the first time).
+## (tests/control-plane/; 4 to 7 minutes and 4.3 GB of Go caches the first time).
 control-plane:
 	tests/control-plane/build.sh
 

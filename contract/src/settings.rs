@@ -40,6 +40,120 @@ pub fn parse_timeout(text: &str) -> Result<Duration, String> {
     Ok(timeout)
 }
 
+/// A duration between `min` and `max`; `why` says what the bounds protect.
+pub fn parse_bounded(
+    text: &str,
+    min: Duration,
+    max: Duration,
+    why: &str,
+) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration < min || duration > max {
+        return Err(format!(
+            "{text:?} is not between {} and {} ({why})",
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(duration)
+}
+
+/// How often the webhook checks its TLS files: from 100ms (a zero period cannot tick) to 1h.
+pub fn parse_tls_reload_interval(text: &str) -> Result<Duration, String> {
+    parse_bounded(
+        text,
+        Duration::from_millis(100),
+        Duration::from_secs(3600),
+        "a renewed certificate is picked up within it",
+    )
+}
+
+/// The webhook's RBAC side effect: from 100ms to 4s, inside the 5s the API server gives
+/// the whole webhook call (0 would admit every pod uninjected).
+pub fn parse_api_timeout(text: &str) -> Result<Duration, String> {
+    parse_bounded(
+        text,
+        Duration::from_millis(100),
+        Duration::from_secs(4),
+        "the API server gives the whole webhook call 5s",
+    )
+}
+
+/// Serving on after SIGTERM while endpoints drop the pod: at most 2m, within a pod's
+/// usual termination grace period.
+pub fn parse_shutdown_delay(text: &str) -> Result<Duration, String> {
+    parse_bounded(
+        text,
+        Duration::ZERO,
+        Duration::from_secs(120),
+        "a pod is killed after its termination grace period",
+    )
+}
+
+/// A DNS-1123 label (a namespace's name): 1 to 63 of `[a-z0-9-]`, alphanumeric at both ends.
+pub fn check_dns_label(text: &str) -> Result<(), String> {
+    let ok = !text.is_empty()
+        && text.len() <= 63
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !text.starts_with('-')
+        && !text.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{text:?} is not a DNS-1123 label (1-63 lowercase letters, digits or '-', starting and ending with a letter or digit)"
+        ))
+    }
+}
+
+/// A DNS-1123 subdomain (a ConfigMap's or Secret's name): at most 253 characters of
+/// DNS-1123 labels joined by '.'.
+pub fn check_dns_subdomain(text: &str) -> Result<(), String> {
+    let ok = !text.is_empty()
+        && text.len() <= 253
+        && text.split('.').all(|label| check_dns_label(label).is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{text:?} is not a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', at most 253)"
+        ))
+    }
+}
+
+/// A registry host as images name it: `host[:port]`, no scheme, path or spaces.
+pub fn check_registry_host(text: &str) -> Result<(), String> {
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || text.starts_with('[') => (host, Some(port)),
+        _ => (text, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':'));
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+    if host_ok && port_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{text:?} is not a registry host[:port] (no scheme, path or spaces)"
+        ))
+    }
+}
+
+/// A resource request or limit: a quantity of the API's grammar, not negative (the API
+/// server refuses a pod with a negative one, and `failurePolicy: Ignore` does not cover
+/// that refusal: every opted-in pod would be refused).
+pub fn parse_resource_quantity(text: &str) -> Result<f64, String> {
+    let value = parse_quantity(text)?;
+    if value < 0.0 || text.trim_start().starts_with('-') {
+        return Err(format!("{text:?} is negative"));
+    }
+    Ok(value)
+}
+
 /// A Kubernetes resource quantity (`100m`, `16Mi`, `1.5`, `2e3`), checked with the API's
 /// grammar (apimachinery's `resource.Quantity`): the value, for comparisons. The API
 /// server rejects a pod whose quantities do not parse, so a bad one must stop the
@@ -377,6 +491,40 @@ mod tests {
         assert!(prefixed.legacy_forms().is_empty());
         assert!(RegistryOverride::parse("=https://x").is_err());
         assert!(RegistryOverride::parse(",").is_err());
+    }
+
+    #[test]
+    fn bounded_settings_say_why() {
+        assert!(parse_tls_reload_interval("0s")
+            .unwrap_err()
+            .contains("between 100ms"));
+        assert_eq!(
+            parse_tls_reload_interval("10s"),
+            Ok(Duration::from_secs(10))
+        );
+        assert!(parse_api_timeout("0s").is_err());
+        assert!(parse_api_timeout("6s").unwrap_err().contains("5s"));
+        assert!(parse_shutdown_delay("9999999h").is_err());
+        assert_eq!(parse_shutdown_delay("0s"), Ok(Duration::ZERO));
+        assert!(check_dns_label("pod-reloaded").is_ok());
+        for bad in ["", "Not_A_Namespace", "-x", &"a".repeat(64)] {
+            assert!(check_dns_label(bad).is_err(), "{bad}");
+        }
+        assert!(check_dns_subdomain("registry-cas.v1").is_ok());
+        assert!(check_dns_subdomain("Bad_Name!").is_err());
+        for good in [
+            "registry.local:5000",
+            "127.0.0.1:5000",
+            "localhost",
+            "[::1]:5000",
+        ] {
+            assert!(check_registry_host(good).is_ok(), "{good}");
+        }
+        for bad in ["http://foo/bar baz", "foo/bar", "host:port", "", "a b"] {
+            assert!(check_registry_host(bad).is_err(), "{bad}");
+        }
+        assert!(parse_resource_quantity("-5m").is_err());
+        assert_eq!(parse_resource_quantity("0"), Ok(0.0));
     }
 
     #[test]

@@ -107,6 +107,21 @@ impl Config {
             .map(|c| c.trim().to_string())
             .filter(|c| !c.is_empty())
             .collect();
+        for host in &self.insecure_registries {
+            if !host.trim().is_empty() {
+                pod_reloaded_contract::settings::check_registry_host(host.trim()).map_err(
+                    |problem| format!("{}: {problem}", contract::ENV_INSECURE_REGISTRIES),
+                )?;
+            }
+        }
+        if let Some(dir) = &self.registry_ca_dir {
+            if dir.exists() && !dir.is_dir() {
+                return Err(format!(
+                    "--registry-ca-dir {} is a file, not a directory (use --registry-ca-file)",
+                    dir.display()
+                ));
+            }
+        }
         if self.watch_containers.is_empty() {
             return Err(format!(
                 "{} names no container",

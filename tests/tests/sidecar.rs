@@ -676,6 +676,16 @@ async fn a_missing_or_invalid_setting_stops_it_with_one_line() {
             Some(&taken_address),
             "--metrics-listen",
         ),
+        (
+            contract::ENV_INSECURE_REGISTRIES,
+            Some("http://foo/bar baz"),
+            "registry host[:port]",
+        ),
+        (
+            contract::ENV_REGISTRY_CA_DIR,
+            Some(&not_pem_path),
+            "is a file, not a directory",
+        ),
     ];
     for (name, value, expected) in cases {
         let mut command = sidecar_command(&api, "web-1", "web", "1s", None);

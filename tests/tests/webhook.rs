@@ -665,14 +665,52 @@ fn the_webhook_refuses_a_setting_the_api_server_would_reject_at_start() {
         ),
         ("--default-interval", "1ms", "minimum"),
         ("--sidecar-mode", "sideways", "neither"),
+        // A zero period cannot tick: the reload task would stop for good.
+        ("--tls-reload-interval", "0s", "between 100ms and 1h"),
+        // SIGTERM would wait for ever.
+        ("--shutdown-delay", "9999999h", "between 0s and 2m"),
+        // 0s admits every pod uninjected; past the API server's 5s it makes no sense.
+        (
+            "--api-timeout",
+            "0s",
+            "the API server gives the whole webhook call 5s",
+        ),
+        (
+            "--api-timeout",
+            "6s",
+            "the API server gives the whole webhook call 5s",
+        ),
+        // The API server refuses a negative request, and failurePolicy: Ignore does not
+        // cover that refusal: every opted-in pod would be refused.
+        ("--sidecar-cpu-request=-5m", "", "is negative"),
+        ("--sidecar-memory-limit", "0", "below 4Mi"),
+        (
+            "--sidecar-image",
+            "Not A Valid/Image Ref",
+            "not a valid image reference",
+        ),
+        ("--sidecar-ca-configmap", "Bad_Name!", "DNS-1123 subdomain"),
+        ("--webhook-namespace", "", "DNS-1123 label"),
+        ("--webhook-namespace", "Not_A_Namespace", "DNS-1123 label"),
+        (
+            "--sidecar-insecure-registries",
+            "http://foo/bar baz",
+            "registry host[:port]",
+        ),
+        // Settings the process cannot work with: one rule, exit 2.
+        (
+            "--tls-cert-file",
+            "/nonexistent/tls.crt",
+            "/nonexistent/tls.crt",
+        ),
     ] {
-        let output =
-            std::process::Command::new(pod_reloaded_tests::process::binary("pod-reloaded-webhook"))
-                .env_clear()
-                .arg(flag)
-                .arg(value)
-                .output()
-                .unwrap();
+        let mut command =
+            std::process::Command::new(pod_reloaded_tests::process::binary("pod-reloaded-webhook"));
+        command.env_clear().arg(flag);
+        if !flag.contains('=') {
+            command.arg(value);
+        }
+        let output = command.output().unwrap();
         assert_eq!(output.status.code(), Some(2), "{flag} {value}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(stderr.trim().lines().count(), 1, "{flag} {value}: {stderr}");

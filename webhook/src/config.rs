@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use pod_reloaded_contract::settings;
 use pod_reloaded_contract::{self as contract, LogFormat};
 
 use crate::inject::{self, InjectionSettings, SidecarMode};
@@ -46,7 +47,7 @@ pub struct Config {
     pub tls_key_file: PathBuf,
 
     /// How often the certificate files are checked for changes.
-    #[arg(long, env = "POD_RELOADED_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "POD_RELOADED_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = settings::parse_tls_reload_interval)]
     pub tls_reload_interval: Duration,
 
     /// Image of the injected checker sidecar.
@@ -143,12 +144,12 @@ pub struct Config {
 
     /// Longest time the RBAC side effect may take before the pod is admitted uninjected
     /// (the API server gives the whole webhook 5s).
-    #[arg(long, env = "POD_RELOADED_API_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "POD_RELOADED_API_TIMEOUT", default_value = "2s", value_parser = settings::parse_api_timeout)]
     pub api_timeout: Duration,
 
     /// After SIGTERM: how long to go on serving while not ready, so endpoints drop this
     /// pod before it stops listening (then in-flight reviews get 5s to finish).
-    #[arg(long, env = "POD_RELOADED_SHUTDOWN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "POD_RELOADED_SHUTDOWN_DELAY", default_value = "5s", value_parser = settings::parse_shutdown_delay)]
     pub shutdown_delay: Duration,
 
     /// Log format.
@@ -166,14 +167,43 @@ impl Config {
     pub fn injection_settings(&self) -> anyhow::Result<InjectionSettings> {
         pod_reloaded_contract::settings::parse_interval(&self.default_interval)
             .map_err(|problem| anyhow::anyhow!("--default-interval: {problem}"))?;
-        anyhow::ensure!(
-            !self.sidecar_image.trim().is_empty(),
-            "--sidecar-image must not be empty"
-        );
+        contract::image::ImageReference::parse(self.sidecar_image.trim())
+            .map_err(|problem| anyhow::anyhow!("--sidecar-image: {problem}"))?;
+        settings::check_dns_label(&self.webhook_namespace)
+            .map_err(|problem| anyhow::anyhow!("--webhook-namespace: {problem}"))?;
+        for namespace in self
+            .excluded_namespaces
+            .iter()
+            .map(|n| n.trim())
+            .filter(|n| !n.is_empty())
+        {
+            settings::check_dns_label(namespace)
+                .map_err(|problem| anyhow::anyhow!("--excluded-namespaces: {problem}"))?;
+        }
+        if let Some(name) = &self.sidecar_ca_configmap {
+            settings::check_dns_subdomain(name.trim())
+                .map_err(|problem| anyhow::anyhow!("--sidecar-ca-configmap: {problem}"))?;
+        }
+        for host in self
+            .sidecar_insecure_registries
+            .iter()
+            .map(|h| h.trim())
+            .filter(|h| !h.is_empty())
+        {
+            settings::check_registry_host(host)
+                .map_err(|problem| anyhow::anyhow!("--sidecar-insecure-registries: {problem}"))?;
+        }
         let quantity = |flag: &str, value: &str| {
-            pod_reloaded_contract::settings::parse_quantity(value)
+            settings::parse_resource_quantity(value)
                 .map_err(|problem| anyhow::anyhow!("--{flag}: {problem}"))
         };
+        // The sidecar's peak RSS is ~3.4 MiB (BENCHMARKS.md): under 4Mi it is killed at once.
+        let memory_limit = quantity("sidecar-memory-limit", &self.sidecar_memory_limit)?;
+        anyhow::ensure!(
+            memory_limit >= 4.0 * 1024.0 * 1024.0,
+            "--sidecar-memory-limit {} is below 4Mi: the sidecar would be killed for memory at once",
+            self.sidecar_memory_limit
+        );
         for (resource, request, limit) in [
             ("cpu", &self.sidecar_cpu_request, &self.sidecar_cpu_limit),
             (

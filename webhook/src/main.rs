@@ -30,6 +30,31 @@ fn main() -> std::process::ExitCode {
             pod_reloaded_contract::exit_invalid("pod-reloaded-webhook", &format!("{problem:#}"))
         }
     };
+    // So are the TLS files and the two ports (in use: exit 2 too, one rule for all).
+    let files = CertificateFiles {
+        cert: config.tls_cert_file.clone(),
+        key: config.tls_key_file.clone(),
+    };
+    let listeners = tls::check(&files).and_then(|()| {
+        let bind = |flag: &str, address: std::net::SocketAddr| {
+            let listener = std::net::TcpListener::bind(address)
+                .with_context(|| format!("{flag} {address}"))?;
+            listener
+                .set_nonblocking(true)
+                .with_context(|| format!("{flag} {address}"))?;
+            anyhow::Ok(listener)
+        };
+        Ok((
+            bind("--listen", config.listen)?,
+            bind("--metrics-listen", config.metrics_listen)?,
+        ))
+    });
+    let (listener, metrics_listener) = match listeners {
+        Ok(listeners) => listeners,
+        Err(problem) => {
+            pod_reloaded_contract::exit_invalid("pod-reloaded-webhook", &format!("{problem:#}"))
+        }
+    };
     pod_reloaded_contract::init_logging(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -41,7 +66,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config, settings)) {
+    match runtime.block_on(run(config, settings, files, listener, metrics_listener)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             error!(error = format!("{error:#}"), "webhook stopped");
@@ -50,7 +75,13 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(config: Config, settings: InjectionSettings) -> anyhow::Result<()> {
+async fn run(
+    config: Config,
+    settings: InjectionSettings,
+    files: CertificateFiles,
+    listener: std::net::TcpListener,
+    metrics_listener: std::net::TcpListener,
+) -> anyhow::Result<()> {
     let granter = match kube_client().await {
         Ok(client) => Some(
             AccessGranter::new(client.clone(), config.api_timeout)
@@ -70,10 +101,6 @@ async fn run(config: Config, settings: InjectionSettings) -> anyhow::Result<()> 
         metrics: Default::default(),
     });
 
-    let files = CertificateFiles {
-        cert: config.tls_cert_file.clone(),
-        key: config.tls_key_file.clone(),
-    };
     let tls = tls::load_and_watch(files, config.tls_reload_interval).await?;
 
     let ready = Arc::new(AtomicBool::new(false));
@@ -81,9 +108,8 @@ async fn run(config: Config, settings: InjectionSettings) -> anyhow::Result<()> 
         admission: admission.clone(),
         ready: ready.clone(),
     });
-    let metrics_listener = tokio::net::TcpListener::bind(config.metrics_listen)
-        .await
-        .with_context(|| format!("binding --metrics-listen {}", config.metrics_listen))?;
+    let metrics_listener = tokio::net::TcpListener::from_std(metrics_listener)
+        .with_context(|| format!("serving --metrics-listen {}", config.metrics_listen))?;
     info!(address = %config.metrics_listen, "serving /healthz, /readyz, /metrics");
     tokio::spawn(async move {
         if let Err(error) = axum::serve(metrics_listener, health).await {
@@ -116,7 +142,7 @@ async fn run(config: Config, settings: InjectionSettings) -> anyhow::Result<()> 
         stopping.graceful_shutdown(Some(SHUTDOWN_GRACE));
     });
 
-    axum_server::bind_rustls(config.listen, tls)
+    axum_server::from_tcp_rustls(listener, tls)
         .handle(handle)
         .serve(server::admission_router(admission).into_make_service())
         .await

@@ -60,6 +60,13 @@ fn server_config(pem: &LoadedPem) -> anyhow::Result<Arc<ServerConfig>> {
     Ok(Arc::new(config))
 }
 
+/// Reads the files and builds the TLS configuration once: a setting that cannot work
+/// (missing file, bad key, a certificate that does not match it) stops the webhook at
+/// start (exit 2), like any other setting.
+pub fn check(files: &CertificateFiles) -> anyhow::Result<()> {
+    server_config(&files.read()?).map(drop)
+}
+
 /// Loads the certificate (failing at start if it is unusable) and starts a task that
 /// reloads it whenever the files' contents change.
 pub async fn load_and_watch(
