@@ -160,18 +160,10 @@ impl ApiServer {
     /// Runs an admin request on a thread of its own (the tests call these from sync code
     /// inside their runtime).
     fn admin<T: Send>(&self, request: impl Future<Output = T> + Send) -> T {
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("a runtime for an admin request")
-                        .block_on(request)
-                })
-                .join()
-                .expect("the admin request thread")
-        })
+        match crate::process::block_on_own_thread(request) {
+            Ok(answer) => answer,
+            Err(error) => panic!("an admin request to the API server: {error}"),
+        }
     }
 
     fn send(

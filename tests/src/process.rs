@@ -129,3 +129,23 @@ where
     }
     check().await
 }
+
+/// Runs `future` to completion on a thread and runtime of its own, from sync code that
+/// may itself run inside a test's runtime (where blocking on a future would panic).
+/// `Err` when that thread panicked or no runtime could be built.
+pub fn block_on_own_thread<T: Send>(
+    future: impl std::future::Future<Output = T> + Send,
+) -> Result<T, String> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map(|runtime| runtime.block_on(future))
+                    .map_err(|e| e.to_string())
+            })
+            .join()
+            .map_err(|_| "the thread panicked".to_string())?
+    })
+}

@@ -44,19 +44,8 @@ pub fn installed() -> &'static Installed {
     match INSTALLED.get_or_init(|| {
         // The install talks to the API server from a runtime of its own, on a thread of
         // its own: it outlives any one test's runtime.
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| e.to_string())?
-                        .block_on(install())
-                        .map_err(|e| format!("{e:#}"))
-                })
-                .join()
-                .map_err(|_| "the install panicked".to_string())?
-        })
+        crate::process::block_on_own_thread(install())
+            .and_then(|installed| installed.map_err(|e| format!("{e:#}")))
     }) {
         Ok(installed) => installed,
         Err(error) => panic!(
