@@ -18,27 +18,31 @@ use rcgen::{
 #[derive(Parser, Debug)]
 #[command(name = "pod-reloaded-certs", version)]
 struct Args {
-    /// Directory to write ca.crt, tls.crt, tls.key, secret.yaml, ca-bundle-patch.yaml and kustomization.yaml to.
+    /// Directory to write ca.crt, tls.crt, tls.key, secret.yaml, ca-bundle-patch.yaml,
+    /// kustomization.yaml and images.json (the images the overlay was made with) to.
     #[arg(long, default_value = "certs/out")]
     out_dir: PathBuf,
     /// The kustomize base the overlay builds on.
     #[arg(long, default_value = "manifests")]
     manifests_dir: PathBuf,
-    /// Validity of the serving certificate, in days (the CA gets ten times as long).
+    /// Validity of the serving certificate, in days, 1 to 3650 (the CA gets ten times as
+    /// long).
     #[arg(long, default_value_t = 365)]
     days: i64,
     /// Extra DNS names for the serving certificate (the Service names are always included).
     #[arg(long = "dns-name")]
     extra_dns_names: Vec<String>,
-    /// The webhook's image (`registry/name:tag`), instead of the base's.
+    /// The webhook's image (`registry/name:tag`), instead of the base's; kept for later
+    /// runs into the same --out-dir (a --rotate keeps it).
     #[arg(long)]
     webhook_image: Option<String>,
-    /// The injected sidecar's image, instead of the base's (passed as --sidecar-image).
+    /// The injected sidecar's image, instead of the base's (passed as --sidecar-image);
+    /// kept for later runs like --webhook-image.
     #[arg(long)]
     sidecar_image: Option<String>,
     /// Make a new CA and serving certificate even if the ones in --out-dir are still good.
-    /// The CA bundle keeps the previous CA too, so the API server trusts both while the
-    /// webhook's pods pick up the new certificate.
+    /// The CA bundle keeps the previous CA too (as every renewal does), so the API server
+    /// trusts both while the webhook's pods pick up the new certificate.
     #[arg(long)]
     rotate: bool,
 }
@@ -91,8 +95,61 @@ impl Existing {
     }
 }
 
+/// Longest validity of a serving certificate (its CA gets ten times as long, which must
+/// stay a date certificates can carry).
+const MAX_DAYS: i64 = 3650;
+
+/// The images the overlay was last made with, kept in --out-dir so a later run (a
+/// renewal, a --rotate) writes the same overlay unless told otherwise.
+const IMAGES_FILE: &str = "images.json";
+
+/// Checks every argument before anything is written: a bad one writes nothing.
+fn validate(args: &Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=MAX_DAYS).contains(&args.days),
+        "--days {} is not between 1 and {MAX_DAYS} (a certificate must outlive the day it is made; its CA gets ten times as long)",
+        args.days
+    );
+    for name in &args.extra_dns_names {
+        let ip = name.parse::<std::net::IpAddr>().is_ok();
+        anyhow::ensure!(
+            ip || pod_reloaded_contract::settings::check_dns_subdomain(name).is_ok(),
+            "--dns-name {name:?} is neither a DNS name (lowercase letters, digits, '-' and '.') nor an IP address"
+        );
+    }
+    for (flag, image) in [
+        ("--webhook-image", &args.webhook_image),
+        ("--sidecar-image", &args.sidecar_image),
+    ] {
+        if let Some(image) = image {
+            contract::image::ImageReference::parse(image)
+                .map_err(|problem| anyhow::anyhow!("{flag}: {problem}"))?;
+        }
+    }
+    anyhow::ensure!(
+        args.manifests_dir.join("kustomization.yaml").is_file(),
+        "--manifests-dir {} holds no kustomization.yaml",
+        args.manifests_dir.display()
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    validate(&args)?;
+    // Images not given now are those the overlay was made with last time.
+    let kept_images: serde_json::Value = std::fs::read(args.out_dir.join(IMAGES_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    for (image, key) in [
+        (&mut args.webhook_image, "webhook"),
+        (&mut args.sidecar_image, "sidecar"),
+    ] {
+        if image.is_none() {
+            *image = kept_images[key].as_str().map(str::to_string);
+        }
+    }
     let service = contract::WEBHOOK_SERVICE;
     let namespace = contract::WEBHOOK_NAMESPACE;
     let mut names = vec![
@@ -117,10 +174,12 @@ fn main() -> anyhow::Result<()> {
         ),
         previous => {
             let (ca, cert, key, expires) = new_certificates(&names, args.days, now)?;
-            // Rotation overlaps: the previous CA stays in the bundle until the next one.
+            // A new CA overlaps the old one (a renewal as much as a --rotate): the previous
+            // CA stays in the bundle until the next one, so pods are admitted (and injected)
+            // while the webhook's pods still serve the old certificate.
             let bundle = match previous.as_ref().and_then(Existing::current_ca) {
-                Some(old) if args.rotate => format!("{ca}{old}\n"),
-                _ => ca.clone(),
+                Some(old) => format!("{ca}{old}\n"),
+                None => ca.clone(),
             };
             (bundle, format!("{cert}{ca}"), key, expires, false)
         }
@@ -147,6 +206,8 @@ fn main() -> anyhow::Result<()> {
     if let Some(image) = &args.sidecar_image {
         write(out, SIDECAR_IMAGE_PATCH, &sidecar_image_patch_yaml(image))?;
     }
+    let images = serde_json::json!({"webhook": args.webhook_image, "sidecar": args.sidecar_image});
+    write(out, IMAGES_FILE, &images.to_string())?;
     let expiry = expires
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
