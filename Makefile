@@ -111,10 +111,13 @@ deploy: certs
 ## Remove the install, webhook configuration first (no pod is sent to a webhook that is going
 ## away). Injected pods keep running; `kubectl rollout restart` removes their sidecars, and
 ## `make undeploy-accounts` then deletes the accounts and bindings the webhook made.
+## The ClusterRole pod-reloaded-checker stays (label pod-reloaded.io/undeploy=keep): the
+## RoleBindings of running sidecars point to it, until make undeploy-accounts.
 undeploy:
 	-kubectl delete mutatingwebhookconfiguration pod-reloaded --ignore-not-found
-	-kubectl delete -k manifests --ignore-not-found
-	@echo "kept: the pod-reloaded-checker accounts, which running pods still use; after restarting them: make undeploy-accounts"
+	-kubectl delete -k manifests --ignore-not-found -l 'pod-reloaded.io/undeploy!=keep'
+	@echo "kept: the ClusterRole pod-reloaded-checker and the accounts bound to it, which running pods still use; after restarting them: make undeploy-accounts"
 
 undeploy-accounts:
 	-kubectl delete rolebindings,serviceaccounts --all-namespaces -l app.kubernetes.io/managed-by=pod-reloaded --ignore-not-found
+	-kubectl delete clusterrole pod-reloaded-checker --ignore-not-found

@@ -41,6 +41,8 @@ async fn on_a_real_control_plane() {
         ("the webhook's grants", webhook_grants().await),
         ("the webhook down and back", webhook_down_and_back().await),
         ("RBAC fits", rbac_fits()),
+        // Last: it uninstalls.
+        ("make undeploy", undeploy().await),
     ] {
         if let Err(error) = result {
             panic!("{name}: {error:#}");
@@ -680,6 +682,71 @@ fn rbac_fits() -> anyhow::Result<()> {
     ensure!(
         unused.is_empty(),
         "granted but used by no scenario: {unused:#?}\nused: {used:#?}"
+    );
+    Ok(())
+}
+
+/// `make undeploy` then `make undeploy-accounts`, as the README says, with the built
+/// kubectl: the webhook configuration and the install go, the ClusterRole that running
+/// sidecars' bindings point to stays until the accounts go.
+async fn undeploy() -> anyhow::Result<()> {
+    let plane = control_plane();
+    let admin = Api::admin(plane);
+    let make = |target: &str| {
+        let path = format!(
+            "{}:{}",
+            plane.bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let output = std::process::Command::new("make")
+            .arg("--no-print-directory")
+            .arg(target)
+            .current_dir(pod_reloaded_tests::workspace_root())
+            .env("PATH", path)
+            .env("KUBECONFIG", &plane.admin_kubeconfig)
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "make {target}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        anyhow::Ok(())
+    };
+    let checker_role = "/apis/rbac.authorization.k8s.io/v1/clusterroles/pod-reloaded-checker";
+    let binding = format!(
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/grants/rolebindings/{}",
+        contract::checker_role_binding_name(contract::CHECKER_SERVICE_ACCOUNT)
+    );
+    make("undeploy")?;
+    let configuration =
+        "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/pod-reloaded";
+    ensure!(
+        admin.get(configuration).await?.is_none(),
+        "the webhook configuration is still there"
+    );
+    ensure!(
+        admin
+            .get("/apis/rbac.authorization.k8s.io/v1/clusterroles/pod-reloaded-webhook")
+            .await?
+            .is_none(),
+        "the install is still there"
+    );
+    ensure!(
+        admin.get(checker_role).await?.is_some(),
+        "undeploy deleted the ClusterRole running sidecars use"
+    );
+    ensure!(
+        admin.get(&binding).await?.is_some(),
+        "undeploy deleted a sidecar's binding"
+    );
+    make("undeploy-accounts")?;
+    ensure!(
+        admin.get(checker_role).await?.is_none(),
+        "undeploy-accounts left the ClusterRole"
+    );
+    ensure!(
+        admin.get(&binding).await?.is_none(),
+        "undeploy-accounts left a binding"
     );
     Ok(())
 }
