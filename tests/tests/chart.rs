@@ -265,3 +265,104 @@ fn rendered_objects_are_what_the_api_types_accept() {
         }
     }
 }
+
+/// Flags the chart sets itself: not `config` keys (a second env entry of the same name).
+const CHART_OWNED_FLAGS: [&str; 6] = [
+    "listen",
+    "metrics-listen",
+    "tls-cert-file",
+    "tls-key-file",
+    "webhook-namespace",
+    "sidecar-image",
+];
+
+/// The webhook's own verdict on `--flag value`: accepted when it gets as far as reading
+/// its (missing) TLS files.
+fn webhook_accepts(flag: &str, value: &str) -> bool {
+    let output = Command::new(pod_reloaded_tests::process::binary("pod-reloaded-webhook"))
+        .env_clear()
+        .arg(format!("--{flag}={value}"))
+        .args(["--tls-cert-file", "/nonexistent/tls.crt"])
+        .output()
+        .expect("the webhook runs");
+    assert_eq!(output.status.code(), Some(2), "--{flag}={value}");
+    String::from_utf8_lossy(&output.stderr).contains("/nonexistent/tls.crt")
+}
+
+#[test]
+fn the_config_keys_are_the_webhook_flags_and_values_get_one_verdict() {
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(chart().join("values.schema.json")).unwrap())
+            .unwrap();
+    let config = &schema["properties"]["config"];
+    assert_eq!(
+        config["additionalProperties"], false,
+        "unknown keys are refused"
+    );
+    let keys: std::collections::BTreeSet<String> = config["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let help = Command::new(pod_reloaded_tests::process::binary("pod-reloaded-webhook"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let flags: std::collections::BTreeSet<String> = String::from_utf8_lossy(&help.stdout)
+        .lines()
+        .filter_map(|line| line.trim_start().strip_prefix("--"))
+        .filter_map(|rest| rest.split([' ', '=', '<']).next())
+        .filter(|flag| !["help", "version"].contains(flag))
+        .filter(|flag| !CHART_OWNED_FLAGS.contains(flag))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(keys, flags, "config keys and webhook flags");
+    for owned in CHART_OWNED_FLAGS {
+        assert!(
+            template(&[&format!("config.{owned}=x")]).is_err(),
+            "config.{owned}"
+        );
+    }
+
+    // One verdict through both doors.
+    for (key, value) in [
+        ("sidecar-memory-request", "64Ki"),
+        ("sidecar-cpu-limit", "2e3"),
+        ("sidecar-memory-request", "10ki"),
+        ("sidecar-cpu-request", "1.2.3"),
+        ("sidecar-cpu-request", "-5m"),
+        ("sidecar-mode", "sideways"),
+        ("sidecar-mode", "native"),
+        ("log-format", "text"),
+        ("log-format", "xml"),
+        ("sidecar-ca-configmap", "Bad_Name!"),
+        ("sidecar-ca-configmap", "registry-cas"),
+        ("excluded-namespaces", "team-a,team-b"),
+        ("excluded-namespaces", "Team_A"),
+        ("tls-reload-interval", "10s"),
+        ("sidecar-insecure-registries", "registry.local:5000"),
+        ("sidecar-insecure-registries", "http://foo/bar baz"),
+    ] {
+        // `--set` splits at commas unless they are escaped.
+        let escaped = value.replace(',', "\\,");
+        let chart = template(&[&format!("config.{key}={escaped}")]).is_ok();
+        assert_eq!(
+            chart,
+            webhook_accepts(key, value),
+            "config.{key}={value}: the chart and the webhook disagree"
+        );
+    }
+    // The chart's default format is JSON; config.log-format replaces it.
+    let docs = template(&["config.log-format=text"]).unwrap();
+    let container = &find(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        container["args"].as_sequence().is_none_or(|a| a.is_empty()),
+        "{container:?}"
+    );
+    assert!(container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|e| e["name"] == "POD_RELOADED_LOG_FORMAT" && e["value"] == "text"));
+}
