@@ -25,8 +25,16 @@ fn documents(text: &str) -> Vec<Value> {
         .collect()
 }
 
-/// `helm template` with `--set` values; `Err` with helm's message when it refuses.
+/// `helm template` with `--set` values (and the external certificate's CA bundle, the one
+/// value the defaults need); `Err` with helm's message when it refuses.
 fn template(values: &[&str]) -> Result<Vec<Value>, String> {
+    let mut all = vec![EXTERNAL_CA];
+    all.extend_from_slice(values);
+    template_exactly(&all)
+}
+
+/// `helm template` with exactly these `--set` values.
+fn template_exactly(values: &[&str]) -> Result<Vec<Value>, String> {
     let mut command = tool("helm");
     command.arg("template").arg("pod-reloaded").arg(chart());
     for value in values {
@@ -62,7 +70,7 @@ fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
 #[test]
 fn the_chart_lints_strictly_and_carries_the_workspace_version() {
     let output = tool("helm")
-        .args(["lint", "--strict"])
+        .args(["lint", "--strict", "--set", EXTERNAL_CA])
         .arg(chart())
         .output()
         .expect("helm");
@@ -90,9 +98,25 @@ fn the_chart_lints_strictly_and_carries_the_workspace_version() {
     );
 }
 
+/// The one value the defaults need: the CA of the Secret an external source provides.
+const EXTERNAL_CA: &str = "certificate.caBundle=Q0EK";
+
 #[test]
 fn with_its_defaults_the_chart_renders_the_kustomize_base() {
-    let chart = by_identity(template(&[]).expect("defaults render"));
+    // Without a CA bundle an external certificate cannot be trusted: the render says so.
+    let refused = template_exactly(&[]).expect_err("an external source without a CA bundle");
+    assert!(refused.contains("certificate.caBundle"), "{refused}");
+    let mut chart = by_identity(template(&[]).expect("defaults render"));
+    // The base leaves the CA bundle to an overlay (`make deploy`): compared without it.
+    for object in chart.values_mut() {
+        if object["kind"] == "MutatingWebhookConfiguration" {
+            for webhook in object["webhooks"].as_sequence_mut().into_iter().flatten() {
+                let client = &mut webhook["clientConfig"];
+                assert_eq!(client["caBundle"], "Q0EK");
+                client.as_mapping_mut().map(|m| m.remove("caBundle"));
+            }
+        }
+    }
     let output = tool("kubectl")
         .arg("kustomize")
         .arg(workspace_root().join("manifests"))
