@@ -2,7 +2,7 @@
 CARGO ?= cargo
 # One source for the version: the workspace's Cargo.toml.
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
-# Where the images go: `make images push deploy IMAGE_REGISTRY=registry.example.com/team TAG=1.2.3`.
+# Where the images go: `make push deploy IMAGE_REGISTRY=registry.example.com/team TAG=1.2.3`.
 IMAGE_REGISTRY ?= pod-reloaded
 TAG ?= $(VERSION)
 WEBHOOK_IMAGE = $(IMAGE_REGISTRY)/webhook:$(TAG)
@@ -94,16 +94,21 @@ certs:
 # Bases to build on, pinned by digest (the Dockerfiles' defaults; override to update).
 RUST_IMAGE ?= rust:1-bookworm@sha256:93ce27a88655056a51dbdd8f5f2d7ddc071c7b0070fb288a37b5a285fc83971e
 BASE_IMAGE ?= gcr.io/distroless/static-debian12:nonroot@sha256:afa5c872c891853ca7fcf1f12c3edb23f7eeef36189728842dd51042ff57f7ab
-# Platforms of `make images` (buildx); both: PLATFORMS=linux/amd64,linux/arm64 (with push).
-PLATFORMS ?= linux/amd64
-BUILD = docker buildx build --platform $(PLATFORMS) --build-arg RUST_IMAGE=$(RUST_IMAGE) --build-arg BASE_IMAGE=$(BASE_IMAGE)
+# `make images`: this machine's platform, loaded into the local Docker (for kind or
+# minikube). `make push`: every platform of PLATFORMS, built and pushed in one go (a
+# multi-platform image cannot be loaded). Both need Docker with the buildx plugin.
+PLATFORMS ?= linux/amd64,linux/arm64
+BUILD = docker buildx build --build-arg RUST_IMAGE=$(RUST_IMAGE) --build-arg BASE_IMAGE=$(BASE_IMAGE)
+BUILDX = @docker buildx version >/dev/null 2>&1 || { echo "make images and make push need Docker with the buildx plugin (docker buildx version fails here)"; exit 2; }
 images:
-	$(BUILD) -f Dockerfile.webhook -t $(WEBHOOK_IMAGE) .
-	$(BUILD) -f Dockerfile.sidecar -t $(SIDECAR_IMAGE) .
+	$(BUILDX)
+	$(BUILD) --load -f Dockerfile.webhook -t $(WEBHOOK_IMAGE) .
+	$(BUILD) --load -f Dockerfile.sidecar -t $(SIDECAR_IMAGE) .
 
 push:
-	docker push $(WEBHOOK_IMAGE)
-	docker push $(SIDECAR_IMAGE)
+	$(BUILDX)
+	$(BUILD) --platform $(PLATFORMS) --push -f Dockerfile.webhook -t $(WEBHOOK_IMAGE) .
+	$(BUILD) --platform $(PLATFORMS) --push -f Dockerfile.sidecar -t $(SIDECAR_IMAGE) .
 
 deploy: certs
 	kubectl apply -k $(CERTS_DIR)

@@ -94,6 +94,7 @@ fn admission() -> &'static Admission {
             version: "test".into(),
             sidecar_env: Vec::new(),
             ca_configmap: None,
+            sidecar_image_pull_secret: None,
             metrics_port: None,
         },
         // No API access: non-dry-run pods are admitted uninjected, dry runs injected.

@@ -21,6 +21,7 @@ fn settings() -> InjectionSettings {
         version: "test".to_string(),
         sidecar_env: Vec::new(),
         ca_configmap: None,
+        sidecar_image_pull_secret: None,
         metrics_port: None,
     }
 }

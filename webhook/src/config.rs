@@ -125,6 +125,11 @@ pub struct Config {
     #[arg(long, env = "POD_RELOADED_SIDECAR_CA_CONFIGMAP")]
     pub sidecar_ca_configmap: Option<String>,
 
+    /// A pull secret for a private sidecar image (`--sidecar-image`), added to every
+    /// injected pod's `imagePullSecrets`; the Secret must exist in each opted-in namespace.
+    #[arg(long, env = "POD_RELOADED_SIDECAR_IMAGE_PULL_SECRET")]
+    pub sidecar_image_pull_secret: Option<String>,
+
     /// Poll interval of pods without the pod-reloaded.io/interval annotation.
     #[arg(long, env = "POD_RELOADED_DEFAULT_INTERVAL", default_value = contract::DEFAULT_INTERVAL)]
     pub default_interval: String,
@@ -184,6 +189,17 @@ impl Config {
             settings::check_dns_subdomain(name.trim())
                 .map_err(|problem| anyhow::anyhow!("--sidecar-ca-configmap: {problem}"))?;
         }
+        let sidecar_image_pull_secret = self
+            .sidecar_image_pull_secret
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|name| {
+                settings::check_dns_subdomain(name)
+                    .map(|()| name.to_string())
+                    .map_err(|problem| anyhow::anyhow!("--sidecar-image-pull-secret: {problem}"))
+            })
+            .transpose()?;
         for host in self
             .sidecar_insecure_registries
             .iter()
@@ -264,6 +280,7 @@ impl Config {
         Ok(InjectionSettings {
             sidecar_env,
             ca_configmap,
+            sidecar_image_pull_secret,
             metrics_port,
             sidecar_image: self.sidecar_image.clone(),
             sidecar_resources: inject::resources(

@@ -213,6 +213,20 @@ pub(super) fn build_injection(
             ..Default::default()
         });
     }
+    // A private sidecar image: its pull secret joins the pod's (not mounted into the
+    // sidecar: it is for pulling the sidecar, not for checking the app's registry).
+    if let Some(secret) = settings
+        .sidecar_image_pull_secret
+        .as_deref()
+        .filter(|s| !pull_secrets.contains(s))
+    {
+        let reference = BTreeMap::from([("name", secret)]);
+        if spec.image_pull_secrets.is_some() {
+            ops.add(["spec", "imagePullSecrets", "-"], &reference);
+        } else {
+            ops.add(["spec", "imagePullSecrets"], [&reference]);
+        }
+    }
     if let Some(configmap) = &settings.ca_configmap {
         new_volumes.push(Volume {
             name: REGISTRY_CA_VOLUME.to_string(),

@@ -37,6 +37,9 @@ pub struct InjectionSettings {
     pub sidecar_env: Vec<(String, String)>,
     /// A ConfigMap of extra registry CAs, mounted (optional) into the sidecar.
     pub ca_configmap: Option<String>,
+    /// A pull secret for a private sidecar image, added to the pod's `imagePullSecrets`
+    /// (pull secrets are the pod's: the kubelet pulls every container with them).
+    pub sidecar_image_pull_secret: Option<String>,
     /// The port the sidecar serves `/metrics` on, if any.
     pub metrics_port: Option<u16>,
 }

@@ -20,6 +20,7 @@ fn settings(mode: SidecarMode) -> InjectionSettings {
         version: "9.9.9".to_string(),
         sidecar_env: Vec::new(),
         ca_configmap: None,
+        sidecar_image_pull_secret: None,
         metrics_port: None,
     }
 }
@@ -818,5 +819,46 @@ fn cluster_wide_sidecar_settings_reach_the_sidecar() {
     assert_eq!(
         volume["configMap"]["optional"], true,
         "a namespace without it still starts pods"
+    );
+}
+
+#[test]
+fn a_private_sidecar_image_brings_its_pull_secret_to_the_pod() {
+    let mut with_secret = settings(SidecarMode::Container);
+    with_secret.sidecar_image_pull_secret = Some("sidecar-pull".to_string());
+    let apply = |pod: &Value| {
+        let typed: Pod = serde_json::from_value(pod.clone()).unwrap();
+        let Decision::Inject(injection) = decide(&typed, "shop", &with_secret) else {
+            panic!("injected expected");
+        };
+        let mut patched = pod.clone();
+        json_patch::patch(&mut patched, &operations(&injection)).unwrap();
+        patched
+    };
+    // A pod without pull secrets gets the list.
+    let patched = apply(&deployment_pod());
+    assert_eq!(
+        patched["spec"]["imagePullSecrets"],
+        json!([{"name": "sidecar-pull"}])
+    );
+    // A pod with its own keeps them, the sidecar's added, not mounted into the sidecar.
+    let mut pod = deployment_pod();
+    pod["spec"]["imagePullSecrets"] = json!([{"name": "regcred"}]);
+    let patched = apply(&pod);
+    assert_eq!(
+        patched["spec"]["imagePullSecrets"],
+        json!([{"name": "regcred"}, {"name": "sidecar-pull"}])
+    );
+    let mounts = sidecar(&patched)["volumeMounts"].to_string();
+    assert!(
+        mounts.contains("regcred") && !mounts.contains("sidecar-pull"),
+        "{mounts}"
+    );
+    // Already there: not twice.
+    let mut pod = deployment_pod();
+    pod["spec"]["imagePullSecrets"] = json!([{"name": "sidecar-pull"}]);
+    assert_eq!(
+        apply(&pod)["spec"]["imagePullSecrets"],
+        json!([{"name": "sidecar-pull"}])
     );
 }
