@@ -253,8 +253,27 @@ fn remove_dirs_of_ended_runs() {
 }
 
 /// Starts etcd, kube-apiserver and (`with_controllers`) kube-controller-manager, each
-/// through `spawn` (which returns its pid).
+/// through `spawn` (which returns its pid). The ports are free when chosen, but another
+/// test may take one before a component binds it: then it starts again on new ports.
 pub fn start(
+    with_controllers: bool,
+    spawn: &mut dyn FnMut(Command, &Path) -> Result<u32, String>,
+) -> Result<ControlPlane, String> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match start_once(with_controllers, spawn) {
+            Err(error) if attempt < 4 && error.contains("address already in use") => {
+                eprintln!(
+                    "control plane: a port was taken meanwhile; starting again on other ports"
+                );
+            }
+            result => return result,
+        }
+    }
+}
+
+fn start_once(
     with_controllers: bool,
     spawn: &mut dyn FnMut(Command, &Path) -> Result<u32, String>,
 ) -> Result<ControlPlane, String> {
