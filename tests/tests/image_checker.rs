@@ -10,6 +10,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use pod_reloaded_contract as contract;
 use pod_reloaded_tests::cluster::install::{installed, SIDECAR_IMAGE};
@@ -116,7 +117,9 @@ async fn the_old_manifest_with_only_the_image_swapped_restarts_on_a_push() {
 
         let v2 = registry.push_index("legacy/app", "latest", "l2", &PLATFORMS, false).await;
         let expected = format!("main-container={}", v2.digest);
-        wait_for("the restart", ROLLOUT_DEADLINE, || async {
+        // The old manifest sets no interval: the default 60s (±10%) passes before the
+        // next round sees the push.
+        wait_for("the restart", Duration::from_secs(180), || async {
             let deployment = ns.get("deployments", "legacy").await?;
             Ok(deployment["spec"]["template"]["metadata"]["annotations"][contract::ANNOTATION_RESTARTED_FOR] == expected.as_str())
         })
