@@ -88,15 +88,6 @@ pub struct MediaTypeOnly {
     pub media_type: Option<String>,
 }
 
-impl MediaTypeOnly {
-    /// The `mediaType` `body` declares, if it is JSON and declares one.
-    pub fn declared_in(body: &[u8]) -> Option<String> {
-        serde_json::from_slice::<Self>(body)
-            .ok()
-            .and_then(|m| m.media_type)
-    }
-}
-
 impl Index {
     /// The manifest for `wanted`: os and architecture must match; the variant when asked
     /// for, else the first of that architecture (as containerd picks).
