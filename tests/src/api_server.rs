@@ -97,12 +97,22 @@ pub struct ApiServer {
 impl ApiServer {
     /// Starts etcd and kube-apiserver for this test and the proxy in front of them.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(false).await
+    }
+
+    /// As `start`, with kube-controller-manager too (namespaces that finish deleting,
+    /// garbage collection, workload controllers).
+    pub async fn start_with_controllers() -> anyhow::Result<Self> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(controllers: bool) -> anyhow::Result<Self> {
         let mut children = Vec::new();
         // Started on a thread of its own: it waits with blocking sleeps.
         let plane = std::thread::scope(|scope| {
             scope
                 .spawn(|| {
-                    control_plane::start(false, &mut |mut command, log| {
+                    control_plane::start(controllers, &mut |mut command, log| {
                         let file = std::fs::File::create(log).map_err(|e| e.to_string())?;
                         let stdout = file.try_clone().map_err(|e| e.to_string())?;
                         let child = command

@@ -36,7 +36,11 @@ fn template(values: &[&str]) -> Result<Vec<Value>, String> {
 /// `helm template` with exactly these `--set` values.
 fn template_exactly(values: &[&str]) -> Result<Vec<Value>, String> {
     let mut command = tool("helm");
-    command.arg("template").arg("pod-reloaded").arg(chart());
+    command
+        .arg("template")
+        .arg("pod-reloaded")
+        .arg(chart())
+        .args(["--namespace", pod_reloaded_contract::WEBHOOK_NAMESPACE]);
     for value in values {
         command.arg("--set").arg(value);
     }
@@ -123,7 +127,14 @@ fn with_its_defaults_the_chart_renders_the_kustomize_base() {
         .output()
         .expect("kubectl");
     assert!(output.status.success());
-    let base = by_identity(documents(&String::from_utf8_lossy(&output.stdout)));
+    let mut base = by_identity(documents(&String::from_utf8_lossy(&output.stdout)));
+    // The chart installs into the release's namespace, which Helm makes
+    // (`--create-namespace`): it has no Namespace object of its own.
+    let namespace = format!("Namespace /{}", pod_reloaded_contract::WEBHOOK_NAMESPACE);
+    assert!(
+        base.remove(&namespace).is_some(),
+        "the base makes {namespace}"
+    );
     assert_eq!(
         chart.keys().collect::<Vec<_>>(),
         base.keys().collect::<Vec<_>>(),
@@ -300,16 +311,20 @@ const CHART_OWNED_FLAGS: [&str; 6] = [
     "sidecar-image",
 ];
 
-/// The webhook's own verdict on `--flag value`: accepted when it gets as far as reading
-/// its (missing) TLS files.
-fn webhook_accepts(flag: &str, value: &str) -> bool {
+/// The webhook's own verdict on `--flag=value` pairs: accepted when it gets as far as
+/// reading its (missing) TLS files.
+fn webhook_accepts(settings: &[(&str, &str)]) -> bool {
     let output = Command::new(pod_reloaded_tests::process::binary("pod-reloaded-webhook"))
         .env_clear()
-        .arg(format!("--{flag}={value}"))
+        .args(
+            settings
+                .iter()
+                .map(|(flag, value)| format!("--{flag}={value}")),
+        )
         .args(["--tls-cert-file", "/nonexistent/tls.crt"])
         .output()
         .expect("the webhook runs");
-    assert_eq!(output.status.code(), Some(2), "--{flag}={value}");
+    assert_eq!(output.status.code(), Some(2), "{settings:?}");
     String::from_utf8_lossy(&output.stderr).contains("/nonexistent/tls.crt")
 }
 
@@ -349,32 +364,60 @@ fn the_config_keys_are_the_webhook_flags_and_values_get_one_verdict() {
         );
     }
 
-    // One verdict through both doors.
-    for (key, value) in [
-        ("sidecar-memory-request", "64Ki"),
-        ("sidecar-cpu-limit", "2e3"),
-        ("sidecar-memory-request", "10ki"),
-        ("sidecar-cpu-request", "1.2.3"),
-        ("sidecar-cpu-request", "-5m"),
-        ("sidecar-mode", "sideways"),
-        ("sidecar-mode", "native"),
-        ("log-format", "text"),
-        ("log-format", "xml"),
-        ("sidecar-ca-configmap", "Bad_Name!"),
-        ("sidecar-ca-configmap", "registry-cas"),
-        ("excluded-namespaces", "team-a,team-b"),
-        ("excluded-namespaces", "Team_A"),
-        ("tls-reload-interval", "10s"),
-        ("sidecar-insecure-registries", "registry.local:5000"),
-        ("sidecar-insecure-registries", "http://foo/bar baz"),
+    // One verdict through both doors, for single values, bounds and the rules between two
+    // keys (with the webhook's defaults for the key not set).
+    let single = |key, value| vec![(key, value)];
+    for settings in [
+        single("sidecar-memory-request", "64Ki"),
+        single("sidecar-cpu-limit", "2e3"),
+        single("sidecar-cpu-limit", "1e-4"),
+        single("sidecar-memory-request", "10ki"),
+        single("sidecar-cpu-request", "1.2.3"),
+        single("sidecar-cpu-request", "-5m"),
+        single("sidecar-memory-request", "64Mi"),
+        single("sidecar-memory-limit", "3Mi"),
+        single("sidecar-memory-limit", "4Mi"),
+        vec![
+            ("sidecar-memory-request", "64Mi"),
+            ("sidecar-memory-limit", "128Mi"),
+        ],
+        vec![("sidecar-cpu-request", "1"), ("sidecar-cpu-limit", "999m")],
+        vec![("sidecar-cpu-request", "1"), ("sidecar-cpu-limit", "1000m")],
+        single("sidecar-mode", "sideways"),
+        single("sidecar-mode", "native"),
+        single("log-format", "text"),
+        single("log-format", "xml"),
+        single("sidecar-ca-configmap", "Bad_Name!"),
+        single("sidecar-ca-configmap", "registry-cas"),
+        single("excluded-namespaces", "team-a,team-b"),
+        single("excluded-namespaces", "Team_A"),
+        single("tls-reload-interval", "10s"),
+        single("tls-reload-interval", "0s"),
+        single("tls-reload-interval", "50ms"),
+        single("default-interval", "0s"),
+        single("default-interval", "1.5s"),
+        single("default-interval", "1h 30m"),
+        single("default-interval", "5min"),
+        single("default-interval", "25h"),
+        single("api-timeout", "4s"),
+        single("api-timeout", "4.5s"),
+        single("shutdown-delay", "0s"),
+        single("shutdown-delay", "9999999h"),
+        single("sidecar-registry-timeout", "11m"),
+        single("sidecar-insecure-registries", "registry.local:5000"),
+        single("sidecar-insecure-registries", "http://foo/bar baz"),
     ] {
         // `--set` splits at commas unless they are escaped.
-        let escaped = value.replace(',', "\\,");
-        let chart = template(&[&format!("config.{key}={escaped}")]).is_ok();
+        let values: Vec<String> = settings
+            .iter()
+            .map(|(key, value)| format!("config.{key}={}", value.replace(',', "\\,")))
+            .collect();
+        let values: Vec<&str> = values.iter().map(String::as_str).collect();
+        let chart = template(&values);
         assert_eq!(
-            chart,
-            webhook_accepts(key, value),
-            "config.{key}={value}: the chart and the webhook disagree"
+            chart.is_ok(),
+            webhook_accepts(&settings),
+            "{settings:?}: the chart and the webhook disagree ({chart:?})"
         );
     }
     // The chart's default format is JSON; config.log-format replaces it.

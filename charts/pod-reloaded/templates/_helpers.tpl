@@ -6,7 +6,7 @@ app.kubernetes.io/name: pod-reloaded-webhook
 {{- end -}}
 {{- /* The serving certificate's DNS names: the Service's. */ -}}
 {{- define "pod-reloaded.dnsNames" -}}
-{{- $ns := .Values.namespace -}}
+{{- $ns := .Release.Namespace -}}
 {{- list (printf "pod-reloaded-webhook.%s.svc" $ns) (printf "pod-reloaded-webhook.%s.svc.cluster.local" $ns) (printf "pod-reloaded-webhook.%s" $ns) "pod-reloaded-webhook" | toJson -}}
 {{- end -}}
 {{- /* The generated TLS material: the Secret already in the cluster when there is one
@@ -14,7 +14,7 @@ app.kubernetes.io/name: pod-reloaded-webhook
 Computed once per render and kept in .Values so the Secret and the caBundle agree. */ -}}
 {{- define "pod-reloaded.generated" -}}
 {{- if not (hasKey .Values "_generated") -}}
-{{- $existing := lookup "v1" "Secret" .Values.namespace "pod-reloaded-webhook-tls" -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace "pod-reloaded-webhook-tls" -}}
 {{- if and $existing (index ($existing.data | default dict) "ca.crt") -}}
 {{- $_ := set .Values "_generated" (dict "crt" (index $existing.data "tls.crt") "key" (index $existing.data "tls.key") "ca" (index $existing.data "ca.crt")) -}}
 {{- else -}}
