@@ -87,9 +87,13 @@ build:
 	$(CARGO) build --workspace --release --bins
 
 ## Make a CA and serving certificate and a kustomize overlay in $(CERTS_DIR).
+## CERT_MANAGER=1: cert-manager issues the certificate instead (certs/cert-manager).
+## COMPONENTS: optional kustomize Components to add (examples/servicemonitor).
+## Both are kept in $(CERTS_DIR) for later runs, like the images.
 certs:
 	$(CARGO) run --quiet -p pod-reloaded-certs -- --out-dir $(CERTS_DIR) --manifests-dir manifests \
-		--webhook-image $(WEBHOOK_IMAGE) --sidecar-image $(SIDECAR_IMAGE)
+		--webhook-image $(WEBHOOK_IMAGE) --sidecar-image $(SIDECAR_IMAGE) \
+		$(if $(CERT_MANAGER),--cert-manager certs/cert-manager) $(foreach c,$(COMPONENTS),--component $(c))
 
 # Bases to build on, pinned by digest (the Dockerfiles' defaults; override to update).
 RUST_IMAGE ?= rust:1-bookworm@sha256:93ce27a88655056a51dbdd8f5f2d7ddc071c7b0070fb288a37b5a285fc83971e

@@ -1,6 +1,8 @@
 //! `pod-reloaded-certs`: makes a CA and a serving certificate for the webhook Service and
 //! writes a kustomize overlay over `manifests/` that adds the TLS Secret and puts the CA
-//! bundle into the MutatingWebhookConfiguration. `kubectl apply -k <out-dir>` deploys it.
+//! bundle into the MutatingWebhookConfiguration (or, with `--cert-manager`, leaves both to
+//! cert-manager), with the images and optional components asked for. `kubectl apply -k
+//! <out-dir>` deploys it.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -19,7 +21,8 @@ use rcgen::{
 #[command(name = "pod-reloaded-certs", version)]
 struct Args {
     /// Directory to write ca.crt, tls.crt, tls.key, secret.yaml, ca-bundle-patch.yaml,
-    /// kustomization.yaml and images.json (the images the overlay was made with) to.
+    /// kustomization.yaml and overlay.json (the images and components the overlay was made
+    /// with) to.
     #[arg(long, default_value = "certs/out")]
     out_dir: PathBuf,
     /// The kustomize base the overlay builds on.
@@ -45,6 +48,15 @@ struct Args {
     /// trusts both while the webhook's pods pick up the new certificate.
     #[arg(long)]
     rotate: bool,
+    /// A kustomize Component to add to the install (`examples/servicemonitor`); repeat for
+    /// more. Kept for later runs, like the images.
+    #[arg(long = "component")]
+    components: Vec<PathBuf>,
+    /// Let cert-manager issue and rotate the serving certificate and inject the CA bundle,
+    /// with this Component (`certs/cert-manager`): no CA, certificate or Secret is made
+    /// here. Kept for later runs.
+    #[arg(long)]
+    cert_manager: Option<PathBuf>,
 }
 
 /// Certificates left in --out-dir by an earlier run.
@@ -99,9 +111,31 @@ impl Existing {
 /// stay a date certificates can carry).
 const MAX_DAYS: i64 = 3650;
 
-/// The images the overlay was last made with, kept in --out-dir so a later run (a
-/// renewal, a --rotate) writes the same overlay unless told otherwise.
-const IMAGES_FILE: &str = "images.json";
+/// What the overlay was last made with (images, components, cert-manager), kept in
+/// --out-dir so a later run (a renewal, a --rotate) writes the same overlay unless told
+/// otherwise.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Kept {
+    webhook: Option<String>,
+    sidecar: Option<String>,
+    #[serde(default)]
+    components: Vec<PathBuf>,
+    #[serde(default)]
+    cert_manager: Option<PathBuf>,
+}
+const KEPT_FILE: &str = "overlay.json";
+/// What earlier versions kept (the images only).
+const KEPT_FILE_BEFORE: &str = "images.json";
+
+impl Kept {
+    fn read(dir: &Path) -> Self {
+        [KEPT_FILE, KEPT_FILE_BEFORE]
+            .iter()
+            .find_map(|name| std::fs::read(dir.join(name)).ok())
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+}
 
 /// Checks every argument before anything is written: a bad one writes nothing.
 fn validate(args: &Args) -> anyhow::Result<()> {
@@ -131,24 +165,42 @@ fn validate(args: &Args) -> anyhow::Result<()> {
         "--manifests-dir {} holds no kustomization.yaml",
         args.manifests_dir.display()
     );
+    for (flag, dir) in args
+        .components
+        .iter()
+        .map(|dir| ("--component", dir))
+        .chain(args.cert_manager.iter().map(|dir| ("--cert-manager", dir)))
+    {
+        let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml"))
+            .with_context(|| format!("{flag} {}: no kustomization.yaml", dir.display()))?;
+        let kind: serde_yaml::Value = serde_yaml::from_str(&kustomization)
+            .with_context(|| format!("{flag} {}: kustomization.yaml", dir.display()))?;
+        anyhow::ensure!(
+            kind["kind"] == "Component",
+            "{flag} {} is not a kustomize Component (kind: Component)",
+            dir.display()
+        );
+    }
     Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     validate(&args)?;
-    // Images not given now are those the overlay was made with last time.
-    let kept_images: serde_json::Value = std::fs::read(args.out_dir.join(IMAGES_FILE))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default();
-    for (image, key) in [
-        (&mut args.webhook_image, "webhook"),
-        (&mut args.sidecar_image, "sidecar"),
-    ] {
-        if image.is_none() {
-            *image = kept_images[key].as_str().map(str::to_string);
-        }
+    // What is not given now is what the overlay was made with last time.
+    let kept = Kept::read(&args.out_dir);
+    args.webhook_image = args.webhook_image.or(kept.webhook);
+    args.sidecar_image = args.sidecar_image.or(kept.sidecar);
+    if args.components.is_empty() {
+        args.components = kept.components;
+    }
+    args.cert_manager = args.cert_manager.or(kept.cert_manager);
+    // Checked again: kept paths may have gone since.
+    validate(&args)?;
+    // Kept as absolute paths: a later run may start elsewhere.
+    for dir in args.components.iter_mut().chain(args.cert_manager.as_mut()) {
+        *dir =
+            std::fs::canonicalize(&*dir).with_context(|| format!("resolving {}", dir.display()))?;
     }
     let service = contract::WEBHOOK_SERVICE;
     let namespace = contract::WEBHOOK_NAMESPACE;
@@ -160,12 +212,88 @@ fn main() -> anyhow::Result<()> {
     ];
     names.extend(args.extra_dns_names.iter().cloned());
 
-    let now = time::OffsetDateTime::now_utc();
     let out = &args.out_dir;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut overlay = Kustomization {
+        api_version: "kustomize.config.k8s.io/v1beta1",
+        kind: "Kustomization",
+        resources: vec![relative_path(out, &args.manifests_dir)?],
+        components: Vec::new(),
+        patches: Vec::new(),
+        images: Vec::new(),
+    };
+    let summary = match &args.cert_manager {
+        Some(component) => {
+            overlay.components.push(relative_path(out, component)?);
+            "cert-manager issues, renews and trusts the serving certificate".to_string()
+        }
+        None => {
+            let summary = write_certificates(&args, &names)?;
+            overlay.resources.push(SECRET_FILE.to_string());
+            overlay.patches.push(Patch::new(
+                "admissionregistration.k8s.io",
+                "MutatingWebhookConfiguration",
+                contract::WEBHOOK_CONFIGURATION,
+                CA_BUNDLE_PATCH,
+            ));
+            summary
+        }
+    };
+    for component in &args.components {
+        overlay.components.push(relative_path(out, component)?);
+    }
+    if let Some(image) = &args.sidecar_image {
+        // A flag beats the env fallback: the sidecar image as the webhook's last argument.
+        let patch = serde_json::json!([{"op": "add", "path": "/spec/template/spec/containers/0/args/-",
+            "value": format!("--sidecar-image={image}")}]);
+        write(out, SIDECAR_IMAGE_PATCH, &serde_yaml::to_string(&patch)?)?;
+        overlay.patches.push(Patch::new(
+            "apps",
+            "Deployment",
+            contract::WEBHOOK_SERVICE,
+            SIDECAR_IMAGE_PATCH,
+        ));
+    }
+    if let Some(image) = &args.webhook_image {
+        // `name[:tag]`: the tag is whatever follows the last `:` after the last `/`.
+        let slash = image.rfind('/').map_or(0, |i| i + 1);
+        let (name, tag) = match image[slash..].rfind(':') {
+            Some(i) => (&image[..slash + i], Some(&image[slash + i + 1..])),
+            None => (image.as_str(), None),
+        };
+        overlay.images.push(Image {
+            name: BASE_WEBHOOK_IMAGE,
+            new_name: name.to_string(),
+            new_tag: tag.map(str::to_string),
+        });
+    }
+    write(
+        out,
+        "kustomization.yaml",
+        &format!(
+            "# Written by pod-reloaded-certs; deploy with kubectl apply -k on this directory.\n{}",
+            serde_yaml::to_string(&overlay)?
+        ),
+    )?;
+    let kept = Kept {
+        webhook: args.webhook_image.clone(),
+        sidecar: args.sidecar_image.clone(),
+        components: args.components.clone(),
+        cert_manager: args.cert_manager.clone(),
+    };
+    write(out, KEPT_FILE, &serde_json::to_string(&kept)?)?;
+    println!("{summary}\ndeploy with: kubectl apply -k {}", out.display());
+    Ok(())
+}
+
+/// The CA, serving certificate, Secret and CA bundle patch in --out-dir, kept while still
+/// good (else renewed with the previous CA kept in the bundle); says what it did.
+fn write_certificates(args: &Args, names: &[String]) -> anyhow::Result<String> {
+    let now = time::OffsetDateTime::now_utc();
+    let out = &args.out_dir;
     let existing = Existing::read(out);
     let (ca_pem, cert_pem, key_pem, expires, kept) = match existing {
-        Some(existing) if !args.rotate && existing.still_good_for(&names, now) => (
+        Some(existing) if !args.rotate && existing.still_good_for(names, now) => (
             existing.ca_bundle.clone(),
             existing.cert.clone(),
             existing.key.clone(),
@@ -173,7 +301,7 @@ fn main() -> anyhow::Result<()> {
             true,
         ),
         previous => {
-            let (ca, cert, key, expires) = new_certificates(&names, args.days, now)?;
+            let (ca, cert, key, expires) = new_certificates(names, args.days, now)?;
             // A new CA overlaps the old one (a renewal as much as a --rotate): the previous
             // CA stays in the bundle until the next one, so pods are admitted (and injected)
             // while the webhook's pods still serve the old certificate.
@@ -187,39 +315,68 @@ fn main() -> anyhow::Result<()> {
     write(out, "ca.crt", &ca_pem)?;
     write(out, "tls.crt", &cert_pem)?;
     write_private(out, "tls.key", &key_pem)?;
-    write_private(
-        out,
-        "secret.yaml",
-        &secret_yaml(&cert_pem, &key_pem, &ca_pem),
-    )?;
-    let base = relative_path(out, &args.manifests_dir)?;
-    write(out, CA_BUNDLE_PATCH, &ca_bundle_patch_yaml(&ca_pem))?;
-    write(
-        out,
-        "kustomization.yaml",
-        &overlay_yaml(
-            &base,
-            args.webhook_image.as_deref(),
-            args.sidecar_image.is_some(),
-        ),
-    )?;
-    if let Some(image) = &args.sidecar_image {
-        write(out, SIDECAR_IMAGE_PATCH, &sidecar_image_patch_yaml(image))?;
-    }
-    let images = serde_json::json!({"webhook": args.webhook_image, "sidecar": args.sidecar_image});
-    write(out, IMAGES_FILE, &images.to_string())?;
+    let secret = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": contract::WEBHOOK_TLS_SECRET, "namespace": contract::WEBHOOK_NAMESPACE},
+        "type": "kubernetes.io/tls",
+        "data": {"tls.crt": b64(&cert_pem), "tls.key": b64(&key_pem), "ca.crt": b64(&ca_pem)},
+    });
+    write_private(out, SECRET_FILE, &serde_yaml::to_string(&secret)?)?;
+    // Both webhooks of the configuration trust the bundle.
+    let patch: Vec<serde_json::Value> = (0..2)
+        .map(|i| serde_json::json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": b64(&ca_pem)}))
+        .collect();
+    write(out, CA_BUNDLE_PATCH, &serde_yaml::to_string(&patch)?)?;
     let expiry = expires
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    println!(
+    Ok(format!(
         "{} the CA and serving certificate for {} in {}; the serving certificate expires {expiry} \
-         (renew before then with --rotate: the CA bundle keeps the old CA meanwhile)\ndeploy with: kubectl apply -k {}",
+         (renew before then with --rotate: the CA bundle keeps the old CA meanwhile)",
         if kept { "kept" } else { "wrote" },
         names.join(", "),
         out.display(),
-        out.display()
-    );
-    Ok(())
+    ))
+}
+
+/// The overlay, in kustomize v5's spellings (`resources`, `patches`): no deprecation
+/// warnings.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Kustomization {
+    api_version: &'static str,
+    kind: &'static str,
+    resources: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    components: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    patches: Vec<Patch>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    images: Vec<Image>,
+}
+
+#[derive(serde::Serialize)]
+struct Patch {
+    target: serde_json::Value,
+    path: &'static str,
+}
+
+impl Patch {
+    fn new(group: &str, kind: &str, name: &str, path: &'static str) -> Self {
+        let target =
+            serde_json::json!({"group": group, "version": "v1", "kind": kind, "name": name});
+        Self { target, path }
+    }
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Image {
+    name: &'static str,
+    new_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    new_tag: Option<String>,
 }
 
 /// A new CA and serving certificate for `names`: (CA PEM, certificate PEM, key PEM, end).
@@ -261,6 +418,7 @@ fn new_certificates(
 }
 
 const CA_BUNDLE_PATCH: &str = "ca-bundle-patch.yaml";
+const SECRET_FILE: &str = "secret.yaml";
 const SIDECAR_IMAGE_PATCH: &str = "sidecar-image-patch.yaml";
 /// The webhook's image as the base names it.
 const BASE_WEBHOOK_IMAGE: &str = "pod-reloaded/webhook";
@@ -290,63 +448,6 @@ fn write_private(dir: &Path, name: &str, contents: &str) -> anyhow::Result<()> {
 
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-fn secret_yaml(cert: &str, key: &str, ca: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {ns}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {crt}\n  tls.key: {key}\n  ca.crt: {ca}\n",
-        name = contract::WEBHOOK_TLS_SECRET,
-        ns = contract::WEBHOOK_NAMESPACE,
-        crt = b64(cert),
-        key = b64(key),
-        ca = b64(ca),
-    )
-}
-
-/// kustomize v5's spellings (`resources`, `patches`): no deprecation warnings.
-fn overlay_yaml(base: &str, webhook_image: Option<&str>, sidecar_image: bool) -> String {
-    let mut yaml = format!(
-        "# Written by pod-reloaded-certs; deploy with kubectl apply -k on this directory.\n\
-         apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {base}\n  - secret.yaml\n\
-         patches:\n  - target:\n      group: admissionregistration.k8s.io\n      version: v1\n\
-         \x20     kind: MutatingWebhookConfiguration\n      name: {config}\n    path: {CA_BUNDLE_PATCH}\n",
-        config = contract::WEBHOOK_CONFIGURATION,
-    );
-    if sidecar_image {
-        yaml.push_str(&format!(
-            "  - target:\n      group: apps\n      version: v1\n      kind: Deployment\n      name: {service}\n    path: {SIDECAR_IMAGE_PATCH}\n",
-            service = contract::WEBHOOK_SERVICE,
-        ));
-    }
-    if let Some(image) = webhook_image {
-        // `name[:tag]`: the tag is whatever follows the last `:` after the last `/`.
-        let slash = image.rfind('/').map_or(0, |i| i + 1);
-        let (name, tag) = match image[slash..].rfind(':') {
-            Some(i) => (&image[..slash + i], Some(&image[slash + i + 1..])),
-            None => (image, None),
-        };
-        yaml.push_str(&format!(
-            "images:\n  - name: {BASE_WEBHOOK_IMAGE}\n    newName: {name}\n"
-        ));
-        if let Some(tag) = tag {
-            yaml.push_str(&format!("    newTag: \"{tag}\"\n"));
-        }
-    }
-    yaml
-}
-
-/// A flag beats the env fallback: the sidecar image as the webhook's last argument.
-fn sidecar_image_patch_yaml(image: &str) -> String {
-    format!("- op: add\n  path: /spec/template/spec/containers/0/args/-\n  value: --sidecar-image={image}\n")
-}
-
-/// The JSON patch that puts the CA bundle into both webhooks of the configuration.
-fn ca_bundle_patch_yaml(ca: &str) -> String {
-    let bundle = b64(ca);
-    format!(
-        "- op: add\n  path: /webhooks/0/clientConfig/caBundle\n  value: {bundle}\n\
-         - op: add\n  path: /webhooks/1/clientConfig/caBundle\n  value: {bundle}\n"
-    )
 }
 
 /// `to` relative to `from`, both resolved against the current directory.

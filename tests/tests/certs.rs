@@ -36,6 +36,11 @@ fn bad_arguments_are_refused_before_anything_is_written() {
             vec!["--manifests-dir", "/nonexistent"],
             "no kustomization.yaml",
         ),
+        (vec!["--component", "/nonexistent"], "no kustomization.yaml"),
+        (
+            vec!["--cert-manager", "/nonexistent"],
+            "no kustomization.yaml",
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
@@ -45,6 +50,18 @@ fn bad_arguments_are_refused_before_anything_is_written() {
         assert!(stderr.contains(said), "{args:?}: {stderr}");
         assert!(!out.exists(), "{args:?}: something was written");
     }
+}
+
+#[test]
+fn a_kustomization_that_is_not_a_component_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let manifests = workspace_root().join("manifests");
+    let output = certs(&out, &["--component", manifests.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("is not a kustomize Component"), "{stderr}");
+    assert!(!out.exists());
 }
 
 #[test]
@@ -97,7 +114,7 @@ fn a_rotation_keeps_the_images_the_overlay_was_made_with() {
         overlay.contains("newName: registry.example.com/team/webhook"),
         "{overlay}"
     );
-    assert!(overlay.contains("newTag: \"1.2.3\""), "{overlay}");
+    assert!(overlay.contains("newTag: 1.2.3"), "{overlay}");
     let patch = std::fs::read_to_string(out.join("sidecar-image-patch.yaml")).unwrap();
     assert!(
         patch.contains("--sidecar-image=registry.example.com/team/sidecar:1.2.3"),
@@ -111,5 +128,5 @@ fn a_rotation_keeps_the_images_the_overlay_was_made_with() {
     .status
     .success());
     let overlay = std::fs::read_to_string(out.join("kustomization.yaml")).unwrap();
-    assert!(overlay.contains("newTag: \"2.0.0\""), "{overlay}");
+    assert!(overlay.contains("newTag: 2.0.0"), "{overlay}");
 }

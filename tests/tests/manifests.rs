@@ -263,15 +263,6 @@ fn base_renders_and_agrees_with_the_code() {
             >= 10
     );
 
-    // The optional ServiceMonitor overlay scrapes the Service's metrics port.
-    let monitored = render(&workspace_root().join("examples/servicemonitor"));
-    let monitor = find(&monitored, "ServiceMonitor", "pod-reloaded-webhook");
-    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
-    assert_eq!(
-        find(&monitored, "Service", contract::WEBHOOK_SERVICE)["spec"]["ports"][1]["name"],
-        "metrics"
-    );
-
     // The policy that limits the identities the webhook binds reads exactly the
     // RoleBindings the webhook labels, one policy and binding per workload kind.
     for resource in ["deployments", "statefulsets", "daemonsets", "rollouts"] {
@@ -330,9 +321,78 @@ fn certs_overlay_adds_the_secret_and_ca_bundle() {
     );
 }
 
+/// The deploy overlay `make deploy` writes (the certs command), with `args`, rendered;
+/// the directory is kept while the overlay is used.
+fn deploy_overlay(args: &[&str]) -> (tempfile::TempDir, Vec<Value>) {
+    let dir = tempfile::tempdir().unwrap();
+    let output =
+        std::process::Command::new(pod_reloaded_tests::process::binary("pod-reloaded-certs"))
+            .current_dir(workspace_root())
+            .arg("--out-dir")
+            .arg(dir.path())
+            .args(["--webhook-image", "registry.example/team/webhook:1.2.3"])
+            .args(["--sidecar-image", "registry.example/team/sidecar:1.2.3"])
+            .args(args)
+            .output()
+            .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let docs = render(dir.path());
+    (dir, docs)
+}
+
+fn webhook_image(docs: &[Value]) -> &Value {
+    &find(docs, "Deployment", contract::WEBHOOK_SERVICE)["spec"]["template"]["spec"]["containers"]
+        [0]["image"]
+}
+
 #[test]
-fn cert_manager_overlay_renders() {
-    let docs = render(&workspace_root().join("certs/cert-manager"));
+fn optional_components_add_to_the_deploy_overlay_without_undoing_it() {
+    // The ServiceMonitor scrapes the Service's metrics port, and the install keeps its CA
+    // bundle, Secret and images, also after a rotation that does not name the component.
+    let (dir, docs) = deploy_overlay(&["--component", "examples/servicemonitor"]);
+    for docs in [docs, {
+        let rotated =
+            std::process::Command::new(pod_reloaded_tests::process::binary("pod-reloaded-certs"))
+                .current_dir(workspace_root())
+                .arg("--out-dir")
+                .arg(dir.path())
+                .arg("--rotate")
+                .output()
+                .unwrap();
+        assert!(rotated.status.success());
+        render(dir.path())
+    }] {
+        let monitor = find(&docs, "ServiceMonitor", "pod-reloaded-webhook");
+        assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+        assert_eq!(
+            find(&docs, "Service", contract::WEBHOOK_SERVICE)["spec"]["ports"][1]["name"],
+            "metrics"
+        );
+        let configuration = find(
+            &docs,
+            "MutatingWebhookConfiguration",
+            contract::WEBHOOK_CONFIGURATION,
+        );
+        for webhook in configuration["webhooks"].as_sequence().unwrap() {
+            assert!(webhook["clientConfig"]["caBundle"].is_string());
+        }
+        find(&docs, "Secret", contract::WEBHOOK_TLS_SECRET);
+        assert_eq!(webhook_image(&docs), "registry.example/team/webhook:1.2.3");
+    }
+}
+
+#[test]
+fn with_cert_manager_the_overlay_leaves_the_certificate_to_it_and_keeps_the_images() {
+    let (_dir, docs) = deploy_overlay(&[
+        "--cert-manager",
+        "certs/cert-manager",
+        "--component",
+        "examples/servicemonitor",
+    ]);
     let configuration = find(
         &docs,
         "MutatingWebhookConfiguration",
@@ -342,6 +402,16 @@ fn cert_manager_overlay_renders() {
         configuration["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
         "pod-reloaded/pod-reloaded-webhook"
     );
+    for webhook in configuration["webhooks"].as_sequence().unwrap() {
+        assert!(
+            webhook["clientConfig"]["caBundle"].is_null(),
+            "cert-manager's injector fills the CA bundle"
+        );
+    }
+    assert!(
+        !docs.iter().any(|d| d["kind"] == "Secret"),
+        "cert-manager writes the Secret"
+    );
     let certificate = find(&docs, "Certificate", "pod-reloaded-webhook");
     assert_eq!(
         certificate["spec"]["secretName"],
@@ -350,6 +420,13 @@ fn cert_manager_overlay_renders() {
     assert!(
         strings(&certificate["spec"]["dnsNames"]).contains(&contract::webhook_service_dns_name())
     );
+    find(&docs, "ServiceMonitor", "pod-reloaded-webhook");
+    assert_eq!(webhook_image(&docs), "registry.example/team/webhook:1.2.3");
+    let args = strings(
+        &find(&docs, "Deployment", contract::WEBHOOK_SERVICE)["spec"]["template"]["spec"]
+            ["containers"][0]["args"],
+    );
+    assert!(args.contains(&"--sidecar-image=registry.example/team/sidecar:1.2.3".to_string()));
 }
 
 #[test]
