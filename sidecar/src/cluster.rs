@@ -92,12 +92,7 @@ pub enum Owner {
     NotRestartable(NotRestartable),
 }
 
-/// What to do with a workload as read: patch it (the patch carries the read
-/// `resourceVersion`), or leave it.
-pub enum Update<T> {
-    Patch(serde_json::Value, T),
-    Leave(T),
-}
+pub use crate::effects::{Update, Updated};
 
 pub struct Cluster {
     client: Client,
@@ -199,12 +194,12 @@ impl Cluster {
     /// Reads the workload, lets `decide` say what to patch, and patches with the read
     /// `resourceVersion` as precondition; on a 409 reads and decides again, so of N
     /// replicas deciding the same thing exactly one patch wins. Returns what `decide`
-    /// said and whether its patch was applied.
+    /// said, applied or left as it was.
     pub async fn update_workload<T>(
         &self,
         workload: &WorkloadRef,
         mut decide: impl FnMut(&WorkloadState, &str) -> Update<T>,
-    ) -> anyhow::Result<(T, bool)> {
+    ) -> anyhow::Result<Updated<T>> {
         let api: Api<DynamicObject> = Api::namespaced_with(
             self.client.clone(),
             &self.namespace,
@@ -223,7 +218,7 @@ impl Cluster {
             let json =
                 serde_json::to_value(&object).with_context(|| format!("reading {workload}"))?;
             let (patch, outcome) = match decide(&WorkloadState::from_json(&json), &version) {
-                Update::Leave(outcome) => return Ok((outcome, false)),
+                Update::Leave(outcome) => return Ok(Updated::LeftAsItWas(outcome)),
                 Update::Patch(patch, outcome) => (patch, outcome),
             };
             match api
@@ -234,7 +229,7 @@ impl Cluster {
                 )
                 .await
             {
-                Ok(_) => return Ok((outcome, true)),
+                Ok(_) => return Ok(Updated::Applied(outcome)),
                 Err(kube::Error::Api(status)) if status.code == 409 => {
                     info!(%workload, "conflict: another writer changed the workload; reading it again");
                 }
@@ -412,7 +407,7 @@ mod tests {
             name: "web".into(),
             uid: "web-uid".into(),
         };
-        let (decided, patched) = cluster
+        let updated = cluster
             .update_workload(&workload, |_, version| {
                 Update::Patch(
                     json!({"metadata": {"resourceVersion": version, "annotations": {"a": "b"}}}),
@@ -424,7 +419,7 @@ mod tests {
         let (first, second) = server.await.unwrap();
         assert_eq!(first["metadata"]["resourceVersion"], "5");
         assert_eq!(second["metadata"]["resourceVersion"], "6");
-        assert_eq!((decided.as_str(), patched), ("6", true));
+        assert_eq!(updated, Updated::Applied("6".to_string()));
     }
 
     #[tokio::test]
@@ -441,12 +436,12 @@ mod tests {
             name: "web".into(),
             uid: "web-uid".into(),
         };
-        let (left, patched) = cluster
+        let left = cluster
             .update_workload(&workload, |_, _| Update::Leave(()))
             .await
             .unwrap();
         let _api = server.await.unwrap();
-        assert_eq!((left, patched), ((), false));
+        assert_eq!(left, Updated::LeftAsItWas(()));
     }
 
     #[tokio::test]

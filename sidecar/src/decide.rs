@@ -15,7 +15,9 @@ use pod_reloaded_contract::record::{
     timestamp_text, DigestRecord, PendingRecord, RolloutRecord, RolloutState,
 };
 
+use crate::effects::{Effects, Event, LogFields, LogLine, Metric, RoundOutcome, Said, Update};
 use crate::timing::{self, Hold, Timing};
+use pod_reloaded_contract::owner::WorkloadRef;
 use serde_json::{json, Value};
 
 /// A watched container whose tag now points to another digest.
@@ -180,6 +182,208 @@ pub struct ThisPod {
     /// Deployment's annotations of that revision, the rollout record among them, so the
     /// record cannot tell.
     pub from_earlier_revision: bool,
+}
+
+/// The decision for `changes` on the workload as read (at `version`), and the patch that
+/// carries it out: the restart, the quarantine of what a person rolled back from, or the
+/// first sight of a held digest; none for the rest.
+pub fn restart_update(
+    state: &WorkloadState,
+    version: &str,
+    changes: &[Change],
+    this_pod: ThisPod,
+    timing: &Timing,
+    now: Timestamp,
+) -> Update<RestartDecision> {
+    let decision = decide_restart(state, changes, this_pod, timing, now);
+    match &decision {
+        RestartDecision::Restart(restart) => {
+            Update::Patch(restart_patch(version, now, restart), decision)
+        }
+        RestartDecision::Undone { left } => {
+            // The record of the rollout undone; after an undo that restored an older
+            // record (a Deployment's), a new one for what was left.
+            let record = state
+                .rollout()
+                .filter(|r| r.rolled_to == *left)
+                .map(|r| r.with_state(RolloutState::Undone))
+                .unwrap_or_else(|| RolloutRecord {
+                    state: RolloutState::Undone,
+                    restarted_at: timestamp_text(now),
+                    rolled_to: left.clone(),
+                });
+            Update::Patch(quarantine_patch(version, state, left, &record), decision)
+        }
+        RestartDecision::Held {
+            pending,
+            first_seen,
+            ..
+        } if !first_seen.is_empty() => Update::Patch(pending_patch(version, pending), decision),
+        _ => Update::Leave(decision),
+    }
+}
+
+/// What a restart decision says and does once carried out, and how the round ended.
+/// `pod` is the deciding pod's name. A held decision with `first_seen` was recorded on
+/// the workload by this sidecar (exactly one does): it says what the others do not.
+pub fn restart_effects(
+    workload: &WorkloadRef,
+    decision: RestartDecision,
+    changes: &[Change],
+    pod: &str,
+) -> (RoundOutcome, Effects) {
+    let summary = changes
+        .iter()
+        .map(|c| format!("{}={}", c.container, c.digest))
+        .collect::<Vec<_>>()
+        .join(",");
+    let fields = |changes: String| LogFields {
+        changes: Some(changes),
+        ..LogFields::default()
+    };
+    match decision {
+        RestartDecision::Restart(restart) => {
+            let mut message = format!(
+                "pod-reloaded restarted {workload}: the watched tag now points to {}",
+                restart.rolled_to
+            );
+            if !restart.no_rollback_target.is_empty() {
+                message.push_str(&format!(
+                    "; no rollback target for {} (the pods ran a bare image ID, not a pullable digest): a failed rollout will halt",
+                    restart.no_rollback_target.join(",")
+                ));
+            }
+            let log = LogLine::info(
+                "restart",
+                "triggered a rolling restart",
+                LogFields {
+                    restarted_for: Some(restart.restarted_for.to_string()),
+                    rolled_from: Some(restart.rolled_from.to_string()),
+                    ..LogFields::default()
+                },
+            );
+            let effects = Effects {
+                said: vec![Said::log(log).with_event(Event::normal("ImageDigestChanged", message))],
+                metric: Some(Metric::Restart),
+                follow: Some(true),
+            };
+            (RoundOutcome::Restarted, effects)
+        }
+        RestartDecision::Undone { left } => {
+            let message = format!(
+                "pod-reloaded saw {workload} rolled back from {left} by hand; quarantined it so it is not rolled out again (until the tag moves, or `kubectl annotate {}/{} {}-`)",
+                workload.kind.name().to_lowercase(),
+                workload.name,
+                contract::ANNOTATION_QUARANTINED
+            );
+            let log = LogLine::info(
+                "undone",
+                "the template was rolled back by hand; not rolling forward to what it left",
+                LogFields {
+                    left: Some(left.to_string()),
+                    ..LogFields::default()
+                },
+            );
+            let said = Said::log(log).with_event(Event::normal("RolloutUndone", message));
+            (RoundOutcome::AlreadyRestarted, Effects::saying(said))
+        }
+        RestartDecision::Held {
+            hold,
+            changes,
+            first_seen,
+            ..
+        } => {
+            let mut said = Vec::new();
+            if hold == Hold::Notify && !first_seen.is_empty() {
+                let message = format!(
+                    "pod-reloaded: the watched tag of {workload} now points to {changes}; not restarting ({}: notify)",
+                    contract::ANNOTATION_MODE
+                );
+                let log = LogLine::info(
+                    "notify",
+                    "a new image is available; mode notify: not restarting",
+                    fields(changes.to_string()),
+                );
+                said.push(
+                    Said::log(log).with_event(Event::normal("ImageUpdateAvailable", message)),
+                );
+            }
+            // Why a due restart waits, and until when: once per digest and kind of hold.
+            let log = LogLine::info(
+                "defer",
+                "restart deferred",
+                LogFields {
+                    changes: Some(changes.to_string()),
+                    reason: Some(hold.describe()),
+                    ..LogFields::default()
+                },
+            );
+            said.push(Said::log(log).once(format!("held:{changes}:{}", hold.kind())));
+            let effects = Effects {
+                said,
+                ..Effects::default()
+            };
+            (RoundOutcome::Deferred, effects)
+        }
+        RestartDecision::AlreadyRestarted {
+            pull_did_not_take: true,
+        } => {
+            let message = format!(
+                "pod-reloaded already restarted {workload} for {summary}, but pod {pod} still runs the old digest; not restarting again (check imagePullPolicy and the registry)"
+            );
+            let log = LogLine::warn(
+                "skip",
+                "already restarted for this digest, but this new pod still runs the old one (loop guard)",
+                fields(summary.clone()),
+            );
+            let said = Said::log(log)
+                .with_event(Event::warning("ImageDigestUnchangedAfterRestart", message))
+                .once(format!("did-not-take:{summary}"));
+            (RoundOutcome::AlreadyRestarted, Effects::saying(said))
+        }
+        RestartDecision::AlreadyRestarted {
+            pull_did_not_take: false,
+        } => {
+            let log = LogLine::info(
+                "skip",
+                "another replica already restarted the workload for this digest",
+                fields(summary),
+            );
+            (
+                RoundOutcome::AlreadyRestarted,
+                Effects::saying(Said::log(log)),
+            )
+        }
+        RestartDecision::Quarantined { digests } => {
+            let log = LogLine::warn(
+                "skip",
+                format!("the tag serves a quarantined digest; not restarting (clear it with kubectl annotate ... {}-)", contract::ANNOTATION_QUARANTINED),
+                LogFields {
+                    quarantined: Some(digests.to_string()),
+                    ..LogFields::default()
+                },
+            );
+            let said = Said::log(log).once(format!("quarantined:{digests}"));
+            (RoundOutcome::AlreadyRestarted, Effects::saying(said))
+        }
+        RestartDecision::RolloutInProgress { restarted_at } => {
+            let log = LogLine::info(
+                "wait",
+                "the rollout pod-reloaded started is still in progress; restarting when it ends",
+                LogFields {
+                    changes: Some(summary.clone()),
+                    restarted_at: Some(restarted_at.clone()),
+                    ..LogFields::default()
+                },
+            );
+            let effects = Effects {
+                said: vec![Said::log(log).once(format!("in-progress:{restarted_at}:{summary}"))],
+                follow: Some(true),
+                ..Effects::default()
+            };
+            (RoundOutcome::AlreadyRestarted, effects)
+        }
+    }
 }
 
 /// Decides for `changes` (non-empty) given the workload, this pod, its timing settings,
@@ -799,5 +1003,121 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    fn web() -> WorkloadRef {
+        WorkloadRef {
+            kind: pod_reloaded_contract::owner::WorkloadKind::Deployment,
+            name: "web".into(),
+            uid: "web-uid".into(),
+        }
+    }
+
+    fn events(effects: &Effects) -> Vec<(&'static str, bool, &str)> {
+        effects
+            .said
+            .iter()
+            .flat_map(|said| &said.events)
+            .map(|e| (e.reason, e.warning, e.message.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn a_restart_says_where_the_tag_points_counts_and_starts_following() {
+        let changes = [change("app", 'b', None)];
+        let decision = decide_now(&WorkloadState::default(), &changes);
+        let (round, effects) = restart_effects(&web(), decision, &changes, "web-1");
+        assert_eq!(round, RoundOutcome::Restarted);
+        assert_eq!(effects.metric, Some(Metric::Restart));
+        assert_eq!(effects.follow, Some(true));
+        let events = events(&effects);
+        assert_eq!(events.len(), 1);
+        let (reason, warning, message) = events[0];
+        assert_eq!((reason, warning), ("ImageDigestChanged", false));
+        assert_eq!(
+            message,
+            format!(
+                "pod-reloaded restarted Deployment/web: the watched tag now points to app={}; no rollback target for app (the pods ran a bare image ID, not a pullable digest): a failed rollout will halt",
+                digest('b')
+            )
+        );
+        assert_eq!(effects.said[0].log.decision, "restart");
+        assert!(effects.said[0].once.is_none());
+    }
+
+    #[test]
+    fn an_undo_by_hand_says_how_to_lift_the_quarantine() {
+        let left = DigestRecord::parse(&format!("app={}", digest('b')));
+        let changes = [change("app", 'b', Some('a'))];
+        let decision = RestartDecision::Undone { left };
+        let (round, effects) = restart_effects(&web(), decision, &changes, "web-1");
+        assert_eq!(round, RoundOutcome::AlreadyRestarted);
+        let events = events(&effects);
+        assert_eq!(events[0].0, "RolloutUndone");
+        assert!(
+            events[0]
+                .2
+                .ends_with("(until the tag moves, or `kubectl annotate deployment/web pod-reloaded.io/quarantined-`)"),
+            "{}",
+            events[0].2
+        );
+        assert_eq!(effects.follow, None);
+    }
+
+    #[test]
+    fn a_held_change_is_announced_by_the_sidecar_that_recorded_it_and_logged_once() {
+        let changes = [change("app", 'b', Some('a'))];
+        let held = |first_seen: Vec<String>| RestartDecision::Held {
+            hold: Hold::Notify,
+            changes: DigestRecord::parse(&format!("app={}", digest('b'))),
+            pending: PendingRecord::default(),
+            first_seen,
+        };
+        let (round, recorded) =
+            restart_effects(&web(), held(vec!["app".into()]), &changes, "web-1");
+        assert_eq!(round, RoundOutcome::Deferred);
+        assert_eq!(events(&recorded).len(), 1);
+        assert_eq!(events(&recorded)[0].0, "ImageUpdateAvailable");
+        let (_, seen_before) = restart_effects(&web(), held(Vec::new()), &changes, "web-2");
+        assert!(
+            events(&seen_before).is_empty(),
+            "only the recording sidecar says it"
+        );
+        let deferred = seen_before.said.last().unwrap();
+        assert_eq!(deferred.log.decision, "defer");
+        assert_eq!(
+            deferred.once.as_deref(),
+            Some(format!("held:app={}:notify", digest('b')).as_str())
+        );
+    }
+
+    #[test]
+    fn a_pull_that_did_not_take_warns_once_naming_the_pod() {
+        let changes = [change("app", 'b', Some('a'))];
+        let decision = RestartDecision::AlreadyRestarted {
+            pull_did_not_take: true,
+        };
+        let (round, effects) = restart_effects(&web(), decision, &changes, "web-7f8c");
+        assert_eq!(round, RoundOutcome::AlreadyRestarted);
+        let events = events(&effects);
+        assert_eq!(events[0].0, "ImageDigestUnchangedAfterRestart");
+        assert!(events[0].1, "a Warning");
+        assert!(events[0]
+            .2
+            .contains("pod web-7f8c still runs the old digest"));
+        assert!(effects.said[0].once.is_some());
+        assert!(effects.said[0].log.warn);
+    }
+
+    #[test]
+    fn a_change_waiting_for_a_rollout_in_progress_follows_it() {
+        let changes = [change("app", 'b', Some('a'))];
+        let decision = RestartDecision::RolloutInProgress {
+            restarted_at: "2026-11-24T11:59:00Z".into(),
+        };
+        let (round, effects) = restart_effects(&web(), decision, &changes, "web-1");
+        assert_eq!(round, RoundOutcome::AlreadyRestarted);
+        assert_eq!(effects.follow, Some(true));
+        assert!(events(&effects).is_empty());
     }
 }

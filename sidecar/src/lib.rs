@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod compare;
 pub mod config;
 pub mod decide;
+pub mod effects;
 pub mod metrics;
 pub mod observe;
 pub mod platform;

@@ -12,6 +12,9 @@ use pod_reloaded_contract::settings::{self, OnFailure};
 use serde_json::{json, Value};
 
 use crate::decide::{quarantine_patch, WorkloadState};
+use crate::effects::{Effects, Event, LogFields, LogLine, Metric, Said, Update, Updated};
+use crate::metrics::RolloutResult;
+use pod_reloaded_contract::owner::WorkloadRef;
 
 /// A pod's rollout settings (`rollout-timeout`, `on-failure`, copied from its template).
 /// Values the webhook would have refused fall back to the defaults.
@@ -153,6 +156,203 @@ pub fn progress(
         };
     }
     Progress::Pending
+}
+
+/// What following a rollout came to in one round.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Followed {
+    NothingToFollow,
+    Pending,
+    Succeeded {
+        record: RolloutRecord,
+        started: Timestamp,
+    },
+    RolledBack {
+        record: RolloutRecord,
+        reason: String,
+        to: DigestRecord,
+    },
+    Halted {
+        record: RolloutRecord,
+        reason: String,
+        why: Option<String>,
+    },
+    Undone(DigestRecord),
+}
+
+/// Where the rollout pod-reloaded started on the workload (as read, at `version`) stands,
+/// and the patch that records its end: success, rollback or halt, or the quarantine of
+/// what a person rolled back from while it was in progress.
+pub fn follow_update(
+    kind: WorkloadKind,
+    state: &WorkloadState,
+    version: &str,
+    settings: RolloutSettings,
+    now: Timestamp,
+) -> Update<Followed> {
+    let Some(record) = state
+        .rollout()
+        .filter(|r| r.state == RolloutState::Progressing)
+    else {
+        return Update::Leave(Followed::NothingToFollow);
+    };
+    if state.rollout_in_template().is_none() {
+        // Rolled back by hand while it was in progress: the undo sticks.
+        let left = record.rolled_to.clone();
+        let patch = quarantine_patch(
+            version,
+            state,
+            &left,
+            &record.with_state(RolloutState::Undone),
+        );
+        return Update::Patch(patch, Followed::Undone(left));
+    }
+    let Ok(started) = record.restarted_at.parse::<Timestamp>() else {
+        return Update::Leave(Followed::NothingToFollow);
+    };
+    match progress(kind, state, started, settings.timeout, now) {
+        Progress::Pending => Update::Leave(Followed::Pending),
+        Progress::Succeeded => Update::Patch(
+            success_patch(version, &record),
+            Followed::Succeeded { record, started },
+        ),
+        Progress::Failed { reason } => {
+            match failure_action(version, state, &record, settings.on_failure, now) {
+                FailureAction::RollBack { patch } => Update::Patch(
+                    patch,
+                    Followed::RolledBack {
+                        record,
+                        reason,
+                        to: state.rolled_from(),
+                    },
+                ),
+                FailureAction::Halt { patch, why } => Update::Patch(
+                    patch,
+                    Followed::Halted {
+                        record,
+                        reason,
+                        why,
+                    },
+                ),
+            }
+        }
+    }
+}
+
+/// What following said and does: the recorded end's log line, Events and metric, and
+/// whether to go on following (only while the rollout is pending).
+pub fn follow_effects(
+    workload: &WorkloadRef,
+    followed: Updated<Followed>,
+    now: Timestamp,
+) -> Effects {
+    let followed = match followed {
+        Updated::LeftAsItWas(Followed::Pending) => {
+            return Effects {
+                follow: Some(true),
+                ..Effects::default()
+            }
+        }
+        Updated::LeftAsItWas(_) => {
+            return Effects {
+                follow: Some(false),
+                ..Effects::default()
+            }
+        }
+        Updated::Applied(followed) => followed,
+    };
+    let (said, metric) = match followed {
+        Followed::Succeeded { record, started } => {
+            let took = Duration::try_from(now.duration_since(started)).unwrap_or_default();
+            let took = humantime::format_duration(Duration::from_secs(took.as_secs())).to_string();
+            let message = format!(
+                "pod-reloaded's rollout of {workload} to {} succeeded in {took}",
+                record.rolled_to
+            );
+            let log = LogLine::info(
+                "rollout-succeeded",
+                "rollout succeeded",
+                LogFields {
+                    rolled_to: Some(record.rolled_to.to_string()),
+                    took: Some(took),
+                    ..LogFields::default()
+                },
+            );
+            (
+                Some(Said::log(log).with_event(Event::normal("RolloutSucceeded", message))),
+                Some(Metric::Rollout(RolloutResult::Succeeded)),
+            )
+        }
+        Followed::RolledBack { record, reason, to } => {
+            let failed = format!(
+                "pod-reloaded's rollout of {workload} to {} failed: {reason}",
+                record.rolled_to
+            );
+            let rolled_back = format!(
+                "pod-reloaded rolled {workload} back to {to} and quarantined {}",
+                record.rolled_to
+            );
+            let log = LogLine::warn(
+                "rollback",
+                "rollout failed; rolled back and quarantined",
+                LogFields {
+                    rolled_to: Some(record.rolled_to.to_string()),
+                    reason: Some(reason),
+                    ..LogFields::default()
+                },
+            );
+            (
+                Some(
+                    Said::log(log)
+                        .with_event(Event::warning("RolloutFailed", failed))
+                        .with_event(Event::normal("RolledBack", rolled_back)),
+                ),
+                Some(Metric::Rollout(RolloutResult::RolledBack)),
+            )
+        }
+        Followed::Halted {
+            record,
+            reason,
+            why,
+        } => {
+            let why = why.map(|w| format!("; {w}")).unwrap_or_default();
+            let message = format!(
+                "pod-reloaded's rollout of {workload} to {} failed: {reason}; quarantined, not rolled back{why}",
+                record.rolled_to
+            );
+            let log = LogLine::warn(
+                "halt",
+                "rollout failed; quarantined, not rolled back",
+                LogFields {
+                    rolled_to: Some(record.rolled_to.to_string()),
+                    reason: Some(reason),
+                    ..LogFields::default()
+                },
+            );
+            (
+                Some(Said::log(log).with_event(Event::warning("RolloutFailed", message))),
+                Some(Metric::Rollout(RolloutResult::Failed)),
+            )
+        }
+        Followed::Undone(left) => {
+            let log = LogLine::info(
+                "undone",
+                "the template was rolled back by hand during the rollout",
+                LogFields {
+                    left: Some(left.to_string()),
+                    ..LogFields::default()
+                },
+            );
+            (Some(Said::log(log)), None)
+        }
+        // Never patched: nothing happened to say.
+        Followed::Pending | Followed::NothingToFollow => (None, None),
+    };
+    Effects {
+        said: said.into_iter().collect(),
+        metric,
+        follow: Some(false),
+    }
 }
 
 /// What a failed rollout leads to.
@@ -553,5 +753,99 @@ mod tests {
             Some("new pods: 1 ImagePullBackOff, 1 not ready")
         );
         assert_eq!(describe_new_pods(&crashing[2..], &new), None);
+    }
+
+    fn web() -> WorkloadRef {
+        WorkloadRef {
+            kind: WorkloadKind::Deployment,
+            name: "web".into(),
+            uid: "web-uid".into(),
+        }
+    }
+
+    fn record() -> RolloutRecord {
+        RolloutRecord {
+            state: RolloutState::Progressing,
+            restarted_at: STARTED.into(),
+            rolled_to: DigestRecord::parse(&format!("app=sha256:{}", "b".repeat(64))),
+        }
+    }
+
+    #[test]
+    fn a_pending_rollout_is_followed_on_and_an_ended_one_no_more() {
+        let pending = follow_effects(&web(), Updated::LeftAsItWas(Followed::Pending), at(5));
+        assert_eq!(pending.follow, Some(true));
+        assert!(pending.said.is_empty() && pending.metric.is_none());
+        let nothing = follow_effects(
+            &web(),
+            Updated::LeftAsItWas(Followed::NothingToFollow),
+            at(5),
+        );
+        assert_eq!(nothing.follow, Some(false));
+        let done = follow_effects(
+            &web(),
+            Updated::Applied(Followed::Succeeded {
+                record: record(),
+                started: at(0),
+            }),
+            at(75),
+        );
+        assert_eq!(done.follow, Some(false));
+        assert_eq!(done.metric, Some(Metric::Rollout(RolloutResult::Succeeded)));
+        assert_eq!(
+            done.said[0].events[0].message,
+            format!(
+                "pod-reloaded's rollout of Deployment/web to app=sha256:{} succeeded in 1m 15s",
+                "b".repeat(64)
+            )
+        );
+    }
+
+    #[test]
+    fn a_rollback_says_why_it_failed_and_where_it_went() {
+        let to = DigestRecord::parse(&format!("app=sha256:{}", "a".repeat(64)));
+        let effects = follow_effects(
+            &web(),
+            Updated::Applied(Followed::RolledBack {
+                record: record(),
+                reason: "ProgressDeadlineExceeded; 2/2 new pods CrashLoopBackOff".into(),
+                to,
+            }),
+            at(700),
+        );
+        assert_eq!(
+            effects.metric,
+            Some(Metric::Rollout(RolloutResult::RolledBack))
+        );
+        let events: Vec<(&str, bool)> = effects.said[0]
+            .events
+            .iter()
+            .map(|e| (e.reason, e.warning))
+            .collect();
+        assert_eq!(events, [("RolloutFailed", true), ("RolledBack", false)]);
+        assert!(effects.said[0].events[0]
+            .message
+            .ends_with("failed: ProgressDeadlineExceeded; 2/2 new pods CrashLoopBackOff"));
+        assert!(effects.said[0].events[1].message.starts_with(&format!(
+            "pod-reloaded rolled Deployment/web back to app=sha256:{}",
+            "a".repeat(64)
+        )));
+    }
+
+    #[test]
+    fn a_halt_says_why_there_was_no_rollback() {
+        let effects = follow_effects(
+            &web(),
+            Updated::Applied(Followed::Halted {
+                record: record(),
+                reason: "not ready after 10m".into(),
+                why: Some("no rollback target for app".into()),
+            }),
+            at(700),
+        );
+        assert_eq!(effects.metric, Some(Metric::Rollout(RolloutResult::Failed)));
+        assert!(effects.said[0].events[0].message.ends_with(
+            "failed: not ready after 10m; quarantined, not rolled back; no rollback target for app"
+        ));
     }
 }

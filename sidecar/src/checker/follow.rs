@@ -1,23 +1,71 @@
 //! Following a rollout pod-reloaded started on our workload, until one sidecar records
-//! how it ended: success, rollback or halt.
+//! how it ended: success, rollback or halt (`rollout` decides and says what; this reads,
+//! patches and carries it out).
 
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use pod_reloaded_contract as contract;
-use pod_reloaded_contract::record::{DigestRecord, RolloutRecord, RolloutState};
-use tracing::{info, warn};
+use pod_reloaded_contract::record::RolloutRecord;
+use tracing::warn;
 
 use super::Checker;
-use crate::cluster::Update;
-use crate::decide;
-use crate::metrics::RolloutResult;
-use crate::rollout::{self, FailureAction, Progress, RolloutSettings};
+use crate::cluster::Updated;
+use crate::rollout::{self, Followed, RolloutSettings};
 
 impl Checker {
     /// Follows the rollout pod-reloaded started on our workload; the first sidecar to see
-    /// it end records the outcome (success, rollback or halt), with the same precondition
-    /// as a restart so exactly one does.
+    /// it end records the outcome, with the same precondition as a restart so exactly one
+    /// does.
+    pub(super) async fn follow_rollout(&mut self, pod: &Pod) {
+        let Some(workload) = self.workload(pod).await else {
+            self.following = false;
+            return;
+        };
+        let settings = RolloutSettings::from_annotations(
+            &pod.metadata.annotations.clone().unwrap_or_default(),
+        );
+        let now = jiff::Timestamp::now();
+        let mut selector = std::collections::BTreeMap::new();
+        let updated = self
+            .cluster
+            .update_workload(&workload, |state, version| {
+                selector = state.selector();
+                rollout::follow_update(workload.kind, state, version, settings, now)
+            })
+            .await;
+        let followed = match updated {
+            Ok(Updated::Applied(followed)) => {
+                // A failure's Event says what the new pods are doing, when they can be listed.
+                Updated::Applied(match followed {
+                    Followed::RolledBack { record, reason, to } => Followed::RolledBack {
+                        reason: self.with_pod_states(&selector, &record, reason).await,
+                        record,
+                        to,
+                    },
+                    Followed::Halted {
+                        record,
+                        reason,
+                        why,
+                    } => Followed::Halted {
+                        reason: self.with_pod_states(&selector, &record, reason).await,
+                        record,
+                        why,
+                    },
+                    other => other,
+                })
+            }
+            Ok(left) => left,
+            Err(error) => {
+                warn!(%workload, error = format!("{error:#}"), "cannot follow the rollout; trying next round");
+                self.following = true;
+                return;
+            }
+        };
+        let effects = rollout::follow_effects(&workload, followed, now);
+        self.execute(&workload, effects).await;
+    }
+
     /// `reason`, and what the rollout's new pods are doing (`2/2 new pods
     /// CrashLoopBackOff`) when the API lists them.
     async fn with_pod_states(
@@ -43,192 +91,6 @@ impl Checker {
             }
         }
     }
-
-    pub(super) async fn follow_rollout(&mut self, pod: &Pod) {
-        let Some(workload) = self.workload(pod).await else {
-            self.following = false;
-            return;
-        };
-        let RolloutSettings {
-            timeout,
-            on_failure,
-        } = RolloutSettings::from_annotations(
-            &pod.metadata.annotations.clone().unwrap_or_default(),
-        );
-        let now = jiff::Timestamp::now();
-        let kind = workload.kind;
-        let mut selector = std::collections::BTreeMap::new();
-        let updated = self
-            .cluster
-            .update_workload(&workload, |state, version| {
-                selector = state.selector();
-                let Some(record) = state
-                    .rollout()
-                    .filter(|r| r.state == RolloutState::Progressing)
-                else {
-                    return Update::Leave(Followed::NothingToFollow);
-                };
-                if state.rollout_in_template().is_none() {
-                    // Rolled back by hand while it was in progress: the undo sticks.
-                    let left = record.rolled_to.clone();
-                    let patch = decide::quarantine_patch(
-                        version,
-                        state,
-                        &left,
-                        &record.with_state(RolloutState::Undone),
-                    );
-                    return Update::Patch(patch, Followed::Undone(left));
-                }
-                let Ok(started) = record.restarted_at.parse::<jiff::Timestamp>() else {
-                    return Update::Leave(Followed::NothingToFollow);
-                };
-                match rollout::progress(kind, state, started, timeout, now) {
-                    Progress::Pending => Update::Leave(Followed::Pending),
-                    Progress::Succeeded => Update::Patch(
-                        rollout::success_patch(version, &record),
-                        Followed::Succeeded { record, started },
-                    ),
-                    Progress::Failed { reason } => {
-                        match rollout::failure_action(version, state, &record, on_failure, now) {
-                            FailureAction::RollBack { patch } => Update::Patch(
-                                patch,
-                                Followed::RolledBack {
-                                    record,
-                                    reason,
-                                    to: state.rolled_from(),
-                                },
-                            ),
-                            FailureAction::Halt { patch, why } => Update::Patch(
-                                patch,
-                                Followed::Halted {
-                                    record,
-                                    reason,
-                                    why,
-                                },
-                            ),
-                        }
-                    }
-                }
-            })
-            .await;
-        let followed = match updated {
-            Ok((followed, true)) => followed,
-            Ok((Followed::Pending, false)) => {
-                self.following = true;
-                return;
-            }
-            Ok((_, false)) => {
-                self.following = false;
-                return;
-            }
-            Err(error) => {
-                warn!(%workload, error = format!("{error:#}"), "cannot follow the rollout; trying next round");
-                self.following = true;
-                return;
-            }
-        };
-        self.following = false;
-        // A failure's Event says what the new pods are doing, when they can be listed.
-        let followed = match followed {
-            Followed::RolledBack { record, reason, to } => Followed::RolledBack {
-                reason: self.with_pod_states(&selector, &record, reason).await,
-                record,
-                to,
-            },
-            Followed::Halted {
-                record,
-                reason,
-                why,
-            } => Followed::Halted {
-                reason: self.with_pod_states(&selector, &record, reason).await,
-                record,
-                why,
-            },
-            other => other,
-        };
-        match followed {
-            Followed::Succeeded { record, started } => {
-                let took = Duration::try_from(now.duration_since(started)).unwrap_or_default();
-                let took = humantime::format_duration(Duration::from_secs(took.as_secs()));
-                info!(%workload, rolled_to = %record.rolled_to, %took, decision = "rollout-succeeded", "rollout succeeded");
-                self.metrics.rollout(RolloutResult::Succeeded);
-                self.cluster
-                    .event(
-                        &workload,
-                        false,
-                        "RolloutSucceeded",
-                        format!(
-                            "pod-reloaded's rollout of {workload} to {} succeeded in {took}",
-                            record.rolled_to
-                        ),
-                    )
-                    .await;
-            }
-            Followed::RolledBack { record, reason, to } => {
-                warn!(%workload, rolled_to = %record.rolled_to, reason, decision = "rollback", "rollout failed; rolled back and quarantined");
-                self.metrics.rollout(RolloutResult::RolledBack);
-                self.cluster
-                    .event(
-                        &workload,
-                        true,
-                        "RolloutFailed",
-                        format!(
-                            "pod-reloaded's rollout of {workload} to {} failed: {reason}",
-                            record.rolled_to
-                        ),
-                    )
-                    .await;
-                self.cluster
-                    .event(
-                        &workload,
-                        false,
-                        "RolledBack",
-                        format!(
-                            "pod-reloaded rolled {workload} back to {to} and quarantined {}",
-                            record.rolled_to
-                        ),
-                    )
-                    .await;
-            }
-            Followed::Halted {
-                record,
-                reason,
-                why,
-            } => {
-                warn!(%workload, rolled_to = %record.rolled_to, reason, decision = "halt", "rollout failed; quarantined, not rolled back");
-                self.metrics.rollout(RolloutResult::Failed);
-                let why = why.map(|w| format!("; {w}")).unwrap_or_default();
-                self.cluster
-                    .event(&workload, true, "RolloutFailed", format!("pod-reloaded's rollout of {workload} to {} failed: {reason}; quarantined, not rolled back{why}", record.rolled_to))
-                    .await;
-            }
-            Followed::Undone(left) => {
-                info!(%workload, left = %left, decision = "undone", "the template was rolled back by hand during the rollout");
-            }
-            Followed::Pending | Followed::NothingToFollow => {}
-        }
-    }
-}
-
-/// What following a rollout came to in one round.
-enum Followed {
-    NothingToFollow,
-    Pending,
-    Succeeded {
-        record: RolloutRecord,
-        started: jiff::Timestamp,
-    },
-    RolledBack {
-        record: RolloutRecord,
-        reason: String,
-        to: DigestRecord,
-    },
-    Halted {
-        record: RolloutRecord,
-        reason: String,
-        why: Option<String>,
-    },
-    Undone(DigestRecord),
 }
 
 /// True for a pod made by a pod-reloaded restart that may still be rolling out: its

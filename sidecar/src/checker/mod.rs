@@ -8,7 +8,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use pod_reloaded_contract::image::{RunningDigest, WatchedImage};
@@ -18,6 +17,7 @@ use crate::cluster::{Cluster, Owner};
 use crate::compare::{self, Verdict};
 use crate::config::Config;
 use crate::decide::Change;
+use crate::effects::{Effects, LogLine, Metric};
 use crate::metrics::{CheckResult, Metrics};
 use crate::observe::{self, ContainerState};
 use crate::registry::credentials::Credentials;
@@ -31,21 +31,7 @@ mod restart;
 /// of a running container do not change without a restart).
 pub const POD_REFRESH_ROUNDS: u32 = 10;
 
-#[derive(Debug, PartialEq, Eq)]
-pub enum RoundOutcome {
-    UpToDate,
-    /// A watched container has not started yet (a native sidecar starts first).
-    Waiting,
-    Restarted,
-    /// A restart is due but held: paused, notify mode, min-age, cooldown or window.
-    Deferred,
-    /// A change another replica already restarted for (or that did not take).
-    AlreadyRestarted,
-    /// Something failed; nothing was restarted. `retry_after` is the registry's wish.
-    Failed {
-        retry_after: Option<Duration>,
-    },
-}
+pub use crate::effects::RoundOutcome;
 
 /// The verdict for one (remote digest, running digest) pair, so an unchanged round costs
 /// one HEAD even when the first verdict needed the manifest.
@@ -108,6 +94,32 @@ impl Checker {
     /// True the first time `key` is warned about.
     fn not_yet_warned(&mut self, key: String) -> bool {
         self.warned.insert(key)
+    }
+
+    /// Carries out what a decision says about `workload`: its log lines and Events (those
+    /// said once, once), its metric, and whether to follow the rollout.
+    async fn execute(&mut self, workload: &WorkloadRef, effects: Effects) {
+        for said in effects.said {
+            if let Some(key) = said.once {
+                if !self.not_yet_warned(key) {
+                    continue;
+                }
+            }
+            log(workload, &said.log);
+            for event in said.events {
+                self.cluster
+                    .event(workload, event.warning, event.reason, event.message)
+                    .await;
+            }
+        }
+        match effects.metric {
+            Some(Metric::Restart) => self.metrics.restart(),
+            Some(Metric::Rollout(result)) => self.metrics.rollout(result),
+            None => {}
+        }
+        if let Some(follow) = effects.follow {
+            self.following = follow;
+        }
     }
 
     /// Reads our pod; `None` (logged) when the API does not answer.
@@ -432,4 +444,33 @@ fn running_digests(pod: &Pod) -> Vec<(String, String)> {
         .flatten()
         .map(|s| (s.name.clone(), s.image_id.clone()))
         .collect()
+}
+
+/// One log line of a decision, with the fields it carries.
+fn log(workload: &WorkloadRef, line: &LogLine) {
+    let fields = &line.fields;
+    macro_rules! emit {
+        ($level:ident) => {
+            $level!(
+                %workload,
+                decision = line.decision,
+                changes = fields.changes.as_deref(),
+                restarted_for = fields.restarted_for.as_deref(),
+                rolled_from = fields.rolled_from.as_deref(),
+                rolled_to = fields.rolled_to.as_deref(),
+                left = fields.left.as_deref(),
+                quarantined = fields.quarantined.as_deref(),
+                reason = fields.reason.as_deref(),
+                restarted_at = fields.restarted_at.as_deref(),
+                took = fields.took.as_deref(),
+                "{}",
+                line.message
+            )
+        };
+    }
+    if line.warn {
+        emit!(warn);
+    } else {
+        emit!(info);
+    }
 }
