@@ -54,13 +54,6 @@ impl ImageReference {
     }
 }
 
-/// True when an image reference is pinned by digest, so a container running it has no
-/// tag to watch unless it was told to. An unparseable reference is not watchable either:
-/// the caller reports it.
-pub fn is_pinned(image: &str) -> bool {
-    ImageReference::parse(image).map_or(image.contains('@'), |r| r.is_pinned())
-}
-
 /// What to ask the registry about: a repository and a tag.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WatchedImage {
@@ -75,24 +68,6 @@ impl std::fmt::Display for WatchedImage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}:{}", self.registry, self.repository, self.tag)
     }
-}
-
-/// How a container's image is referenced.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ImageSpec {
-    /// A tag to watch (a tag with a digest pins the digest and is not watched).
-    Tagged(WatchedImage),
-    /// Pinned by digest: nothing to watch.
-    Pinned(String),
-}
-
-/// Parses an image reference into "a tag to watch" or "pinned by digest".
-pub fn parse_image(image: &str) -> Result<ImageSpec, String> {
-    let reference = ImageReference::parse(image)?;
-    Ok(match reference.digest {
-        Some(digest) => ImageSpec::Pinned(digest),
-        None => ImageSpec::Tagged(reference.watched_tag()),
-    })
 }
 
 /// Parses like the runtime does: no registry means Docker Hub, a one-part Hub name lives
@@ -308,10 +283,9 @@ mod tests {
     use super::*;
 
     fn tagged(image: &str) -> WatchedImage {
-        match parse_image(image).unwrap() {
-            ImageSpec::Tagged(w) => w,
-            other => panic!("{image}: {other:?}"),
-        }
+        let reference = ImageReference::parse(image).unwrap();
+        assert!(!reference.is_pinned(), "{image}");
+        reference.watched_tag()
     }
 
     #[test]
@@ -372,21 +346,18 @@ mod tests {
         assert_eq!(tagged("Registry/app").registry, "Registry");
         assert_eq!(tagged("team/app").repository, "team/app");
         assert_eq!(tagged(&format!("app:{}", "t".repeat(128))).tag.len(), 128);
-        assert!(parse_image(&format!("app:{}", "t".repeat(129))).is_err());
-        assert!(parse_image(&format!("a/{}", "b".repeat(255))).is_err());
+        assert!(ImageReference::parse(&format!("app:{}", "t".repeat(129))).is_err());
+        assert!(ImageReference::parse(&format!("a/{}", "b".repeat(255))).is_err());
     }
 
     #[test]
     fn digests_pin_even_with_a_tag() {
         let digest = format!("sha256:{}", "a".repeat(64));
-        assert_eq!(
-            parse_image(&format!("nginx@{digest}")).unwrap(),
-            ImageSpec::Pinned(digest.clone())
-        );
-        assert_eq!(
-            parse_image(&format!("nginx:1@{digest}")).unwrap(),
-            ImageSpec::Pinned(digest)
-        );
+        for image in [format!("nginx@{digest}"), format!("nginx:1@{digest}")] {
+            let reference = ImageReference::parse(&image).unwrap();
+            assert!(reference.is_pinned(), "{image}");
+            assert_eq!(reference.digest.as_deref(), Some(digest.as_str()));
+        }
     }
 
     #[test]
@@ -398,12 +369,6 @@ mod tests {
         assert_eq!(
             reference.watched_tag().to_string(),
             "registry-1.docker.io/library/nginx:1.27"
-        );
-        assert!(is_pinned(&format!("nginx@{digest}")));
-        assert!(!is_pinned("nginx:latest"));
-        assert!(
-            is_pinned("not valid@x"),
-            "an unparseable reference with a digest is not watched"
         );
     }
 
@@ -427,7 +392,7 @@ mod tests {
             "[]:5000/app",
             "host:/app",
         ] {
-            assert!(parse_image(bad).is_err(), "{bad:?}");
+            assert!(ImageReference::parse(bad).is_err(), "{bad:?}");
         }
     }
 

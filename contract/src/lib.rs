@@ -10,6 +10,7 @@
 pub mod api_mock;
 pub mod image;
 pub mod owner;
+pub mod pod_settings;
 pub mod record;
 pub mod settings;
 pub mod window;

@@ -7,8 +7,9 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use pod_reloaded_contract as contract;
 use pod_reloaded_contract::owner::WorkloadKind;
+use pod_reloaded_contract::pod_settings::PodSettings;
 use pod_reloaded_contract::record::{timestamp_text, DigestRecord, RolloutRecord, RolloutState};
-use pod_reloaded_contract::settings::{self, OnFailure};
+use pod_reloaded_contract::settings::OnFailure;
 use serde_json::{json, Value};
 
 use crate::decide::{quarantine_patch, WorkloadState};
@@ -16,27 +17,18 @@ use crate::effects::{Effects, Event, LogFields, LogLine, Metric, Said, Update, U
 use crate::metrics::RolloutResult;
 use pod_reloaded_contract::owner::WorkloadRef;
 
-/// A pod's rollout settings (`rollout-timeout`, `on-failure`, copied from its template).
-/// Values the webhook would have refused fall back to the defaults.
+/// A pod's rollout settings (`rollout-timeout`, `on-failure`, from its `PodSettings`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RolloutSettings {
     pub timeout: Duration,
     pub on_failure: OnFailure,
 }
 
-impl RolloutSettings {
-    pub fn from_annotations(annotations: &std::collections::BTreeMap<String, String>) -> Self {
-        let default_timeout = settings::parse_rollout_timeout(contract::DEFAULT_ROLLOUT_TIMEOUT)
-            .unwrap_or(Duration::from_secs(600));
+impl From<&PodSettings> for RolloutSettings {
+    fn from(settings: &PodSettings) -> Self {
         Self {
-            timeout: annotations
-                .get(contract::ANNOTATION_ROLLOUT_TIMEOUT)
-                .and_then(|t| settings::parse_rollout_timeout(t).ok())
-                .unwrap_or(default_timeout),
-            on_failure: annotations
-                .get(contract::ANNOTATION_ON_FAILURE)
-                .and_then(|t| OnFailure::parse(t).ok())
-                .unwrap_or(OnFailure::Rollback),
+            timeout: settings.rollout_timeout,
+            on_failure: settings.on_failure,
         }
     }
 }

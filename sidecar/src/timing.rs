@@ -3,17 +3,16 @@
 //! metadata. Pure: `now` comes in, so windows, soak and cooldown are tested with a clock
 //! of the test's choosing.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jiff::Timestamp;
 use pod_reloaded_contract as contract;
+use pod_reloaded_contract::pod_settings::PodSettings;
 use pod_reloaded_contract::record::{timestamp_text, PendingRecord};
-use pod_reloaded_contract::settings::{self, Mode};
+use pod_reloaded_contract::settings::Mode;
 use pod_reloaded_contract::window::RestartWindows;
 
-/// The timing settings of one pod. Values the webhook would have refused fall back to
-/// their defaults (it validated them before injecting).
+/// The timing settings of one pod (from its `PodSettings`).
 #[derive(Clone, Debug)]
 pub struct Timing {
     pub mode: Mode,
@@ -33,27 +32,13 @@ impl Default for Timing {
     }
 }
 
-impl Timing {
-    pub fn from_annotations(annotations: &BTreeMap<String, String>) -> Self {
-        let get = |key: &str| {
-            annotations
-                .get(key)
-                .map(|v| v.trim())
-                .filter(|v| !v.is_empty())
-        };
-        let wait = |key: &str| {
-            get(key)
-                .and_then(|v| settings::parse_wait(v).ok())
-                .unwrap_or_default()
-        };
+impl From<&PodSettings> for Timing {
+    fn from(settings: &PodSettings) -> Self {
         Self {
-            mode: get(contract::ANNOTATION_MODE)
-                .and_then(|v| Mode::parse(v).ok())
-                .unwrap_or(Mode::Restart),
-            min_age: wait(contract::ANNOTATION_MIN_AGE),
-            cooldown: wait(contract::ANNOTATION_COOLDOWN),
-            window: get(contract::ANNOTATION_RESTART_WINDOW)
-                .and_then(|v| RestartWindows::parse(v).ok()),
+            mode: settings.mode,
+            min_age: settings.min_age,
+            cooldown: settings.cooldown,
+            window: settings.window.clone(),
         }
     }
 }
@@ -178,12 +163,12 @@ mod tests {
     }
 
     fn timing(pairs: &[(&str, &str)]) -> Timing {
-        Timing::from_annotations(
+        Timing::from(&PodSettings::lenient(
             &pairs
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-        )
+        ))
     }
 
     const NEW: [(&str, &str); 1] = [("web", "sha256:b")];

@@ -22,9 +22,7 @@ impl Checker {
             self.following = false;
             return;
         };
-        let settings = RolloutSettings::from_annotations(
-            &pod.metadata.annotations.clone().unwrap_or_default(),
-        );
+        let settings = RolloutSettings::from(&self.settings);
         let now = jiff::Timestamp::now();
         let mut selector = std::collections::BTreeMap::new();
         let updated = self
@@ -97,7 +95,7 @@ impl Checker {
 /// template carried `restarted-for`, and its `restartedAt` is within the rollout timeout
 /// (and a minute of grace). Such pods' sidecars follow the rollout, so it is followed
 /// even when the pod that restarted it is gone.
-pub(super) fn restarted_recently(pod: &Pod) -> bool {
+pub(super) fn restarted_recently(pod: &Pod, timeout: Duration) -> bool {
     let Some(annotations) = pod.metadata.annotations.as_ref() else {
         return false;
     };
@@ -110,7 +108,6 @@ pub(super) fn restarted_recently(pod: &Pod) -> bool {
     else {
         return false;
     };
-    let timeout = RolloutSettings::from_annotations(annotations).timeout;
     let age = Duration::try_from(jiff::Timestamp::now().duration_since(restarted_at))
         .unwrap_or(Duration::ZERO);
     age <= timeout + Duration::from_secs(60)

@@ -23,6 +23,7 @@ use crate::observe::{self, ContainerState};
 use crate::registry::credentials::Credentials;
 use crate::registry::{RegistryClient, RegistryError, Repository};
 use pod_reloaded_contract::owner::WorkloadRef;
+use pod_reloaded_contract::pod_settings::PodSettings;
 
 mod follow;
 mod restart;
@@ -67,6 +68,8 @@ pub struct Checker {
     following: bool,
     /// Warnings already logged (pinned images, unrestartable owner, ...), not repeated.
     warned: HashSet<String>,
+    /// Our pod's settings, read from its annotations with the pod.
+    settings: PodSettings,
 }
 
 impl Checker {
@@ -88,6 +91,7 @@ impl Checker {
             from_earlier_revision: false,
             following: false,
             warned: HashSet::new(),
+            settings: PodSettings::default(),
         }
     }
 
@@ -126,6 +130,9 @@ impl Checker {
     async fn read_pod(&mut self) -> Option<Pod> {
         match self.cluster.read_pod().await {
             Ok(pod) => {
+                if let Some(annotations) = &pod.metadata.annotations {
+                    self.settings = PodSettings::lenient(annotations);
+                }
                 self.pod = Some(pod.clone());
                 self.rounds_since_pod_read = 0;
                 Some(pod)
@@ -157,7 +164,7 @@ impl Checker {
             },
         };
 
-        if self.following || follow::restarted_recently(&pod) {
+        if self.following || follow::restarted_recently(&pod, self.settings.rollout_timeout) {
             self.follow_rollout(&pod).await;
         }
 

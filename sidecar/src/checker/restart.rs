@@ -18,8 +18,7 @@ impl Checker {
             created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
             from_earlier_revision: self.from_earlier_revision,
         };
-        let timing =
-            Timing::from_annotations(&pod.metadata.annotations.clone().unwrap_or_default());
+        let timing = Timing::from(&self.settings);
         let now = jiff::Timestamp::now();
         let decision = match self
             .cluster

@@ -1,7 +1,7 @@
 //! The injection rules: whether a pod is injected, which containers are watched, and
 //! its pod-reloaded annotations validated with the rules the sidecar applies too.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 
@@ -9,9 +9,8 @@ use super::pod_view::{PodSpecView, PodView};
 use pod_reloaded_contract as contract;
 use pod_reloaded_contract::image::ImageReference;
 use pod_reloaded_contract::owner::{self, NotRestartable};
+use pod_reloaded_contract::pod_settings::PodSettings;
 use pod_reloaded_contract::record::DigestRecord;
-use pod_reloaded_contract::settings::{self, RegistryOverride};
-use pod_reloaded_contract::window::RestartWindows;
 
 /// How the sidecar is added to the pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,53 +148,18 @@ pub(super) fn plan(
         &mut warnings,
     )?;
 
-    let interval = annotation(contract::ANNOTATION_INTERVAL).unwrap_or(&settings.default_interval);
-    settings::parse_interval(interval).map_err(|problem| SkipReason::InvalidAnnotation {
-        annotation: contract::ANNOTATION_INTERVAL,
-        problem,
+    let pod_settings = PodSettings::strict(
+        metadata.annotations.as_ref().unwrap_or(&BTreeMap::new()),
+    )
+    .map_err(|invalid| SkipReason::InvalidAnnotation {
+        annotation: invalid.annotation,
+        problem: invalid.problem,
     })?;
-
+    // The sidecar gets the interval as written (validated above), or the flag's.
+    let interval = annotation(contract::ANNOTATION_INTERVAL).unwrap_or(&settings.default_interval);
     let registry_url = annotation(contract::ANNOTATION_REGISTRY_URL);
-    if let Some(url) = registry_url {
-        RegistryOverride::parse(url).map_err(|problem| SkipReason::InvalidAnnotation {
-            annotation: contract::ANNOTATION_REGISTRY_URL,
-            problem,
-        })?;
-    }
-
-    let set_pull_policy =
-        settings::parse_pull_policy(annotation(contract::ANNOTATION_PULL_POLICY).unwrap_or("set"))
-            .map_err(|problem| SkipReason::InvalidAnnotation {
-                annotation: contract::ANNOTATION_PULL_POLICY,
-                problem,
-            })?;
-
-    let invalid = |annotation: &'static str| {
-        move |problem| SkipReason::InvalidAnnotation {
-            annotation,
-            problem,
-        }
-    };
-    if let Some(value) = annotation(contract::ANNOTATION_ON_FAILURE) {
-        settings::OnFailure::parse(value).map_err(invalid(contract::ANNOTATION_ON_FAILURE))?;
-    }
-    if let Some(value) = annotation(contract::ANNOTATION_ROLLOUT_TIMEOUT) {
-        settings::parse_rollout_timeout(value)
-            .map_err(invalid(contract::ANNOTATION_ROLLOUT_TIMEOUT))?;
-    }
-    if let Some(value) = annotation(contract::ANNOTATION_MODE) {
-        settings::Mode::parse(value).map_err(invalid(contract::ANNOTATION_MODE))?;
-    }
-    for key in [contract::ANNOTATION_MIN_AGE, contract::ANNOTATION_COOLDOWN] {
-        if let Some(value) = annotation(key) {
-            settings::parse_wait(value).map_err(invalid(key))?;
-        }
-    }
-    if let Some(value) = annotation(contract::ANNOTATION_RESTART_WINDOW) {
-        RestartWindows::parse(value).map_err(invalid(contract::ANNOTATION_RESTART_WINDOW))?;
-    }
-    let pin = settings::parse_pin(annotation(contract::ANNOTATION_PIN).unwrap_or("true"))
-        .map_err(invalid(contract::ANNOTATION_PIN))?;
+    let set_pull_policy = pod_settings.set_pull_policy;
+    let pin = pod_settings.pin;
     let pins = if pin {
         pins(
             spec,
