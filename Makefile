@@ -50,13 +50,13 @@ fuzz:
 
 ## Benchmarks of the release binaries; tables go to bench-results/latest.md (see BENCHMARKS.md).
 ## The sidecar is measured twice: as `cargo build --release` links it (dynamic glibc) and as
-## its image ships it (static musl, rounds' functions linked together: sidecar/link-order/).
+## its image ships it (static musl, the sidecar-image profile).
 HOST_MUSL_TARGET = $(shell rustc -vV | sed -n 's/^host: //p' | sed 's/-gnu$$/-musl/')
 IMAGE_SIDECAR = $(call image_sidecar,$(HOST_MUSL_TARGET))
 bench: deps control-plane
 	$(CARGO) build --release --workspace --bins
 	rustup target add $(HOST_MUSL_TARGET)
-	sidecar/link-order/build.sh $(HOST_MUSL_TARGET) $(IMAGE_SIDECAR)
+	$(CARGO) build --profile sidecar-image --target $(HOST_MUSL_TARGET) -p pod-reloaded-sidecar
 	mkdir -p bench-results
 	$(TARGET_DIR)/release/pod-reloaded-bench all \
 		--sidecar-binary $(TARGET_DIR)/release/pod-reloaded-sidecar \
@@ -65,19 +65,18 @@ bench: deps control-plane
 ## Both musl targets the images ship, built as the Dockerfiles build them: x86_64 with
 ## musl-gcc (Debian's musl-tools), aarch64 cross-compiled with clang and rust-lld against
 ## Debian's musl-dev:arm64 headers (for mimalloc's and ring's C code). Both sidecars are
-## built as their images ship them (sidecar-image profile, link order checked:
-## sidecar/link-order/); the x86_64 ones are run.
+## built as their images ship them (the sidecar-image profile); the x86_64 ones are run.
 MUSL_TARGETS = x86_64-unknown-linux-musl aarch64-unknown-linux-musl
-image_sidecar = $(TARGET_DIR)/$(1)/sidecar-image/pod-reloaded-sidecar.stripped
+image_sidecar = $(TARGET_DIR)/$(1)/sidecar-image/pod-reloaded-sidecar
 AARCH64_MUSL_ENV = CC_aarch64_unknown_linux_musl=clang CFLAGS_aarch64_unknown_linux_musl="--target=aarch64-linux-musl -isystem /usr/include/aarch64-linux-musl" CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld
 musl:
 	rustup target add $(MUSL_TARGETS)
 	$(CARGO) build --target x86_64-unknown-linux-musl -p pod-reloaded-webhook
 	env $(AARCH64_MUSL_ENV) $(CARGO) build --target aarch64-unknown-linux-musl -p pod-reloaded-webhook
 	$(TARGET_DIR)/x86_64-unknown-linux-musl/debug/pod-reloaded-webhook --version
-	sidecar/link-order/build.sh x86_64-unknown-linux-musl $(call image_sidecar,x86_64-unknown-linux-musl)
+	$(CARGO) build --profile sidecar-image --target x86_64-unknown-linux-musl -p pod-reloaded-sidecar
 	$(call image_sidecar,x86_64-unknown-linux-musl) --version
-	env $(AARCH64_MUSL_ENV) sidecar/link-order/build.sh aarch64-unknown-linux-musl $(call image_sidecar,aarch64-unknown-linux-musl)
+	env $(AARCH64_MUSL_ENV) $(CARGO) build --profile sidecar-image --target aarch64-unknown-linux-musl -p pod-reloaded-sidecar
 
 lint:
 	$(CARGO) fmt --all --check

@@ -26,6 +26,23 @@ pub(crate) fn machine() {
 
 /// `VmRSS` and `VmHWM` of a process, in KiB.
 pub(crate) fn memory_kib(pid: u32) -> (u64, u64) {
+    let memory = resident_kib(pid);
+    (memory.rss, memory.peak)
+}
+
+/// A process's resident memory from `/proc/<pid>/status`, in KiB: what it costs is
+/// `anonymous` (its own heap and stacks, paid per process); `file` is mostly the binary's
+/// code pages, shared through the page cache by every process of the same binary on a
+/// node (and charged to one cgroup).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Resident {
+    pub rss: u64,
+    pub peak: u64,
+    pub anonymous: u64,
+    pub file: u64,
+}
+
+pub(crate) fn resident_kib(pid: u32) -> Resident {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
@@ -35,7 +52,12 @@ pub(crate) fn memory_kib(pid: u32) -> (u64, u64) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    (field("VmRSS:"), field("VmHWM:"))
+    Resident {
+        rss: field("VmRSS:"),
+        peak: field("VmHWM:"),
+        anonymous: field("RssAnon:"),
+        file: field("RssFile:") + field("RssShmem:"),
+    }
 }
 
 /// CPU time of a process, summed over its threads from `/proc/<pid>/task/*/schedstat`

@@ -1,4 +1,5 @@
-//! Is this a change? The comparison rules of DESIGN.md step 3, as pure functions.
+//! Is this a change? The comparison rules of the README's "How the sidecar decides", as
+//! pure functions.
 //!
 //! Up to date when the running digest equals the remote digest, or the remote is an index
 //! and the running digest is one of its manifests, or the running bare `sha256:` is the

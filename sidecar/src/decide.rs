@@ -1,4 +1,4 @@
-//! Decide: restart, skip or warn, given the workload as read (DESIGN.md step 4), as pure
+//! Decide: restart, skip or warn, given the workload as read, as pure
 //! functions; and the patches that carry the decisions out.
 //!
 //! The template's `pod-reloaded.io/restarted-for` records `<container>=<digest>` entries.

@@ -142,7 +142,7 @@ fn base_renders_and_agrees_with_the_code() {
     let pdb = find(&docs, "PodDisruptionBudget", "pod-reloaded-webhook");
     assert_eq!(pdb["spec"]["minAvailable"], 1);
 
-    // RBAC: the checker's ClusterRole is exactly what DESIGN.md lists, and Argo Rollouts.
+    // RBAC: the checker's ClusterRole is exactly what the README lists, and Argo Rollouts.
     let checker = find(&docs, "ClusterRole", contract::CHECKER_CLUSTER_ROLE);
     let mut granted = BTreeSet::new();
     for rule in checker["rules"].as_sequence().unwrap() {

@@ -68,8 +68,8 @@ pub struct Config {
     #[arg(long, env = "POD_RELOADED_SIDECAR_CPU_REQUEST", default_value = "5m")]
     pub sidecar_cpu_request: String,
 
-    /// Memory request of the sidecar. Its steady RSS is ~2.6 MiB and its peak ~3.4 MiB
-    /// (BENCHMARKS.md); the rest is for the binary's page cache the pod may be charged for.
+    /// Memory request of the sidecar: its own memory and peak (BENCHMARKS.md), and the
+    /// binary's page cache the pod may be charged for.
     #[arg(
         long,
         env = "POD_RELOADED_SIDECAR_MEMORY_REQUEST",
@@ -213,7 +213,7 @@ impl Config {
             settings::parse_resource_quantity(value)
                 .map_err(|problem| anyhow::anyhow!("--{flag}: {problem}"))
         };
-        // The sidecar's peak RSS is ~3.4 MiB (BENCHMARKS.md): under 4Mi it is killed at once.
+        // Below the sidecar's peak RSS (BENCHMARKS.md) it is killed at once.
         let memory_limit = quantity("sidecar-memory-limit", &self.sidecar_memory_limit)?;
         anyhow::ensure!(
             memory_limit >= 4.0 * 1024.0 * 1024.0,
