@@ -112,11 +112,11 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
-/// Reviews `body` as the HTTP handler does: 200 with the encoded review, or 400. A
-/// returned patch must apply to the request's object.
-fn review(body: &[u8]) -> Result<u16, TestCaseError> {
+/// Reviews `body` as the HTTP handler does: the encoded answer (200), or `None` (400). An
+/// answer names the request's uid, and its patch applies to the request's object.
+fn review(body: &[u8]) -> Result<Option<Value>, TestCaseError> {
     let Ok(review) = runtime().block_on(admission().review(body)) else {
-        return Ok(400);
+        return Ok(None);
     };
     // The object the API server would apply the patch to: the one it sent.
     let object = serde_json::from_slice::<Value>(body)
@@ -136,7 +136,10 @@ fn review(body: &[u8]) -> Result<u16, TestCaseError> {
         json_patch::patch(&mut target, &patch)
             .map_err(|e| TestCaseError::fail(format!("patch does not apply: {e}")))?;
     }
-    Ok(200)
+    let sent: Value = serde_json::from_slice(body)
+        .map_err(|e| TestCaseError::fail(format!("answered a body that is not JSON: {e}")))?;
+    prop_assert_eq!(&answer["response"]["uid"], &sent["request"]["uid"]);
+    Ok(Some(answer))
 }
 
 fn mutated_fixture() -> impl Strategy<Value = Vec<u8>> {
@@ -166,9 +169,22 @@ proptest! {
     #![proptest_config(config())]
 
     #[test]
-    fn any_bytes_get_200_or_400_and_never_a_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
-        let status = review(&body)?;
-        prop_assert!(status == 200 || status == 400);
+    fn any_bytes_get_an_answer_only_when_they_are_a_review(body in prop::collection::vec(any::<u8>(), 0..512)) {
+        let answered = review(&body)?.is_some();
+        // An answer needs a review with a request to answer (and its uid).
+        let is_a_review = serde_json::from_slice::<Value>(&body)
+            .is_ok_and(|v| v["request"]["uid"].is_string());
+        if !is_a_review {
+            prop_assert!(!answered, "answered {:?}", String::from_utf8_lossy(&body));
+        }
+    }
+
+    #[test]
+    fn a_fixture_is_answered_whatever_its_uid(uid in "[a-z0-9-]{1,40}") {
+        let mut body = fixture(FIXTURES[0]);
+        body["request"]["uid"] = json!(uid);
+        let answer = review(&serde_json::to_vec(&body).unwrap_or_default())?;
+        prop_assert!(answer.is_some(), "a valid review was refused");
     }
 
     #[test]
@@ -249,5 +265,6 @@ fn the_patch_check_is_reached() {
         .as_ref()
         .and_then(|r| r.patch.as_ref())
         .is_some());
-    assert_eq!(review(&body).unwrap(), 200);
+    let answer = review(&body).unwrap().expect("answered");
+    assert!(answer["response"]["patch"].is_string());
 }
