@@ -36,15 +36,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut config: Config = pod_reloaded_contract::parse_args_or_exit("pod-reloaded-sidecar");
+    let mut config: Config = pod_reloaded_bootstrap::parse_args_or_exit("pod-reloaded-sidecar");
     let prepared = match config
         .validate()
         .and_then(|()| Prepared::from_config(&config))
     {
         Ok(prepared) => prepared,
-        Err(problem) => pod_reloaded_contract::exit_invalid("pod-reloaded-sidecar", &problem),
+        Err(problem) => pod_reloaded_bootstrap::exit_invalid("pod-reloaded-sidecar", &problem),
     };
-    pod_reloaded_contract::init_logging(config.log_format);
+    pod_reloaded_bootstrap::init_logging(config.log_format);
     if let Some(registry_url) = &config.registry_url {
         for (given, read_as) in registry_url.legacy_forms() {
             info!(given, read_as, "IMAGE_CHECKER_REGISTRY_URL has the old image-checker's form (an API base, not a registry path): asking the registry at its host");

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use pod_reloaded_contract::settings;
-use pod_reloaded_contract::{self as contract, LogFormat};
+use pod_reloaded_bootstrap::LogFormat;
+use pod_reloaded_contract as contract;
 
 use crate::inject::{self, InjectionSettings, SidecarMode};
 

@@ -21,13 +21,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 fn main() -> std::process::ExitCode {
-    let config: Config = pod_reloaded_contract::parse_args_or_exit("pod-reloaded-webhook");
+    let config: Config = pod_reloaded_bootstrap::parse_args_or_exit("pod-reloaded-webhook");
     // Every setting is checked before anything starts: a value the API server would
     // reject (say `--sidecar-cpu-limit banana`) would otherwise reach every opted-in pod.
     let settings = match config.injection_settings() {
         Ok(settings) => settings,
         Err(problem) => {
-            pod_reloaded_contract::exit_invalid("pod-reloaded-webhook", &format!("{problem:#}"))
+            pod_reloaded_bootstrap::exit_invalid("pod-reloaded-webhook", &format!("{problem:#}"))
         }
     };
     // So are the TLS files and the two ports (in use: exit 2 too, one rule for all).
@@ -52,10 +52,10 @@ fn main() -> std::process::ExitCode {
     let (listener, metrics_listener) = match listeners {
         Ok(listeners) => listeners,
         Err(problem) => {
-            pod_reloaded_contract::exit_invalid("pod-reloaded-webhook", &format!("{problem:#}"))
+            pod_reloaded_bootstrap::exit_invalid("pod-reloaded-webhook", &format!("{problem:#}"))
         }
     };
-    pod_reloaded_contract::init_logging(config.log_format);
+    pod_reloaded_bootstrap::init_logging(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
