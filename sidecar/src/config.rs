@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use pod_reloaded_contract::settings::{self, RegistryOverride};
 use pod_reloaded_bootstrap::LogFormat;
 use pod_reloaded_contract as contract;
+use pod_reloaded_contract::settings::{self, RegistryOverride};
 
 use crate::platform::Platform;
 

@@ -37,7 +37,10 @@ pub struct Injection {
 /// The decision for a pod being created in `namespace`.
 pub fn decide(pod: &PodView, namespace: &str, settings: &InjectionSettings) -> Decision {
     match rules::plan(pod, namespace, settings) {
-        Ok(plan) => Decision::Inject(patch::build_injection(pod, plan, settings)),
+        Ok(plan) => match patch::build_injection(pod, plan, settings) {
+            Ok(injection) => Decision::Inject(injection),
+            Err(error) => Decision::Skip(SkipReason::PatchNotWritten(error.to_string())),
+        },
         Err(reason) => Decision::Skip(reason),
     }
 }

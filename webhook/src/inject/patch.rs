@@ -41,6 +41,8 @@ impl JsonPatch {
 struct PatchOps {
     /// `[` and the operations written so far, separated by commas.
     json: Vec<u8>,
+    /// The first operation that could not be written: the patch is then not used.
+    error: Option<serde_json::Error>,
 }
 
 #[derive(Serialize)]
@@ -54,7 +56,7 @@ impl PatchOps {
     fn new() -> Self {
         let mut json = Vec::with_capacity(2048);
         json.push(b'[');
-        Self { json }
+        Self { json, error: None }
     }
 
     fn add<'t>(&mut self, path: impl IntoIterator<Item = &'t str>, value: impl Serialize) {
@@ -98,21 +100,20 @@ impl PatchOps {
                 value,
             },
         );
-        if written.is_err() {
-            // k8s-openapi types and strings always serialize; `null` keeps the no-panic rule.
+        if let Err(error) = written {
             self.json.truncate(start);
-            let null = Operation {
-                op,
-                path: &path,
-                value: (),
-            };
-            let _ = serde_json::to_writer(&mut self.json, &null);
+            self.error.get_or_insert(error);
         }
     }
 
-    fn finish(mut self) -> JsonPatch {
+    /// The patch, or the first operation's error: a patch missing an operation would
+    /// inject half a sidecar.
+    fn finish(mut self) -> Result<JsonPatch, serde_json::Error> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
         self.json.push(b']');
-        JsonPatch(self.json)
+        Ok(JsonPatch(self.json))
     }
 }
 
@@ -120,7 +121,7 @@ pub(super) fn build_injection(
     pod: &PodView,
     plan: Plan,
     settings: &InjectionSettings,
-) -> Injection {
+) -> Result<Injection, serde_json::Error> {
     let mut warnings = plan.warnings;
     let mut ops = PatchOps::new();
     let empty_spec = PodSpecView::default();
@@ -142,59 +143,35 @@ pub(super) fn build_injection(
             contract::ANNOTATION_PIN
         ));
     }
-    if plan.set_pull_policy {
-        for (index, container) in spec.containers.iter().enumerate() {
-            let policy = container.image_pull_policy.as_deref();
-            if !plan.watched.contains(&container.name) || policy == Some("Always") {
-                continue;
-            }
-            let index = index.to_string();
-            ops.set(
-                policy.is_some(),
-                ["spec", "containers", &index, "imagePullPolicy"],
-                "Always",
-            );
-            warnings.push(format!(
-                "pod-reloaded: set imagePullPolicy: Always on container {} so a restart pulls the new digest (annotate {}=keep to prevent)",
-                container.name,
-                contract::ANNOTATION_PULL_POLICY
-            ));
-        }
+    for change in &plan.pull_always {
+        let index = change.index.to_string();
+        ops.set(
+            change.had_policy,
+            ["spec", "containers", &index, "imagePullPolicy"],
+            "Always",
+        );
+        warnings.push(format!(
+            "pod-reloaded: set imagePullPolicy: Always on container {} so a restart pulls the new digest (annotate {}=keep to prevent)",
+            change.container,
+            contract::ANNOTATION_PULL_POLICY
+        ));
     }
 
-    let current_account = spec
-        .service_account_name
-        .as_deref()
-        .or(spec.service_account.as_deref())
-        .filter(|sa| !sa.is_empty())
-        .unwrap_or("default");
-    let uses_checker_account = current_account == "default";
-    let service_account = if uses_checker_account {
-        let checker = contract::CHECKER_SERVICE_ACCOUNT;
+    if plan.account.switched_to_checker {
         ops.set(
             spec.service_account_name.is_some(),
             ["spec", "serviceAccountName"],
-            checker,
+            &plan.account.name,
         );
         // The deprecated alias must agree, or validation rejects the pod.
         if spec.service_account.is_some() {
-            ops.replace(["spec", "serviceAccount"], checker);
+            ops.replace(["spec", "serviceAccount"], &plan.account.name);
         }
-        checker.to_string()
-    } else {
-        current_account.to_string()
-    };
+    }
 
     let mut new_volumes = Vec::new();
     let mut mounts = vec![api_access_mount(spec, &mut new_volumes)];
-    let pull_secrets: Vec<&str> = spec
-        .image_pull_secrets
-        .iter()
-        .flatten()
-        .map(|s| s.name.as_str())
-        .filter(|n| !n.is_empty())
-        .collect();
-    for (index, secret) in pull_secrets.iter().enumerate() {
+    for (index, secret) in plan.mounted_pull_secrets.iter().enumerate() {
         let volume_name = format!("{PULL_SECRET_VOLUME_PREFIX}{index}");
         new_volumes.push(Volume {
             name: volume_name.clone(),
@@ -213,13 +190,7 @@ pub(super) fn build_injection(
             ..Default::default()
         });
     }
-    // A private sidecar image: its pull secret joins the pod's (not mounted into the
-    // sidecar: it is for pulling the sidecar, not for checking the app's registry).
-    if let Some(secret) = settings
-        .sidecar_image_pull_secret
-        .as_deref()
-        .filter(|s| !pull_secrets.contains(s))
-    {
+    if let Some(secret) = &plan.added_pull_secret {
         let reference = BTreeMap::from([("name", secret)]);
         if spec.image_pull_secrets.is_some() {
             ops.add(["spec", "imagePullSecrets", "-"], &reference);
@@ -227,7 +198,7 @@ pub(super) fn build_injection(
             ops.add(["spec", "imagePullSecrets"], [&reference]);
         }
     }
-    if let Some(configmap) = &settings.ca_configmap {
+    if let Some(configmap) = &plan.ca_configmap {
         new_volumes.push(Volume {
             name: REGISTRY_CA_VOLUME.to_string(),
             config_map: Some(ConfigMapVolumeSource {
@@ -262,14 +233,14 @@ pub(super) fn build_injection(
     }
     env.push(env_field(contract::ENV_POD_NAME, "metadata.name"));
     env.push(env_field(contract::ENV_POD_NAMESPACE, "metadata.namespace"));
-    if !pull_secrets.is_empty() {
+    if !plan.mounted_pull_secrets.is_empty() {
         env.push(env_value(
             contract::ENV_PULL_SECRETS_DIR,
             contract::PULL_SECRETS_MOUNT_DIR.to_string(),
         ));
     }
 
-    if settings.ca_configmap.is_some() {
+    if plan.ca_configmap.is_some() {
         env.push(env_value(
             contract::ENV_REGISTRY_CA_DIR,
             contract::REGISTRY_CA_MOUNT_DIR.to_string(),
@@ -302,11 +273,33 @@ pub(super) fn build_injection(
         );
     }
 
-    Injection {
-        patch: ops.finish(),
-        service_account,
-        uses_checker_account,
+    Ok(Injection {
+        patch: ops.finish()?,
+        service_account: plan.account.name,
+        uses_checker_account: plan.account.switched_to_checker,
         watched_containers: plan.watched,
         warnings,
+    })
+}
+
+#[cfg(test)]
+mod patch_ops_tests {
+    use super::*;
+
+    #[test]
+    fn an_operation_that_cannot_be_written_fails_the_patch_instead_of_writing_null() {
+        let mut ops = PatchOps::new();
+        ops.add(["metadata", "labels"], BTreeMap::from([("a", "b")]));
+        // JSON object keys must be strings: this value cannot be written.
+        ops.add(["spec", "x"], BTreeMap::from([((1, 2), "pair")]));
+        assert!(ops.finish().is_err());
+
+        let mut ops = PatchOps::new();
+        ops.add(["metadata", "labels"], BTreeMap::from([("a", "b")]));
+        let patch = ops.finish().expect("written");
+        assert_eq!(
+            String::from_utf8(patch.into_bytes()).unwrap(),
+            r#"[{"op":"add","path":"/metadata/labels","value":{"a":"b"}}]"#
+        );
     }
 }

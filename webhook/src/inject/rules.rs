@@ -80,6 +80,8 @@ pub enum SkipReason {
         annotation: &'static str,
         problem: String,
     },
+    #[error("pod-reloaded: the patch could not be written ({0}); not injected")]
+    PatchNotWritten(String),
 }
 
 /// What was read and validated from the pod before any change is made.
@@ -91,12 +93,37 @@ pub(super) struct Pin {
     pub(super) image: String,
 }
 
+/// A watched container whose `imagePullPolicy` becomes `Always`.
+#[derive(Debug)]
+pub(super) struct PullAlways {
+    pub(super) index: usize,
+    pub(super) container: String,
+    /// It has a policy (replaced) or none (added).
+    pub(super) had_policy: bool,
+}
+
+/// The account the pod will run as.
+#[derive(Debug)]
+pub(super) struct Account {
+    pub(super) name: String,
+    /// The pod ran as its namespace's `default` account and is switched to the checker's.
+    pub(super) switched_to_checker: bool,
+}
+
+/// Everything decided about a pod before the patch is written: `patch` only writes it.
 pub(super) struct Plan {
     pub(super) pins: Vec<Pin>,
     pub(super) watched: Vec<String>,
     pub(super) interval: String,
     pub(super) registry_url: Option<String>,
-    pub(super) set_pull_policy: bool,
+    pub(super) pull_always: Vec<PullAlways>,
+    pub(super) account: Account,
+    /// The pod's pull secrets, mounted into the sidecar (optional volumes).
+    pub(super) mounted_pull_secrets: Vec<String>,
+    /// The sidecar image's pull secret, added to the pod's when it lacks it.
+    pub(super) added_pull_secret: Option<String>,
+    /// The ConfigMap of extra registry CAs mounted into the sidecar.
+    pub(super) ca_configmap: Option<String>,
     pub(super) warnings: Vec<String>,
 }
 
@@ -170,14 +197,75 @@ pub(super) fn plan(
         Vec::new()
     };
 
+    let pull_always = if set_pull_policy {
+        pull_always(spec, &watched)
+    } else {
+        Vec::new()
+    };
+    let mounted_pull_secrets: Vec<String> = spec
+        .image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|s| s.name.clone())
+        .filter(|n| !n.is_empty())
+        .collect();
+    // A private sidecar image: its pull secret joins the pod's (not mounted into the
+    // sidecar: it is for pulling the sidecar, not for checking the app's registry).
+    let added_pull_secret = settings
+        .sidecar_image_pull_secret
+        .clone()
+        .filter(|s| !mounted_pull_secrets.contains(s));
+
     Ok(Plan {
         watched,
         interval: interval.to_string(),
         registry_url: registry_url.map(str::to_string),
-        set_pull_policy,
+        pull_always,
+        account: account(spec),
+        mounted_pull_secrets,
+        added_pull_secret,
+        ca_configmap: settings.ca_configmap.clone(),
         pins,
         warnings,
     })
+}
+
+/// Watched containers whose pull policy is not `Always` yet: a restart must pull the new
+/// digest, not reuse a node's cached image.
+fn pull_always(spec: &PodSpecView, watched: &[String]) -> Vec<PullAlways> {
+    spec.containers
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| watched.contains(&c.name))
+        .filter(|(_, c)| c.image_pull_policy.as_deref() != Some("Always"))
+        .map(|(index, c)| PullAlways {
+            index,
+            container: c.name.clone(),
+            had_policy: c.image_pull_policy.is_some(),
+        })
+        .collect()
+}
+
+/// A pod on its namespace's `default` account runs as the checker's account instead (so
+/// `default` never gets the checker's rights); any other account is bound as it is.
+fn account(spec: &PodSpecView) -> Account {
+    let current = spec
+        .service_account_name
+        .as_deref()
+        .or(spec.service_account.as_deref())
+        .filter(|sa| !sa.is_empty())
+        .unwrap_or("default");
+    if current == "default" {
+        Account {
+            name: contract::CHECKER_SERVICE_ACCOUNT.to_string(),
+            switched_to_checker: true,
+        }
+    } else {
+        Account {
+            name: current.to_string(),
+            switched_to_checker: false,
+        }
+    }
 }
 
 /// The watched containers a restart recorded a digest for, with that digest: the pod
