@@ -320,7 +320,7 @@ mod tests {
     //! way kube-rs/controller-rs tests its controller): method, path, body, precondition.
 
     use super::*;
-    use pod_reloaded_api_mock::{self as api_mock, expect};
+    use pod_reloaded_test_support::api_mock::{self, expect};
     use serde_json::{json, Value};
 
     fn cluster() -> (Cluster, api_mock::ApiHandle) {

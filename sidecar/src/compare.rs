@@ -72,9 +72,7 @@ pub fn decide_from_details(
 mod tests {
     use super::*;
 
-    fn digest(c: char) -> String {
-        format!("sha256:{}", c.to_string().repeat(64))
-    }
+    use pod_reloaded_test_support::digest;
 
     fn remote(c: char, kind: ManifestKind) -> RemoteTag {
         RemoteTag {

@@ -587,9 +587,7 @@ pub fn quarantine_patch(
 mod tests {
     use super::*;
 
-    fn digest(c: char) -> String {
-        format!("sha256:{}", c.to_string().repeat(64))
-    }
+    use pod_reloaded_test_support::digest;
 
     fn now() -> Timestamp {
         "2026-11-24T12:00:00Z".parse().unwrap()

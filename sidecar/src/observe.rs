@@ -90,9 +90,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn digest(c: char) -> String {
-        format!("sha256:{}", c.to_string().repeat(64))
-    }
+    use pod_reloaded_test_support::digest;
 
     fn pod(statuses: serde_json::Value) -> Pod {
         serde_json::from_value(json!({

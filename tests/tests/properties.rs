@@ -6,7 +6,6 @@
 //! `PROPTEST_CASES` sets the cases per property: the default keeps `make test` quick;
 //! `make fuzz` runs a million per property.
 
-use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use base64::Engine as _;
@@ -16,7 +15,7 @@ use pod_reloaded_sidecar::registry::credentials::Credentials;
 use pod_reloaded_sidecar::registry::manifest::{Index, Manifest};
 use pod_reloaded_tests::webhook::fixture;
 use pod_reloaded_webhook::admission::{encode_review, Admission};
-use pod_reloaded_webhook::inject::{self, InjectionSettings, SidecarMode};
+use pod_reloaded_webhook::inject::{InjectionSettings, SidecarMode};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -85,18 +84,7 @@ const FIXTURES: [&str; 6] = [
 fn admission() -> &'static Admission {
     static ADMISSION: OnceLock<Admission> = OnceLock::new();
     ADMISSION.get_or_init(|| Admission {
-        settings: InjectionSettings {
-            sidecar_image: "example/checker:1".into(),
-            sidecar_resources: inject::resources("5m", "16Mi", "100m", "32Mi"),
-            sidecar_mode: SidecarMode::Container,
-            default_interval: "60s".into(),
-            excluded_namespaces: BTreeSet::from(["kube-system".to_string()]),
-            version: "test".into(),
-            sidecar_env: Vec::new(),
-            ca_configmap: None,
-            sidecar_image_pull_secret: None,
-            metrics_port: None,
-        },
+        settings: InjectionSettings::example(SidecarMode::Container),
         // No API access: non-dry-run pods are admitted uninjected, dry runs injected.
         granter: None,
         metrics: Default::default(),

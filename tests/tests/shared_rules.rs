@@ -2,8 +2,6 @@
 //! must give the sidecar env it starts with, and a value the sidecar would refuse must
 //! not be injected. The same annotation values go through both.
 
-use std::collections::BTreeSet;
-
 use clap::Parser;
 use k8s_openapi::api::core::v1::Pod;
 use pod_reloaded_contract as contract;
@@ -12,18 +10,7 @@ use pod_reloaded_webhook::inject::{self, Decision, InjectionSettings, SidecarMod
 use serde_json::{json, Value};
 
 fn settings() -> InjectionSettings {
-    InjectionSettings {
-        sidecar_image: "example/checker:1".to_string(),
-        sidecar_resources: inject::resources("5m", "16Mi", "100m", "32Mi"),
-        sidecar_mode: SidecarMode::Container,
-        default_interval: "60s".to_string(),
-        excluded_namespaces: BTreeSet::new(),
-        version: "test".to_string(),
-        sidecar_env: Vec::new(),
-        ca_configmap: None,
-        sidecar_image_pull_secret: None,
-        metrics_port: None,
-    }
+    InjectionSettings::example(SidecarMode::Container)
 }
 
 fn pod(image: &str, annotations: Value) -> Pod {

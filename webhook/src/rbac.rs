@@ -240,7 +240,7 @@ mod tests {
     //! The side effect's API calls, asserted in order over a mocked client.
 
     use super::*;
-    use pod_reloaded_api_mock::{self as api_mock, expect, expect_unordered, status};
+    use pod_reloaded_test_support::api_mock::{self, expect, expect_unordered, status};
     use serde_json::{json, Value};
 
     const ACCOUNT: &str = "/api/v1/namespaces/shop/serviceaccounts/pod-reloaded-checker";

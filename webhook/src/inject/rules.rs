@@ -43,6 +43,28 @@ pub struct InjectionSettings {
     pub metrics_port: Option<u16>,
 }
 
+impl InjectionSettings {
+    /// The one fixture of the tests and benchmarks: image `example/checker:1`, version
+    /// `9.9.9`, `kube-system` and `pod-reloaded` excluded, the rest as simple as it gets.
+    pub fn example(sidecar_mode: SidecarMode) -> Self {
+        Self {
+            sidecar_image: "example/checker:1".to_string(),
+            sidecar_resources: super::templates::resources("5m", "16Mi", "100m", "32Mi"),
+            sidecar_mode,
+            default_interval: "60s".to_string(),
+            excluded_namespaces: ["kube-system", "pod-reloaded"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            version: "9.9.9".to_string(),
+            sidecar_env: Vec::new(),
+            ca_configmap: None,
+            sidecar_image_pull_secret: None,
+            metrics_port: None,
+        }
+    }
+}
+
 impl SidecarMode {
     /// `container` or `native`, as the `--sidecar-mode` flag takes it.
     pub fn parse(text: &str) -> Result<Self, String> {

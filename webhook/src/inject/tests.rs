@@ -8,21 +8,7 @@ use pod_reloaded_contract as contract;
 use serde_json::{json, Value};
 
 fn settings(mode: SidecarMode) -> InjectionSettings {
-    InjectionSettings {
-        sidecar_image: "example/checker:1".to_string(),
-        sidecar_resources: resources("5m", "16Mi", "100m", "32Mi"),
-        sidecar_mode: mode,
-        default_interval: "60s".to_string(),
-        excluded_namespaces: ["kube-system", "pod-reloaded"]
-            .into_iter()
-            .map(String::from)
-            .collect(),
-        version: "9.9.9".to_string(),
-        sidecar_env: Vec::new(),
-        ca_configmap: None,
-        sidecar_image_pull_secret: None,
-        metrics_port: None,
-    }
+    InjectionSettings::example(mode)
 }
 
 /// A pod as the ReplicaSet controller makes it, after the ServiceAccount plugin ran.
@@ -598,9 +584,7 @@ fn fixtures_decide_as_their_readme_says() {
     }
 }
 
-fn digest(c: char) -> String {
-    format!("sha256:{}", c.to_string().repeat(64))
-}
+use pod_reloaded_test_support::digest;
 
 /// A pod of a template a restart annotated, with containers `web`, `api` (both tags) and
 /// `db` (pinned by the user), and an init container `migrate` (a tag).
