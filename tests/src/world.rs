@@ -27,25 +27,43 @@ pub struct World {
 }
 
 impl World {
-    /// `demo/app:latest` pushed once, and a Deployment `web` whose template carries
-    /// `annotations`, with its ReplicaSet; returns the world and the ReplicaSet.
-    pub async fn start(annotations: Value) -> (Self, Value) {
+    /// `demo/app:latest` pushed once and a real API server, nothing in it yet.
+    pub async fn empty() -> Self {
         let registry = Registry::start(RegistryOptions::default()).await;
         let first = registry
             .push_index("demo/app", "latest", "v1", &PLATFORMS, false)
             .await;
         let image = format!("{}/demo/app:latest", registry.host());
         let api = ApiServer::start().await.unwrap();
-        let replica_set = deployment(&api, "web", &image, annotations);
-        (
-            Self {
-                api,
-                registry,
-                image,
-                first,
-            },
-            replica_set,
-        )
+        Self {
+            api,
+            registry,
+            image,
+            first,
+        }
+    }
+
+    /// `demo/app:latest` pushed once, and a Deployment `web` whose template carries
+    /// `annotations`, with its ReplicaSet; returns the world and the ReplicaSet.
+    pub async fn start(annotations: Value) -> (Self, Value) {
+        let world = Self::empty().await;
+        let replica_set = deployment(&world.api, "web", &world.image, annotations);
+        (world, replica_set)
+    }
+
+    /// The API writes so far, as `METHOD path`.
+    pub fn writes(&self) -> Vec<String> {
+        self.api
+            .requests()
+            .into_iter()
+            .filter(|r| r.is_write())
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect()
+    }
+
+    /// Every Event written so far.
+    pub fn all_events(&self) -> Vec<Value> {
+        self.api.list(&events_prefix())
     }
 
     pub fn image_id(&self, digest: &str) -> String {
@@ -141,9 +159,9 @@ impl World {
             .collect()
     }
 
+    /// The Events of `reason` written so far.
     pub fn events(&self, reason: &str) -> Vec<Value> {
-        self.api
-            .list(&events_prefix())
+        self.all_events()
             .into_iter()
             .filter(|e| e["reason"] == reason)
             .collect()

@@ -8,11 +8,11 @@ use pod_reloaded_contract as contract;
 use pod_reloaded_tests::api_server::ApiServer;
 use pod_reloaded_tests::fault_proxy::{Fault, FaultProxy};
 use pod_reloaded_tests::process::{eventually, Running};
-use pod_reloaded_tests::registry::{docker_config_json, PushedIndex, Registry, RegistryOptions};
+use pod_reloaded_tests::registry::{docker_config_json, Registry, RegistryOptions};
 use pod_reloaded_tests::workloads::{
-    controller, deployment, deployment_path, events_prefix, pod_path, running_pod, sidecar_command,
-    NAMESPACE,
+    controller, deployment, deployment_path, pod_path, running_pod, sidecar_command, NAMESPACE,
 };
+use pod_reloaded_tests::world::World;
 use serde_json::{json, Value};
 
 const EARLY: &str = "2026-11-24T00:00:00Z";
@@ -25,81 +25,18 @@ async fn run_once(mut command: Command) -> (i32, String) {
     (status.code().unwrap_or(-1), running.output())
 }
 
-struct Setup {
-    api: ApiServer,
-    registry: Registry,
-    image: String,
-    first: PushedIndex,
-}
-
-/// A registry with `demo/app:latest` (a two-platform index) and a real API server.
-async fn setup() -> Setup {
-    let registry = Registry::start(RegistryOptions::default()).await;
-    let first = registry
-        .push_index(
-            "demo/app",
-            "latest",
-            "v1",
-            &[("linux", "amd64"), ("linux", "arm64")],
-            false,
-        )
-        .await;
-    let image = format!("{}/demo/app:latest", registry.host());
-    Setup {
-        api: ApiServer::start().await.unwrap(),
-        registry,
-        image,
-        first,
-    }
-}
-
-impl Setup {
-    fn image_id(&self, digest: &str) -> String {
-        format!("{}/demo/app@{digest}", self.registry.host())
-    }
-
-    /// Deployment `web` and its pod `web-1`, running the first push; returns the owner.
-    fn web_running_first_push(&self) -> Value {
-        let owner = deployment(&self.api, "web", &self.image, json!({}));
-        running_pod(
-            &self.api,
-            "web-1",
-            Some(&owner),
-            &self.image,
-            &self.image_id(&self.first.digest),
-            EARLY,
-        );
-        owner
-    }
-
-    fn command(&self, pod: &str) -> Command {
-        sidecar_command(&self.api, pod, "web", "1s", Some(&self.registry.base_url))
-    }
-
-    async fn push_new(&self, seed: &str) -> PushedIndex {
-        self.registry
-            .push_index(
-                "demo/app",
-                "latest",
-                seed,
-                &[("linux", "amd64"), ("linux", "arm64")],
-                false,
-            )
-            .await
-    }
-
-    fn writes(&self) -> Vec<String> {
-        self.api
-            .requests()
-            .into_iter()
-            .filter(|r| r.is_write())
-            .map(|r| format!("{} {}", r.method, r.path))
-            .collect()
-    }
-
-    fn events(&self) -> Vec<Value> {
-        self.api.list(&events_prefix())
-    }
+/// Deployment `web` and its pod `web-1`, running the first push; returns the owner.
+fn web_running_first_push(world: &World) -> Value {
+    let owner = deployment(&world.api, "web", &world.image, json!({}));
+    running_pod(
+        &world.api,
+        "web-1",
+        Some(&owner),
+        &world.image,
+        &world.image_id(&world.first.digest),
+        EARLY,
+    );
+    owner
 }
 
 fn template_annotations(api: &ApiServer, path: &str) -> Value {
@@ -108,7 +45,7 @@ fn template_annotations(api: &ApiServer, path: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unchanged_pod_is_never_patched_in_any_running_digest_form() {
-    let s = setup().await;
+    let s = World::empty().await;
     let owner = deployment(&s.api, "web", &s.image, json!({}));
     let forms = [
         s.image_id(&s.first.digest),
@@ -121,7 +58,7 @@ async fn an_unchanged_pod_is_never_patched_in_any_running_digest_form() {
     for (i, image_id) in forms.iter().enumerate() {
         let pod = format!("web-5d9c8b7f6-{i}");
         running_pod(&s.api, &pod, Some(&owner), &s.image, image_id, EARLY);
-        let (code, output) = run_once(s.command(&pod)).await;
+        let (code, output) = run_once(s.sidecar(&pod)).await;
         assert_eq!(code, 0, "{image_id}: {output}");
         assert!(output.contains("up-to-date"), "{output}");
     }
@@ -130,7 +67,7 @@ async fn an_unchanged_pod_is_never_patched_in_any_running_digest_form() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_changed_tag_patches_the_deployment_once_with_both_annotations() {
-    let s = setup().await;
+    let s = World::empty().await;
     let owner = deployment(&s.api, "web", &s.image, json!({"keep": "me"}));
     running_pod(
         &s.api,
@@ -140,11 +77,11 @@ async fn a_changed_tag_patches_the_deployment_once_with_both_annotations() {
         &s.image_id(&s.first.digest),
         EARLY,
     );
-    let second = s.push_new("v2").await;
+    let second = s.push("v2").await;
     let read_version =
         s.api.get(&deployment_path("web")).unwrap()["metadata"]["resourceVersion"].clone();
 
-    let (code, output) = run_once(s.command("web-1")).await;
+    let (code, output) = run_once(s.sidecar("web-1")).await;
     assert_eq!(code, 0, "{output}");
 
     let patches = s.api.requests_to("PATCH", &deployment_path("web"));
@@ -175,7 +112,7 @@ async fn a_changed_tag_patches_the_deployment_once_with_both_annotations() {
         format!("web={}", second.digest)
     );
 
-    let events = s.events();
+    let events = s.all_events();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["type"], "Normal");
     assert_eq!(events[0]["reason"], "ImageDigestChanged");
@@ -199,8 +136,8 @@ async fn a_changed_tag_patches_the_deployment_once_with_both_annotations() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_recorded_restart_is_not_repeated_and_warns_once() {
-    let s = setup().await;
-    let second = s.push_new("v2").await;
+    let s = World::empty().await;
+    let second = s.push("v2").await;
     let owner = deployment(
         &s.api,
         "web",
@@ -219,7 +156,7 @@ async fn a_recorded_restart_is_not_repeated_and_warns_once() {
         &s.image_id(&s.first.digest),
         "2026-11-24T10:00:30Z",
     );
-    let mut sidecar = Running::spawn(s.command("web-new"));
+    let mut sidecar = Running::spawn(s.sidecar("web-new"));
     let rounds = eventually(Duration::from_secs(15), || {
         s.api.requests_to("GET", &pod_path("web-new")).len() >= 3
     })
@@ -229,7 +166,7 @@ async fn a_recorded_restart_is_not_repeated_and_warns_once() {
         .api
         .requests_to("PATCH", &deployment_path("web"))
         .is_empty());
-    let events = s.events();
+    let events = s.all_events();
     assert_eq!(
         events.len(),
         1,
@@ -260,9 +197,9 @@ async fn a_recorded_restart_is_not_repeated_and_warns_once() {
         pod_reloaded_contract::record::timestamp_text(created + jiff::SignedDuration::from_secs(1))
     );
     s.api.put(deployment);
-    let (code, output) = run_once(s.command("web-old")).await;
+    let (code, output) = run_once(s.sidecar("web-old")).await;
     assert_eq!(code, 0, "{output}");
-    assert_eq!(s.events().len(), 1);
+    assert_eq!(s.all_events().len(), 1);
     assert!(s
         .api
         .requests_to("PATCH", &deployment_path("web"))
@@ -271,11 +208,11 @@ async fn a_recorded_restart_is_not_repeated_and_warns_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_conflict_is_read_again_and_decided_again() {
-    let s = setup().await;
-    s.web_running_first_push();
-    let second = s.push_new("v2").await;
+    let s = World::empty().await;
+    web_running_first_push(&s);
+    let second = s.push("v2").await;
     s.api.interfere_with_next_patch(&deployment_path("web"));
-    let (code, output) = run_once(s.command("web-1")).await;
+    let (code, output) = run_once(s.sidecar("web-1")).await;
     assert_eq!(code, 0, "{output}");
     let patches = s.api.requests_to("PATCH", &deployment_path("web"));
     let statuses: Vec<u16> = patches.iter().map(|p| p.status).collect();
@@ -295,8 +232,8 @@ async fn a_conflict_is_read_again_and_decided_again() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn statefulset_and_daemonset_owners_are_patched() {
-    let s = setup().await;
-    s.push_new("v2").await;
+    let s = World::empty().await;
+    s.push("v2").await;
     for (kind, plural) in [("StatefulSet", "statefulsets"), ("DaemonSet", "daemonsets")] {
         let owner = controller(&s.api, kind, "db", &s.image);
         let pod = format!("db-{plural}");
@@ -308,7 +245,7 @@ async fn statefulset_and_daemonset_owners_are_patched() {
             &s.image_id(&s.first.digest),
             EARLY,
         );
-        let (code, output) = run_once(s.command(&pod)).await;
+        let (code, output) = run_once(s.sidecar(&pod)).await;
         assert_eq!(code, 0, "{output}");
         let path = format!("/apis/apps/v1/namespaces/{NAMESPACE}/{plural}/db");
         assert_eq!(
@@ -321,8 +258,8 @@ async fn statefulset_and_daemonset_owners_are_patched() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pods_without_a_restartable_owner_are_never_patched() {
-    let s = setup().await;
-    s.push_new("v2").await;
+    let s = World::empty().await;
+    s.push("v2").await;
     running_pod(
         &s.api,
         "bare",
@@ -342,7 +279,7 @@ async fn pods_without_a_restartable_owner_are_never_patched() {
         EARLY,
     );
     for pod in ["bare", "job-pod"] {
-        let (code, output) = run_once(s.command(pod)).await;
+        let (code, output) = run_once(s.sidecar(pod)).await;
         assert_eq!(
             code, 1,
             "a change that cannot be acted on is reported: {output}"
@@ -354,9 +291,9 @@ async fn pods_without_a_restartable_owner_are_never_patched() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_registry_answers_never_restart() {
-    let s = setup().await;
-    s.push_new("v2").await; // a real change is there to be (wrongly) acted on
-    let owner = s.web_running_first_push();
+    let s = World::empty().await;
+    s.push("v2").await; // a real change is there to be (wrongly) acted on
+    let owner = web_running_first_push(&s);
     let proxy = FaultProxy::start(&s.registry.base_url, None).await;
     let faults = [
         Fault::Status(500),
@@ -391,7 +328,7 @@ async fn bad_registry_answers_never_restart() {
         &s.image_id(&s.first.digest),
         EARLY,
     );
-    let (code, output) = run_once(s.command("web-2")).await;
+    let (code, output) = run_once(s.sidecar("web-2")).await;
     assert_eq!(code, 1, "{output}");
     assert!(output.contains("not found"), "{output}");
 
@@ -447,9 +384,9 @@ async fn bad_registry_answers_never_restart() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_loop_survives_errors_and_honours_retry_after() {
-    let s = setup().await;
-    s.web_running_first_push();
-    let second = s.push_new("v2").await;
+    let s = World::empty().await;
+    web_running_first_push(&s);
+    let second = s.push("v2").await;
     let proxy = FaultProxy::start(&s.registry.base_url, None).await;
     proxy.set_fault(Fault::TooManyRequests {
         retry_after_seconds: 3,
@@ -504,7 +441,7 @@ async fn the_loop_survives_errors_and_honours_retry_after() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_seeing_the_same_change_patch_exactly_once() {
-    let s = setup().await;
+    let s = World::empty().await;
     let owner = deployment(&s.api, "web", &s.image, json!({}));
     for i in 0..3 {
         running_pod(
@@ -516,10 +453,10 @@ async fn replicas_seeing_the_same_change_patch_exactly_once() {
             EARLY,
         );
     }
-    s.push_new("v2").await;
+    s.push("v2").await;
     let mut sidecars: Vec<Running> = (0..3)
         .map(|i| {
-            let mut command = s.command(&format!("web-{i}"));
+            let mut command = s.sidecar(&format!("web-{i}"));
             command.arg("--once");
             Running::spawn(command)
         })
@@ -536,7 +473,7 @@ async fn replicas_seeing_the_same_change_patch_exactly_once() {
         "{patches:?}"
     );
     let normal = s
-        .events()
+        .all_events()
         .into_iter()
         .filter(|e| e["type"] == "Normal")
         .count();
@@ -545,7 +482,7 @@ async fn replicas_seeing_the_same_change_patch_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unchanged_round_costs_one_head_and_no_api_request() {
-    let s = setup().await;
+    let s = World::empty().await;
     let owner = deployment(&s.api, "web", &s.image, json!({}));
     // Running an index child: the first round reads the index once, later rounds do not.
     running_pod(
@@ -596,8 +533,8 @@ async fn an_unchanged_round_costs_one_head_and_no_api_request() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_and_sigint_stop_it_within_a_second() {
-    let s = setup().await;
-    s.web_running_first_push();
+    let s = World::empty().await;
+    web_running_first_push(&s);
     for signal in ["TERM", "INT"] {
         s.api.clear_requests();
         let mut sidecar = Running::spawn(sidecar_command(
@@ -704,7 +641,7 @@ async fn a_missing_or_invalid_setting_stops_it_with_one_line() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_stops_it_while_the_api_server_does_not_answer() {
-    let s = setup().await;
+    let s = World::empty().await;
     // An "API server" that accepts connections and never answers: the first read of the
     // pod hangs, as it can while a cluster's API is overloaded.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -717,7 +654,7 @@ async fn sigterm_stops_it_while_the_api_server_does_not_answer() {
         ),
     )
     .unwrap();
-    let mut command = s.command("web-1");
+    let mut command = s.sidecar("web-1");
     command.env("KUBECONFIG", kubeconfig.path());
     let mut sidecar = Running::spawn(command);
     let connected = tokio::task::block_in_place(|| {
@@ -736,18 +673,18 @@ async fn sigterm_stops_it_while_the_api_server_does_not_answer() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_container_that_has_not_started_is_waited_for_not_an_error() {
-    let s = setup().await;
+    let s = World::empty().await;
     let owner = deployment(&s.api, "web", &s.image, json!({}));
     // A native sidecar starts before the app: the app has no imageID yet.
     running_pod(&s.api, "web-1", Some(&owner), &s.image, "", EARLY);
-    let (code, output) = run_once(s.command("web-1")).await;
+    let (code, output) = run_once(s.sidecar("web-1")).await;
     assert_eq!(code, 0, "{output}");
     assert!(output.contains("has not started yet"), "{output}");
     assert!(!output.contains("decision=\"error\""), "{output}");
     assert!(s.writes().is_empty());
 
     // Once it runs, the next round checks it (the pod is read again while waiting).
-    let mut command = s.command("web-1");
+    let mut command = s.sidecar("web-1");
     command.arg("--metrics-listen").arg(format!(
         "127.0.0.1:{}",
         pod_reloaded_tests::process::free_port()
@@ -771,7 +708,7 @@ async fn a_container_that_has_not_started_is_waited_for_not_an_error() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_argo_rollout_is_restarted_through_its_template() {
-    let s = setup().await;
+    let s = World::empty().await;
     let rollout = s.api.put(json!({
         "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
         "metadata": {"name": "web", "namespace": NAMESPACE},
@@ -794,8 +731,8 @@ async fn an_argo_rollout_is_restarted_through_its_template() {
         &s.image_id(&s.first.digest),
         EARLY,
     );
-    let second = s.push_new("v2").await;
-    let (code, output) = run_once(s.command("web-1")).await;
+    let second = s.push("v2").await;
+    let (code, output) = run_once(s.sidecar("web-1")).await;
     assert_eq!(code, 0, "{output}");
     let path = format!("/apis/argoproj.io/v1alpha1/namespaces/{NAMESPACE}/rollouts/web");
     let patches = s.api.requests_to("PATCH", &path);
@@ -804,7 +741,7 @@ async fn an_argo_rollout_is_restarted_through_its_template() {
         template_annotations(&s.api, &path)[contract::ANNOTATION_RESTARTED_FOR],
         format!("web={}", second.digest)
     );
-    let events = s.events();
+    let events = s.all_events();
     assert_eq!(events[0]["involvedObject"]["kind"], "Rollout");
     assert_eq!(
         events[0]["involvedObject"]["apiVersion"],
