@@ -68,6 +68,78 @@ pub fn decide_from_details(
     }
 }
 
+/// What a comparison needs next from the registry, or its verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// The tag's manifest (the index, or the manifest for this platform, with its config
+    /// digest when `want_config`).
+    Details {
+        want_config: bool,
+    },
+    /// The manifest for this platform in the index the pod runs (`digest`); `None` when
+    /// the registry no longer has that index.
+    RunningPlatformManifest {
+        digest: String,
+    },
+    Verdict(Verdict),
+}
+
+/// One comparison of a running digest with the tag's, from the HEAD's answer to the
+/// verdict: it says what it needs next (`need`) and is given it (`details`,
+/// `running_platform_manifest`), so the order of the registry requests is decided here.
+pub struct Comparison {
+    running: RunningDigest,
+    remote: RemoteTag,
+    need: Need,
+    /// What the tag serves for this platform, once the details are known.
+    remote_platform_manifest: Option<String>,
+}
+
+impl Comparison {
+    /// From the HEAD's answer.
+    pub fn new(running: &RunningDigest, remote: &RemoteTag) -> Self {
+        let need = match decide_from_head(running, remote) {
+            Some(verdict) => Need::Verdict(verdict),
+            None => Need::Details {
+                want_config: matches!(running, RunningDigest::Config(_)),
+            },
+        };
+        Self {
+            running: running.clone(),
+            remote: remote.clone(),
+            need,
+            remote_platform_manifest: None,
+        }
+    }
+
+    pub fn need(&self) -> &Need {
+        &self.need
+    }
+
+    /// The tag's manifest. `Err` when it does not let us tell: never a change.
+    pub fn details(&mut self, details: &RemoteDetails) -> Result<(), String> {
+        let verdict = decide_from_details(&self.running, &self.remote, details)?;
+        self.remote_platform_manifest = details.platform_manifest.clone();
+        self.need = match (verdict, &self.running) {
+            // The tag's index moved and the pod runs another index (or a child of another
+            // one): compare what each holds for our platform. One more GET.
+            (Verdict::Changed, RunningDigest::Manifest(digest)) => Need::RunningPlatformManifest {
+                digest: digest.clone(),
+            },
+            (verdict, _) => Need::Verdict(verdict),
+        };
+        Ok(())
+    }
+
+    /// The running index's manifest for this platform (`None`: unknown, or gone).
+    pub fn running_platform_manifest(&mut self, manifest: Option<&str>) {
+        self.need = Need::Verdict(decide_for_platform(
+            manifest,
+            self.remote_platform_manifest.as_deref(),
+        ));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,5 +262,47 @@ mod tests {
             decide_from_details(&running, &tag, &details(None)).is_err(),
             "unknown is never a change"
         );
+    }
+
+    #[test]
+    fn a_comparison_asks_only_for_what_the_last_answer_left_open() {
+        let index = remote('b', ManifestKind::Index);
+        // The HEAD decides.
+        let same = Comparison::new(&RunningDigest::Manifest(digest('b')), &index);
+        assert_eq!(same.need(), &Need::Verdict(Verdict::UpToDate));
+        let single = remote('b', ManifestKind::Manifest);
+        let moved = Comparison::new(&RunningDigest::Manifest(digest('a')), &single);
+        assert_eq!(moved.need(), &Need::Verdict(Verdict::Changed));
+
+        // A bare config digest needs the platform's config.
+        let config = Comparison::new(&RunningDigest::Config(digest('c')), &index);
+        assert_eq!(config.need(), &Need::Details { want_config: true });
+
+        // The pod runs one of the index's manifests: up to date after one GET.
+        let mut child = Comparison::new(&RunningDigest::Manifest(digest('d')), &index);
+        assert_eq!(child.need(), &Need::Details { want_config: false });
+        let details = RemoteDetails {
+            index_manifests: vec![digest('d'), digest('e')],
+            platform_config: None,
+            platform_manifest: Some(digest('d')),
+        };
+        child.details(&details).unwrap();
+        assert_eq!(child.need(), &Need::Verdict(Verdict::UpToDate));
+
+        // Another index: its manifest for our platform decides, one more GET.
+        let mut other = Comparison::new(&RunningDigest::Manifest(digest('a')), &index);
+        other.details(&details).unwrap();
+        assert_eq!(
+            other.need(),
+            &Need::RunningPlatformManifest {
+                digest: digest('a')
+            }
+        );
+        other.running_platform_manifest(Some(&digest('d')));
+        assert_eq!(other.need(), &Need::Verdict(Verdict::Equivalent));
+        let mut rebuilt = Comparison::new(&RunningDigest::Manifest(digest('a')), &index);
+        rebuilt.details(&details).unwrap();
+        rebuilt.running_platform_manifest(None);
+        assert_eq!(rebuilt.need(), &Need::Verdict(Verdict::Changed));
     }
 }

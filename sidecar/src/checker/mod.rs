@@ -14,7 +14,7 @@ use pod_reloaded_contract::image::{RunningDigest, WatchedImage};
 use tracing::{info, warn};
 
 use crate::cluster::{Cluster, Owner};
-use crate::compare::{self, Verdict};
+use crate::compare::{Comparison, Need, Verdict};
 use crate::config::Config;
 use crate::decide::Change;
 use crate::effects::{Effects, LogLine, Metric};
@@ -319,43 +319,37 @@ impl Checker {
                 });
             }
         }
-        let verdict =
-            match compare::decide_from_head(running, &remote) {
-                Some(verdict) => verdict,
-                None => {
-                    let want_config = matches!(running, RunningDigest::Config(_));
+        let mut comparison = Comparison::new(running, &remote);
+        let verdict = loop {
+            match comparison.need().clone() {
+                Need::Verdict(verdict) => break verdict,
+                Need::Details { want_config } => {
                     let details = self
                         .registry
                         .inspect(&repository, &remote, want_config)
                         .await?;
-                    let verdict = compare::decide_from_details(running, &remote, &details)
+                    comparison
+                        .details(&details)
                         .map_err(|reason| RegistryError::Unexpected {
                             url: repository.base_url.clone(),
                             reason,
                         })?;
-                    match (verdict, running) {
-                        // The tag's index moved and the pod runs another index (or a child of
-                        // another one): compare what each holds for our platform. One more GET.
-                        (Verdict::Changed, RunningDigest::Manifest(digest)) => {
-                            let running_child = match self
-                                .registry
-                                .platform_manifest_of(&repository, digest)
-                                .await
-                            {
-                                Ok(child) => child,
-                                // The running manifest is gone from the registry: a change.
-                                Err(RegistryError::NotFound { .. }) => None,
-                                Err(error) => return Err(error),
-                            };
-                            compare::decide_for_platform(
-                                running_child.as_deref(),
-                                details.platform_manifest.as_deref(),
-                            )
-                        }
-                        (verdict, _) => verdict,
-                    }
                 }
-            };
+                Need::RunningPlatformManifest { digest } => {
+                    let manifest = match self
+                        .registry
+                        .platform_manifest_of(&repository, &digest)
+                        .await
+                    {
+                        Ok(manifest) => manifest,
+                        // The running manifest is gone from the registry: a change.
+                        Err(RegistryError::NotFound { .. }) => None,
+                        Err(error) => return Err(error),
+                    };
+                    comparison.running_platform_manifest(manifest.as_deref());
+                }
+            }
+        };
         self.known_verdicts.insert(
             container.to_string(),
             KnownVerdict {
