@@ -1,14 +1,227 @@
-//! Registry authentication: the `WWW-Authenticate` challenge, the token answer, the
-//! cache of what to send up front, and where credentials may be sent at all.
+//! Registry authentication, behind one door (`Authenticator`: the header for a
+//! repository, the answer to a challenge, forget): pull secrets and cloud logins, the
+//! `WWW-Authenticate` challenge, the token answer, the cache of what to send up front,
+//! and where credentials may be sent at all. The protocol (`RegistryClient`) only asks.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use reqwest::header::GetAll;
 use reqwest::header::HeaderValue;
-use reqwest::Url;
+use reqwest::{Method, StatusCode, Url};
 
-use super::credentials::Credential;
+use super::cloud::{CloudLogin, Provider};
+use super::credentials::{Credential, Credentials};
+use super::{check_status, follow, parse_url, read_limited, unexpected, RegistryError, Repository};
+
+/// Who the sidecar is to each registry: the mounted pull secrets, the pod's cloud identity,
+/// and, per repository, the authorization to send up front (so steady rounds make no 401
+/// round trip).
+pub struct Authenticator {
+    /// For token requests (it follows redirects only by `follow`'s rule).
+    http: reqwest::Client,
+    credentials: Mutex<Credentials>,
+    cache: Mutex<HashMap<Repository, CachedAuth>>,
+    /// Logins to cloud registries with the pod's identity (`--cloud-auth auto`).
+    cloud: Option<CloudLogin>,
+}
+
+impl Authenticator {
+    pub fn new(http: reqwest::Client, credentials: Credentials) -> Self {
+        Self {
+            http,
+            credentials: Mutex::new(credentials),
+            cache: Mutex::new(HashMap::new()),
+            cloud: None,
+        }
+    }
+
+    pub fn with_cloud_login(mut self, cloud: CloudLogin) -> Self {
+        self.cloud = Some(cloud);
+        self
+    }
+
+    pub fn set_credentials(&self, credentials: Credentials) {
+        if let Ok(mut current) = self.credentials.lock() {
+            *current = credentials;
+        }
+    }
+
+    /// Credentials for `repository`, in the order to try them: the matching pull secrets'
+    /// (most specific key first, as the kubelet tries them), else the cloud provider's
+    /// identity for a host that belongs to one, else none (anonymous).
+    pub async fn credentials(
+        &self,
+        repository: &Repository,
+    ) -> Result<Vec<Credential>, RegistryError> {
+        let from_secrets: Vec<Credential> = self
+            .credentials
+            .lock()
+            .map(|c| {
+                c.all_for_image(&repository.host, &repository.name)
+                    .into_iter()
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !from_secrets.is_empty() {
+            return Ok(from_secrets);
+        }
+        let Some(cloud) = &self.cloud else {
+            return Ok(Vec::new());
+        };
+        cloud
+            .credential(&repository.registry, &repository.base_url)
+            .await
+            .map(|credential| credential.into_iter().collect())
+            .map_err(|error| RegistryError::Unauthorized {
+                url: repository.base_url.clone(),
+                reason: error.to_string(),
+            })
+    }
+
+    /// Drops what is cached for `repository` (its credentials were refused).
+    pub fn forget(&self, repository: &Repository) {
+        if let Ok(mut auth) = self.cache.lock() {
+            auth.remove(repository);
+        }
+        if let Some(cloud) = &self.cloud {
+            cloud.forget(&repository.registry);
+        }
+    }
+
+    /// The Authorization header to send up front; renews an expired token first.
+    pub async fn header(&self, repository: &Repository) -> Result<Option<String>, RegistryError> {
+        let cached = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|a| a.get(repository).cloned());
+        match cached {
+            None => Ok(None),
+            // A cloud login expires: ask it again (cached there until shortly before).
+            Some(CachedAuth::Basic(_))
+                if self.cloud.is_some() && Provider::for_host(&repository.registry).is_some() =>
+            {
+                let credentials = self.credentials(repository).await?;
+                Ok(credentials.first().map(basic_header))
+            }
+            Some(CachedAuth::Basic(header)) => Ok(Some(header)),
+            Some(CachedAuth::Bearer {
+                header, renew_at, ..
+            }) if Instant::now() < renew_at => Ok(Some(header)),
+            Some(CachedAuth::Bearer {
+                challenge,
+                credential,
+                ..
+            }) => {
+                // Renewed with the credential that worked, while it is still offered (a
+                // cloud login's is replaced by a fresh one).
+                let offered = self.credentials(repository).await?;
+                let credential = match credential {
+                    Some(worked) if offered.contains(&worked) => Some(worked),
+                    _ => offered.into_iter().next(),
+                };
+                self.answer(repository, &challenge, credential)
+                    .await
+                    .map(Some)
+            }
+        }
+    }
+
+    /// Answers a challenge with `credential` and caches the result for the repository.
+    pub async fn answer(
+        &self,
+        repository: &Repository,
+        challenge: &Challenge,
+        credential: Option<Credential>,
+    ) -> Result<String, RegistryError> {
+        let cached = match challenge {
+            Challenge::Basic => {
+                let credential = credential.ok_or_else(|| RegistryError::Unauthorized {
+                    url: repository.base_url.clone(),
+                    reason: format!(
+                        "registry wants Basic auth and no pull secret has credentials for {}",
+                        repository.host
+                    ),
+                })?;
+                CachedAuth::Basic(basic_header(&credential))
+            }
+            Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            } => {
+                let realm_url = parse_url(realm)?;
+                let registry_url = parse_url(&repository.base_url)?;
+                if credential.is_some() && !may_send_credentials(&registry_url, &realm_url) {
+                    return Err(RegistryError::Unauthorized {
+                        url: repository.base_url.clone(),
+                        reason: format!(
+                            "not sending the pull secret's credentials for {} to token realm {realm}: credentials go only over HTTPS, or to a registry configured as plain HTTP on its own host",
+                            repository.host
+                        ),
+                    });
+                }
+                let scope = scope
+                    .clone()
+                    .unwrap_or_else(|| format!("repository:{}:pull", repository.name));
+                let (token, lifetime) = self
+                    .fetch_token(realm_url, service.as_deref(), &scope, credential.as_ref())
+                    .await?;
+                CachedAuth::bearer(
+                    &token,
+                    lifetime,
+                    challenge.clone(),
+                    credential.clone(),
+                    Instant::now(),
+                )
+            }
+        };
+        let header = cached.header().to_string();
+        if let Ok(mut auth) = self.cache.lock() {
+            auth.insert(repository.clone(), cached);
+        }
+        Ok(header)
+    }
+
+    /// The token from `realm`, checked by `may_send_credentials` on this same URL.
+    async fn fetch_token(
+        &self,
+        mut realm: Url,
+        service: Option<&str>,
+        scope: &str,
+        credential: Option<&Credential>,
+    ) -> Result<(String, Duration), RegistryError> {
+        realm.query_pairs_mut().append_pair("scope", scope);
+        if let Some(service) = service {
+            realm.query_pairs_mut().append_pair("service", service);
+        }
+        let text = realm.to_string();
+        let authorization = credential.map(basic_header);
+        let response = follow(
+            &self.http,
+            Method::GET,
+            realm,
+            None,
+            authorization.as_deref(),
+        )
+        .await?;
+        if matches!(
+            response.status(),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        ) {
+            return Err(RegistryError::Unauthorized {
+                url: text,
+                reason: format!("token server answered HTTP {}", response.status().as_u16()),
+            });
+        }
+        let response = check_status(Method::GET, &text, response)?;
+        let body = read_limited(&text, response).await?;
+        TokenResponse::parse(&body).map_err(|reason| unexpected(&text, reason))
+    }
+}
 
 /// Token lifetime when the token server does not say (distribution spec default).
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);

@@ -1,7 +1,8 @@
 //! The OCI distribution protocol, as much as the checker needs: `HEAD` a tag's manifest,
-//! `GET` a manifest only when the HEAD cannot decide, and authenticate with the
-//! `WWW-Authenticate` challenge (`auth`) using mounted pull secrets (`credentials`).
-//! `manifest` holds the media types and the manifest fields read.
+//! `GET` a manifest only when the HEAD cannot decide, redirects by one rule, and one retry
+//! of a request the registry answered 401, with what `auth` (pull secrets from
+//! `credentials`, cloud logins from `cloud`, tokens) answers its challenge. `manifest`
+//! holds the media types and the manifest fields read.
 //!
 //! Written on reqwest rather than with an OCI client crate: the checker must control
 //! exactly which requests go out (one HEAD per tag per round, a token request only when
@@ -12,9 +13,7 @@ pub mod cloud;
 pub mod credentials;
 pub mod manifest;
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pod_reloaded_contract::is_sha256_digest;
 use reqwest::header::{
@@ -24,9 +23,7 @@ use reqwest::header::{
 use reqwest::{Method, Response, StatusCode, Url};
 use sha2::{Digest as _, Sha256};
 
-use self::auth::{
-    basic_header, challenge_of, may_send_credentials, CachedAuth, Challenge, TokenResponse,
-};
+use self::auth::{challenge_of, Authenticator};
 use self::cloud::CloudLogin;
 use self::credentials::{Credential, Credentials};
 use self::manifest::{
@@ -145,12 +142,9 @@ fn unexpected(url: &str, reason: impl Into<String>) -> RegistryError {
 /// A registry client shared by all checks of one sidecar.
 pub struct RegistryClient {
     http: reqwest::Client,
-    credentials: Mutex<Credentials>,
-    /// Authorization per repository, so steady rounds send it up front (no 401 round trip).
-    auth: Mutex<HashMap<Repository, CachedAuth>>,
+    /// Credentials, cloud logins and what to send up front (`auth`).
+    auth: Authenticator,
     platform: Platform,
-    /// Logins to cloud registries with the pod's identity (`--cloud-auth auto`).
-    cloud: Option<CloudLogin>,
 }
 
 impl RegistryClient {
@@ -161,12 +155,11 @@ impl RegistryClient {
         credentials: Credentials,
         platform: Platform,
     ) -> reqwest::Result<Self> {
+        let http = http_client(http)?;
         Ok(Self {
-            http: http_client(http)?,
-            credentials: Mutex::new(credentials),
-            auth: Mutex::new(HashMap::new()),
+            auth: Authenticator::new(http.clone(), credentials),
+            http,
             platform,
-            cloud: None,
         })
     }
 
@@ -178,44 +171,12 @@ impl RegistryClient {
     /// Logs in to cloud registries (ECR, Artifact Registry/GCR, ACR) with the pod's
     /// identity when no pull secret has credentials for them.
     pub fn with_cloud_login(mut self, cloud: CloudLogin) -> Self {
-        self.cloud = Some(cloud);
+        self.auth = self.auth.with_cloud_login(cloud);
         self
     }
 
     pub fn set_credentials(&self, credentials: Credentials) {
-        if let Ok(mut current) = self.credentials.lock() {
-            *current = credentials;
-        }
-    }
-
-    /// Credentials for `repository`, in the order to try them: the matching pull secrets'
-    /// (most specific key first, as the kubelet tries them), else the cloud provider's
-    /// identity for a host that belongs to one, else none (anonymous).
-    async fn credentials(&self, repository: &Repository) -> Result<Vec<Credential>, RegistryError> {
-        let from_secrets: Vec<Credential> = self
-            .credentials
-            .lock()
-            .map(|c| {
-                c.all_for_image(&repository.host, &repository.name)
-                    .into_iter()
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
-        if !from_secrets.is_empty() {
-            return Ok(from_secrets);
-        }
-        let Some(cloud) = &self.cloud else {
-            return Ok(Vec::new());
-        };
-        cloud
-            .credential(&repository.registry, &repository.base_url)
-            .await
-            .map(|credential| credential.into_iter().collect())
-            .map_err(|error| RegistryError::Unauthorized {
-                url: repository.base_url.clone(),
-                reason: error.to_string(),
-            })
+        self.auth.set_credentials(credentials);
     }
 
     /// What `repository:tag` points to now: one HEAD, and a GET only if the HEAD gives no
@@ -427,7 +388,7 @@ impl RegistryClient {
         method: Method,
         url: &str,
     ) -> Result<Response, RegistryError> {
-        let cached = self.cached_authorization(repository).await?;
+        let cached = self.auth.header(repository).await?;
         let response = self.request(method.clone(), url, cached.as_deref()).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
@@ -441,6 +402,7 @@ impl RegistryClient {
             })?;
         // Each matching credential in turn, as the kubelet tries them; anonymous when none.
         let mut candidates: Vec<Option<Credential>> = self
+            .auth
             .credentials(repository)
             .await?
             .into_iter()
@@ -451,7 +413,7 @@ impl RegistryClient {
         }
         let mut refused = None;
         for credential in candidates {
-            match self.answer(repository, &challenge, credential).await {
+            match self.auth.answer(repository, &challenge, credential).await {
                 Ok(authorization) => {
                     let response = self
                         .request(method.clone(), url, Some(&authorization))
@@ -468,7 +430,7 @@ impl RegistryClient {
                 Err(error) => return Err(error),
             }
         }
-        self.forget(repository);
+        self.auth.forget(repository);
         Err(refused.unwrap_or_else(|| RegistryError::Unauthorized {
             url: url.to_string(),
             reason: "credentials rejected".to_string(),
@@ -482,197 +444,64 @@ impl RegistryClient {
         authorization: Option<&str>,
     ) -> Result<Response, RegistryError> {
         let url = parse_url(url)?;
-        self.follow(method, url, Some(MANIFEST_ACCEPT), authorization)
+        follow(
+            &self.http,
+            method,
+            url,
+            Some(MANIFEST_ACCEPT),
+            authorization,
+        )
+        .await
+    }
+}
+
+/// Sends, following redirects by this rule: at most `MAX_REDIRECTS` hops, never from
+/// HTTPS to anything else, and the `Authorization` only while scheme, host and port
+/// stay those of the first URL (a blob CDN gets none).
+pub(super) async fn follow(
+    http: &reqwest::Client,
+    method: Method,
+    mut url: Url,
+    accept: Option<&str>,
+    mut authorization: Option<&str>,
+) -> Result<Response, RegistryError> {
+    let origin = url.origin();
+    for _ in 0..=MAX_REDIRECTS {
+        let mut request = http.request(method.clone(), url.clone());
+        if let Some(accept) = accept {
+            request = request.header(ACCEPT, accept);
+        }
+        if let Some(value) = authorization {
+            request = request.header(AUTHORIZATION, value);
+        }
+        let response = request
+            .send()
             .await
+            .map_err(|e| transport(url.as_str(), e))?;
+        if !is_redirect(response.status()) {
+            return Ok(response);
+        }
+        let location = single_header(url.as_str(), response.headers(), LOCATION.as_str())?
+            .ok_or_else(|| unexpected(url.as_str(), "redirect without a Location"))?;
+        let next = url
+            .join(&location)
+            .map_err(|e| unexpected(url.as_str(), format!("redirect to {location:?}: {e}")))?;
+        let downgrade = url.scheme() == "https" && next.scheme() != "https";
+        if downgrade || !matches!(next.scheme(), "http" | "https") {
+            return Err(unexpected(
+                url.as_str(),
+                format!("refusing the redirect from {} to {next}", url.scheme()),
+            ));
+        }
+        if next.origin() != origin {
+            authorization = None;
+        }
+        url = next;
     }
-
-    /// Sends, following redirects by this rule: at most `MAX_REDIRECTS` hops, never from
-    /// HTTPS to anything else, and the `Authorization` only while scheme, host and port
-    /// stay those of the first URL (a blob CDN gets none).
-    async fn follow(
-        &self,
-        method: Method,
-        mut url: Url,
-        accept: Option<&str>,
-        mut authorization: Option<&str>,
-    ) -> Result<Response, RegistryError> {
-        let origin = url.origin();
-        for _ in 0..=MAX_REDIRECTS {
-            let mut request = self.http.request(method.clone(), url.clone());
-            if let Some(accept) = accept {
-                request = request.header(ACCEPT, accept);
-            }
-            if let Some(value) = authorization {
-                request = request.header(AUTHORIZATION, value);
-            }
-            let response = request
-                .send()
-                .await
-                .map_err(|e| transport(url.as_str(), e))?;
-            if !is_redirect(response.status()) {
-                return Ok(response);
-            }
-            let location = single_header(url.as_str(), response.headers(), LOCATION.as_str())?
-                .ok_or_else(|| unexpected(url.as_str(), "redirect without a Location"))?;
-            let next = url
-                .join(&location)
-                .map_err(|e| unexpected(url.as_str(), format!("redirect to {location:?}: {e}")))?;
-            let downgrade = url.scheme() == "https" && next.scheme() != "https";
-            if downgrade || !matches!(next.scheme(), "http" | "https") {
-                return Err(unexpected(
-                    url.as_str(),
-                    format!("refusing the redirect from {} to {next}", url.scheme()),
-                ));
-            }
-            if next.origin() != origin {
-                authorization = None;
-            }
-            url = next;
-        }
-        Err(unexpected(
-            url.as_str(),
-            format!("more than {MAX_REDIRECTS} redirects"),
-        ))
-    }
-
-    fn forget(&self, repository: &Repository) {
-        if let Ok(mut auth) = self.auth.lock() {
-            auth.remove(repository);
-        }
-        if let Some(cloud) = &self.cloud {
-            cloud.forget(&repository.registry);
-        }
-    }
-
-    /// The Authorization header to send up front; renews an expired token first.
-    async fn cached_authorization(
-        &self,
-        repository: &Repository,
-    ) -> Result<Option<String>, RegistryError> {
-        let cached = self
-            .auth
-            .lock()
-            .ok()
-            .and_then(|a| a.get(repository).cloned());
-        match cached {
-            None => Ok(None),
-            // A cloud login expires: ask it again (cached there until shortly before).
-            Some(CachedAuth::Basic(_))
-                if self.cloud.is_some()
-                    && cloud::Provider::for_host(&repository.registry).is_some() =>
-            {
-                let credentials = self.credentials(repository).await?;
-                Ok(credentials.first().map(basic_header))
-            }
-            Some(CachedAuth::Basic(header)) => Ok(Some(header)),
-            Some(CachedAuth::Bearer {
-                header, renew_at, ..
-            }) if Instant::now() < renew_at => Ok(Some(header)),
-            Some(CachedAuth::Bearer {
-                challenge,
-                credential,
-                ..
-            }) => {
-                // Renewed with the credential that worked, while it is still offered (a
-                // cloud login's is replaced by a fresh one).
-                let offered = self.credentials(repository).await?;
-                let credential = match credential {
-                    Some(worked) if offered.contains(&worked) => Some(worked),
-                    _ => offered.into_iter().next(),
-                };
-                self.answer(repository, &challenge, credential)
-                    .await
-                    .map(Some)
-            }
-        }
-    }
-
-    /// Answers a challenge with `credential` and caches the result for the repository.
-    async fn answer(
-        &self,
-        repository: &Repository,
-        challenge: &Challenge,
-        credential: Option<Credential>,
-    ) -> Result<String, RegistryError> {
-        let cached = match challenge {
-            Challenge::Basic => {
-                let credential = credential.ok_or_else(|| RegistryError::Unauthorized {
-                    url: repository.base_url.clone(),
-                    reason: format!(
-                        "registry wants Basic auth and no pull secret has credentials for {}",
-                        repository.host
-                    ),
-                })?;
-                CachedAuth::Basic(basic_header(&credential))
-            }
-            Challenge::Bearer {
-                realm,
-                service,
-                scope,
-            } => {
-                let realm_url = parse_url(realm)?;
-                let registry_url = parse_url(&repository.base_url)?;
-                if credential.is_some() && !may_send_credentials(&registry_url, &realm_url) {
-                    return Err(RegistryError::Unauthorized {
-                        url: repository.base_url.clone(),
-                        reason: format!(
-                            "not sending the pull secret's credentials for {} to token realm {realm}: credentials go only over HTTPS, or to a registry configured as plain HTTP on its own host",
-                            repository.host
-                        ),
-                    });
-                }
-                let scope = scope
-                    .clone()
-                    .unwrap_or_else(|| format!("repository:{}:pull", repository.name));
-                let (token, lifetime) = self
-                    .fetch_token(realm_url, service.as_deref(), &scope, credential.as_ref())
-                    .await?;
-                CachedAuth::bearer(
-                    &token,
-                    lifetime,
-                    challenge.clone(),
-                    credential.clone(),
-                    Instant::now(),
-                )
-            }
-        };
-        let header = cached.header().to_string();
-        if let Ok(mut auth) = self.auth.lock() {
-            auth.insert(repository.clone(), cached);
-        }
-        Ok(header)
-    }
-
-    /// The token from `realm`, checked by `may_send_credentials` on this same URL.
-    async fn fetch_token(
-        &self,
-        mut realm: Url,
-        service: Option<&str>,
-        scope: &str,
-        credential: Option<&Credential>,
-    ) -> Result<(String, Duration), RegistryError> {
-        realm.query_pairs_mut().append_pair("scope", scope);
-        if let Some(service) = service {
-            realm.query_pairs_mut().append_pair("service", service);
-        }
-        let text = realm.to_string();
-        let authorization = credential.map(basic_header);
-        let response = self
-            .follow(Method::GET, realm, None, authorization.as_deref())
-            .await?;
-        if matches!(
-            response.status(),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
-        ) {
-            return Err(RegistryError::Unauthorized {
-                url: text,
-                reason: format!("token server answered HTTP {}", response.status().as_u16()),
-            });
-        }
-        let response = check_status(Method::GET, &text, response)?;
-        let body = read_limited(&text, response).await?;
-        TokenResponse::parse(&body).map_err(|reason| unexpected(&text, reason))
-    }
+    Err(unexpected(
+        url.as_str(),
+        format!("more than {MAX_REDIRECTS} redirects"),
+    ))
 }
 
 fn parse_url(url: &str) -> Result<Url, RegistryError> {
