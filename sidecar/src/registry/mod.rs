@@ -628,7 +628,7 @@ fn checked_digest(url: &str, digest: &str) -> Result<String, RegistryError> {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
