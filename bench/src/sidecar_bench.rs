@@ -104,10 +104,10 @@ pub(crate) async fn sidecar(settings: &Settings) -> anyhow::Result<()> {
             .collect();
         println!("| {name} | {} |", cells.join(" | "));
     };
-    compare("steady RSS, cloud auth (anonymous)", &|a, c| {
+    compare("steady RSS with cloud auth (without)", &|a, c| {
         format!("{} ({})", mib(c.steady_rss_kib), mib(a.steady_rss_kib))
     });
-    compare("peak RSS, cloud auth (anonymous)", &|a, c| {
+    compare("peak RSS with cloud auth (without)", &|a, c| {
         format!("{} ({})", mib(c.peak_rss_kib), mib(a.peak_rss_kib))
     });
     compare("CPU per round, cloud auth", &|_, c| {
