@@ -13,8 +13,8 @@ use kube::{Api, Client};
 use pod_reloaded_contract::owner::{self, NotRestartable, PodOwner, WorkloadKind, WorkloadRef};
 use tracing::{debug, info, warn};
 
-use crate::decide::WorkloadState;
 use crate::metrics::Metrics;
+use crate::workload::WorkloadState;
 
 /// Re-reads after a 409 before giving up for this round.
 const MAX_CONFLICT_RETRIES: usize = 5;
@@ -215,9 +215,9 @@ impl Cluster {
                 .resource_version
                 .clone()
                 .with_context(|| format!("{workload} has no resourceVersion"))?;
-            let json =
-                serde_json::to_value(&object).with_context(|| format!("reading {workload}"))?;
-            let (patch, outcome) = match decide(&WorkloadState::from_json(&json), &version) {
+            let state = WorkloadState::from_object(workload.kind, &object.metadata, &object.data)
+                .with_context(|| format!("reading {workload}"))?;
+            let (patch, outcome) = match decide(&state, &version) {
                 Update::Leave(outcome) => return Ok(Updated::LeftAsItWas(outcome)),
                 Update::Patch(patch, outcome) => (patch, outcome),
             };

@@ -7,8 +7,6 @@
 //! last rollout pod-reloaded started (`pod-reloaded.io/rollout`) and the digests never to
 //! restart to (`pod-reloaded.io/quarantined`).
 
-use std::collections::BTreeMap;
-
 use jiff::Timestamp;
 use pod_reloaded_contract as contract;
 use pod_reloaded_contract::record::{
@@ -17,8 +15,10 @@ use pod_reloaded_contract::record::{
 
 use crate::effects::{Effects, Event, LogFields, LogLine, Metric, RoundOutcome, Said, Update};
 use crate::timing::{self, Hold, Timing};
+use crate::workload::WorkloadPatch;
+pub use crate::workload::WorkloadState;
 use pod_reloaded_contract::owner::WorkloadRef;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// A watched container whose tag now points to another digest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,105 +29,6 @@ pub struct Change {
     /// The pullable digest the pod runs (`repo@sha256:` image IDs); `None` for a bare
     /// config digest, which cannot be pulled back.
     pub running: Option<String>,
-}
-
-/// The workload as the decisions read it.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct WorkloadState {
-    pub metadata_annotations: BTreeMap<String, String>,
-    pub template_annotations: BTreeMap<String, String>,
-    pub generation: Option<i64>,
-    /// `spec` and `status` as the API server returned them.
-    pub spec: Value,
-    pub status: Value,
-}
-
-impl WorkloadState {
-    /// From a workload object's JSON (`metadata`, `spec`, `status`).
-    pub fn from_json(object: &Value) -> Self {
-        let annotations = |pointer: &str| -> BTreeMap<String, String> {
-            object
-                .pointer(pointer)
-                .and_then(|a| serde_json::from_value(a.clone()).ok())
-                .unwrap_or_default()
-        };
-        Self {
-            metadata_annotations: annotations("/metadata/annotations"),
-            template_annotations: annotations("/spec/template/metadata/annotations"),
-            generation: object
-                .pointer("/metadata/generation")
-                .and_then(Value::as_i64),
-            spec: object.get("spec").cloned().unwrap_or(Value::Null),
-            status: object.get("status").cloned().unwrap_or(Value::Null),
-        }
-    }
-
-    fn template_record(&self, key: &str) -> DigestRecord {
-        self.template_annotations
-            .get(key)
-            .map(|v| DigestRecord::parse(v))
-            .unwrap_or_default()
-    }
-
-    /// `spec.selector.matchLabels`: the workload's pods.
-    pub fn selector(&self) -> BTreeMap<String, String> {
-        self.spec
-            .pointer("/selector/matchLabels")
-            .and_then(|l| serde_json::from_value(l.clone()).ok())
-            .unwrap_or_default()
-    }
-
-    pub fn restarted_for(&self) -> DigestRecord {
-        self.template_record(contract::ANNOTATION_RESTARTED_FOR)
-    }
-
-    pub fn rolled_from(&self) -> DigestRecord {
-        self.template_record(contract::ANNOTATION_ROLLED_FROM)
-    }
-
-    pub fn quarantined(&self) -> DigestRecord {
-        self.metadata_annotations
-            .get(contract::ANNOTATION_QUARANTINED)
-            .map(|v| DigestRecord::parse(v))
-            .unwrap_or_default()
-    }
-
-    pub fn pending(&self) -> PendingRecord {
-        self.metadata_annotations
-            .get(contract::ANNOTATION_PENDING)
-            .map(|v| PendingRecord::parse(v))
-            .unwrap_or_default()
-    }
-
-    pub fn paused(&self) -> bool {
-        self.metadata_annotations
-            .get(contract::ANNOTATION_PAUSED)
-            .is_some_and(|v| v.trim() == "true")
-    }
-
-    pub fn last_restart(&self) -> Option<Timestamp> {
-        self.template_annotations
-            .get(contract::ANNOTATION_RESTARTED_AT)
-            .and_then(|t| t.parse().ok())
-    }
-
-    pub fn rollout(&self) -> Option<RolloutRecord> {
-        self.metadata_annotations
-            .get(contract::ANNOTATION_ROLLOUT)
-            .and_then(|v| RolloutRecord::parse(v))
-    }
-
-    /// The rollout record when the template still carries what that rollout rolled to;
-    /// `None` when there is none, or when the template moved away from it.
-    pub fn rollout_in_template(&self) -> Option<RolloutRecord> {
-        let record = self.rollout()?;
-        let template = self.restarted_for();
-        let carried = record
-            .rolled_to
-            .iter()
-            .all(|(container, digest)| template.get(container) == Some(digest));
-        carried.then_some(record)
-    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -523,41 +424,21 @@ pub fn restart_patch(resource_version: &str, restarted_at: Timestamp, restart: &
         restarted_at: at.clone(),
         rolled_to: restart.rolled_to.clone(),
     };
-    let rolled_from = if restart.rolled_from.is_empty() {
+    WorkloadPatch::new(resource_version)
+        .set(contract::ANNOTATION_ROLLOUT, record)
+        .set_or_remove(contract::ANNOTATION_PENDING, &restart.pending)
+        .set(contract::ANNOTATION_RESTARTED_AT, at)
+        .set(contract::ANNOTATION_RESTARTED_FOR, &restart.restarted_for)
         // A stale rolled-from of an earlier restart must not become a rollback target.
-        Value::Null
-    } else {
-        json!(restart.rolled_from.to_string())
-    };
-    let pending = if restart.pending.is_empty() {
-        Value::Null
-    } else {
-        json!(restart.pending.to_string())
-    };
-    json!({
-        "metadata": {
-            "resourceVersion": resource_version,
-            "annotations": {
-                contract::ANNOTATION_ROLLOUT: record.to_string(),
-                contract::ANNOTATION_PENDING: pending,
-            }
-        },
-        "spec": { "template": { "metadata": { "annotations": {
-            contract::ANNOTATION_RESTARTED_AT: at,
-            contract::ANNOTATION_RESTARTED_FOR: restart.restarted_for.to_string(),
-            contract::ANNOTATION_ROLLED_FROM: rolled_from,
-        }}}}
-    })
+        .set_or_remove(contract::ANNOTATION_ROLLED_FROM, &restart.rolled_from)
+        .into_json()
 }
 
 /// Records first sights of new digests on the workload's metadata (no rollout).
 pub fn pending_patch(resource_version: &str, pending: &PendingRecord) -> Value {
-    json!({
-        "metadata": {
-            "resourceVersion": resource_version,
-            "annotations": { contract::ANNOTATION_PENDING: pending.to_string() }
-        }
-    })
+    WorkloadPatch::new(resource_version)
+        .set(contract::ANNOTATION_PENDING, pending)
+        .into_json()
 }
 
 /// Quarantines `digests` (added to what is quarantined already) and sets the rollout
@@ -568,19 +449,9 @@ pub fn quarantine_patch(
     digests: &DigestRecord,
     record: &RolloutRecord,
 ) -> Value {
-    let mut quarantined = workload.quarantined();
-    for (container, digest) in digests.iter() {
-        quarantined.insert(container, digest);
-    }
-    json!({
-        "metadata": {
-            "resourceVersion": resource_version,
-            "annotations": {
-                contract::ANNOTATION_QUARANTINED: quarantined.to_string(),
-                contract::ANNOTATION_ROLLOUT: record.to_string(),
-            }
-        }
-    })
+    WorkloadPatch::new(resource_version)
+        .quarantine(workload, digests, record)
+        .into_json()
 }
 
 #[cfg(test)]

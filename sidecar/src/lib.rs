@@ -20,3 +20,4 @@ pub mod resident;
 pub mod rollout;
 pub mod schedule;
 pub mod timing;
+pub mod workload;

@@ -10,11 +10,11 @@ use pod_reloaded_contract::owner::WorkloadKind;
 use pod_reloaded_contract::pod_settings::PodSettings;
 use pod_reloaded_contract::record::{timestamp_text, DigestRecord, RolloutRecord, RolloutState};
 use pod_reloaded_contract::settings::OnFailure;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::decide::{quarantine_patch, WorkloadState};
 use crate::effects::{Effects, Event, LogFields, LogLine, Metric, Said, Update, Updated};
 use crate::metrics::RolloutResult;
+use crate::workload::{RolloutStatus, WorkloadPatch, WorkloadState};
 use pod_reloaded_contract::owner::WorkloadRef;
 
 /// A pod's rollout settings (`rollout-timeout`, `on-failure`, from its `PodSettings`).
@@ -40,14 +40,6 @@ pub enum Progress {
     Failed { reason: String },
 }
 
-/// A count or generation; Argo Rollouts writes `observedGeneration` as a string.
-fn int(value: &Value, pointer: &str) -> Option<i64> {
-    let value = value.pointer(pointer)?;
-    value
-        .as_i64()
-        .or_else(|| value.as_str().and_then(|s| s.parse().ok()))
-}
-
 /// Where the rollout of `workload` (started at `started`) stands at `now`.
 ///
 /// Done when the controller has seen the new template and every desired pod is updated
@@ -65,40 +57,35 @@ pub fn progress(
     now: Timestamp,
 ) -> Progress {
     let status = &workload.status;
-    let observed = match (workload.generation, int(status, "/observedGeneration")) {
+    let observed = match (workload.generation, status.observed_generation) {
         (Some(generation), Some(observed)) => observed >= generation,
         (None, _) => true,
         (Some(_), None) => false,
     };
-    let desired = int(&workload.spec, "/replicas").unwrap_or(1);
+    let RolloutStatus {
+        desired,
+        total,
+        updated,
+        ready,
+        available,
+        ..
+    } = *status;
     let (done, counts) = match kind {
-        WorkloadKind::Deployment => {
-            let updated = int(status, "/updatedReplicas").unwrap_or(0);
-            let ready = int(status, "/readyReplicas").unwrap_or(0);
-            let total = int(status, "/replicas").unwrap_or(0);
-            (
-                updated >= desired && ready >= desired && total <= desired,
-                format!("{updated}/{desired} updated, {ready} ready"),
-            )
-        }
-        WorkloadKind::StatefulSet => {
-            let updated = int(status, "/updatedReplicas").unwrap_or(0);
-            let ready = int(status, "/readyReplicas").unwrap_or(0);
-            let revision_current = status.get("updateRevision") == status.get("currentRevision");
-            (
-                updated >= desired && ready >= desired && revision_current,
-                format!("{updated}/{desired} updated, {ready} ready"),
-            )
-        }
+        WorkloadKind::Deployment => (
+            updated >= desired && ready >= desired && total <= desired,
+            format!("{updated}/{desired} updated, {ready} ready"),
+        ),
+        WorkloadKind::StatefulSet => (
+            updated >= desired && ready >= desired && status.revisions_current,
+            format!("{updated}/{desired} updated, {ready} ready"),
+        ),
         WorkloadKind::Rollout => {
-            let updated = int(status, "/updatedReplicas").unwrap_or(0);
-            let ready = int(status, "/readyReplicas").unwrap_or(0);
-            let phase = status["phase"].as_str().unwrap_or("");
+            let phase = status.phase.as_deref().unwrap_or("");
             if phase == "Degraded" && observed {
                 return Progress::Failed {
                     reason: format!(
                         "the Rollout is Degraded ({updated}/{desired} updated, {ready} ready): {}",
-                        status["message"].as_str().unwrap_or("")
+                        status.message.as_deref().unwrap_or("")
                     ),
                 };
             }
@@ -107,35 +94,17 @@ pub fn progress(
                 format!("{updated}/{desired} updated, {ready} ready, phase {phase}"),
             )
         }
-        WorkloadKind::DaemonSet => {
-            let desired = int(status, "/desiredNumberScheduled").unwrap_or(0);
-            let updated = int(status, "/updatedNumberScheduled").unwrap_or(0);
-            let available = int(status, "/numberAvailable").unwrap_or(0);
-            (
-                updated >= desired && available >= desired,
-                format!("{updated}/{desired} updated, {available} available"),
-            )
-        }
+        WorkloadKind::DaemonSet => (
+            updated >= desired && available >= desired,
+            format!("{updated}/{desired} updated, {available} available"),
+        ),
     };
     if observed && done {
         return Progress::Succeeded;
     }
-    let deadline_exceeded = status
-        .get("conditions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .find(|c| {
-            c["type"] == "Progressing"
-                && c["status"] == "False"
-                && c["reason"] == "ProgressDeadlineExceeded"
-        });
-    if let Some(condition) = deadline_exceeded {
+    if let Some(message) = &status.deadline_exceeded {
         return Progress::Failed {
-            reason: format!(
-                "ProgressDeadlineExceeded ({counts}): {}",
-                condition["message"].as_str().unwrap_or("")
-            ),
+            reason: format!("ProgressDeadlineExceeded ({counts}): {message}"),
         };
     }
     let elapsed = Duration::try_from(now.duration_since(started)).unwrap_or(Duration::ZERO);
@@ -191,12 +160,9 @@ pub fn follow_update(
     if state.rollout_in_template().is_none() {
         // Rolled back by hand while it was in progress: the undo sticks.
         let left = record.rolled_to.clone();
-        let patch = quarantine_patch(
-            version,
-            state,
-            &left,
-            &record.with_state(RolloutState::Undone),
-        );
+        let patch = WorkloadPatch::new(version)
+            .quarantine(state, &left, &record.with_state(RolloutState::Undone))
+            .into_json();
         return Update::Patch(patch, Followed::Undone(left));
     }
     let Ok(started) = record.restarted_at.parse::<Timestamp>() else {
@@ -378,17 +344,16 @@ pub fn failure_action(
         for (container, digest) in rolled_from.iter() {
             restarted_for.insert(container, digest);
         }
-        let mut patch = quarantine_patch(
-            resource_version,
-            workload,
-            &record.rolled_to,
-            &record.with_state(RolloutState::RolledBack),
-        );
-        patch["spec"] = json!({ "template": { "metadata": { "annotations": {
-            contract::ANNOTATION_RESTARTED_AT: timestamp_text(now),
-            contract::ANNOTATION_RESTARTED_FOR: restarted_for.to_string(),
-            contract::ANNOTATION_ROLLED_FROM: Value::Null,
-        }}}});
+        let patch = WorkloadPatch::new(resource_version)
+            .quarantine(
+                workload,
+                &record.rolled_to,
+                &record.with_state(RolloutState::RolledBack),
+            )
+            .set(contract::ANNOTATION_RESTARTED_AT, timestamp_text(now))
+            .set(contract::ANNOTATION_RESTARTED_FOR, restarted_for)
+            .remove(contract::ANNOTATION_ROLLED_FROM)
+            .into_json();
         return FailureAction::RollBack { patch };
     }
     let why = (on_failure == OnFailure::Rollback).then(|| {
@@ -398,26 +363,25 @@ pub fn failure_action(
         )
     });
     FailureAction::Halt {
-        patch: quarantine_patch(
-            resource_version,
-            workload,
-            &record.rolled_to,
-            &record.with_state(RolloutState::Failed),
-        ),
+        patch: WorkloadPatch::new(resource_version)
+            .quarantine(
+                workload,
+                &record.rolled_to,
+                &record.with_state(RolloutState::Failed),
+            )
+            .into_json(),
         why,
     }
 }
 
 /// The metadata patch that records a rollout's success.
 pub fn success_patch(resource_version: &str, record: &RolloutRecord) -> Value {
-    json!({
-        "metadata": {
-            "resourceVersion": resource_version,
-            "annotations": {
-                contract::ANNOTATION_ROLLOUT: record.with_state(RolloutState::Succeeded).to_string(),
-            }
-        }
-    })
+    WorkloadPatch::new(resource_version)
+        .set(
+            contract::ANNOTATION_ROLLOUT,
+            record.with_state(RolloutState::Succeeded),
+        )
+        .into_json()
 }
 
 /// What the new pods of a failed rollout are doing, for its Event: e.g.
@@ -477,6 +441,7 @@ pub fn describe_new_pods(pods: &[Pod], rolled_to: &DigestRecord) -> Option<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     const STARTED: &str = "2026-11-24T10:00:00Z";
 
@@ -485,12 +450,10 @@ mod tests {
     }
 
     fn deployment(status: Value) -> WorkloadState {
-        WorkloadState {
-            generation: Some(2),
-            spec: json!({"replicas": 2}),
-            status,
-            ..Default::default()
-        }
+        WorkloadState::from_json(
+            WorkloadKind::Deployment,
+            &json!({"metadata": {"generation": 2}, "spec": {"replicas": 2}, "status": status}),
+        )
     }
 
     fn progress_at(kind: WorkloadKind, state: &WorkloadState, seconds: i64) -> Progress {
@@ -560,11 +523,12 @@ mod tests {
 
     #[test]
     fn argo_rollouts_report_their_phase() {
-        let rollout = |phase: &str, observed: &str| WorkloadState {
-            generation: Some(3),
-            spec: json!({"replicas": 2}),
-            status: json!({"observedGeneration": observed, "phase": phase, "updatedReplicas": 2, "readyReplicas": 2, "message": "analysis failed"}),
-            ..Default::default()
+        let rollout = |phase: &str, observed: &str| {
+            WorkloadState::from_json(
+                WorkloadKind::Rollout,
+                &json!({"metadata": {"generation": 3}, "spec": {"replicas": 2},
+                    "status": {"observedGeneration": observed, "phase": phase, "updatedReplicas": 2, "readyReplicas": 2, "message": "analysis failed"}}),
+            )
         };
         assert_eq!(
             progress_at(WorkloadKind::Rollout, &rollout("Healthy", "3"), 5),
@@ -592,11 +556,12 @@ mod tests {
 
     #[test]
     fn statefulsets_and_daemonsets_have_their_own_counts() {
-        let sts = |current: &str| WorkloadState {
-            generation: Some(1),
-            spec: json!({"replicas": 2}),
-            status: json!({"observedGeneration": 1, "updatedReplicas": 2, "readyReplicas": 2, "updateRevision": "r2", "currentRevision": current}),
-            ..Default::default()
+        let sts = |current: &str| {
+            WorkloadState::from_json(
+                WorkloadKind::StatefulSet,
+                &json!({"metadata": {"generation": 1}, "spec": {"replicas": 2},
+                    "status": {"observedGeneration": 1, "updatedReplicas": 2, "readyReplicas": 2, "updateRevision": "r2", "currentRevision": current}}),
+            )
         };
         assert_eq!(
             progress_at(WorkloadKind::StatefulSet, &sts("r2"), 5),
@@ -606,11 +571,12 @@ mod tests {
             progress_at(WorkloadKind::StatefulSet, &sts("r1"), 5),
             Progress::Pending
         );
-        let ds = |available: i64| WorkloadState {
-            generation: Some(1),
-            spec: json!({}),
-            status: json!({"observedGeneration": 1, "desiredNumberScheduled": 3, "updatedNumberScheduled": 3, "numberAvailable": available}),
-            ..Default::default()
+        let ds = |available: i64| {
+            WorkloadState::from_json(
+                WorkloadKind::DaemonSet,
+                &json!({"metadata": {"generation": 1},
+                    "status": {"observedGeneration": 1, "desiredNumberScheduled": 3, "updatedNumberScheduled": 3, "numberAvailable": available}}),
+            )
         };
         assert_eq!(
             progress_at(WorkloadKind::DaemonSet, &ds(3), 5),

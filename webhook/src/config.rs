@@ -214,7 +214,8 @@ impl Config {
             settings::parse_resource_quantity(value)
                 .map_err(|problem| anyhow::anyhow!("--{flag}: {problem}"))
         };
-        // Below the sidecar's peak RSS (BENCHMARKS.md) it is killed at once.
+        // Below 4Mi the sidecar cannot hold its own memory and the code pages a round runs
+        // (BENCHMARKS.md): it would be killed at once.
         let memory_limit = quantity("sidecar-memory-limit", &self.sidecar_memory_limit)?;
         anyhow::ensure!(
             memory_limit >= 4.0 * 1024.0 * 1024.0,

@@ -28,7 +28,7 @@ impl Checker {
         let updated = self
             .cluster
             .update_workload(&workload, |state, version| {
-                selector = state.selector();
+                selector = state.selector.clone();
                 rollout::follow_update(workload.kind, state, version, settings, now)
             })
             .await;
