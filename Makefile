@@ -11,7 +11,7 @@ CERTS_DIR ?= certs/out
 # Where cargo puts what it builds (honours CARGO_TARGET_DIR).
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: demo deps tools control-plane test fuzz musl build images push deploy undeploy undeploy-accounts certs bench lint
+.PHONY: demo deps tools control-plane test fuzz musl build images push deploy undeploy undeploy-accounts certs bench bench-scale lint
 
 ## The whole loop on this machine, as a timeline: a registry, the webhook and the sidecars
 ## on 127.0.0.1 against a real control plane. `make demo KEEP=1` keeps the cluster up
@@ -61,6 +61,14 @@ bench: deps control-plane
 	$(TARGET_DIR)/release/pod-reloaded-bench all \
 		--sidecar-binary $(TARGET_DIR)/release/pod-reloaded-sidecar \
 		--sidecar-binary $(IMAGE_SIDECAR) | tee bench-results/latest.md
+
+## Fleet scale (BENCHMARKS.md): 1,000 real sidecars (20 workloads of 50 replicas, and 4 single
+## ones), half sharing their checks, half polling from every replica, for 10 minutes at a 5s
+## interval, then one push per workload. SCALE_ARGS passes other sizes.
+bench-scale: deps control-plane
+	$(CARGO) build --release --workspace --bins
+	mkdir -p bench-results
+	$(TARGET_DIR)/release/pod-reloaded-bench scale $(SCALE_ARGS) | tee bench-results/scale.md
 
 ## Both musl targets the images ship, built as the Dockerfiles build them: x86_64 with
 ## musl-gcc (Debian's musl-tools), aarch64 cross-compiled with clang and rust-lld against

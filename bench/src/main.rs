@@ -6,6 +6,7 @@ mod admission_cpu;
 mod baseline;
 mod load;
 mod process_stats;
+mod scale;
 mod sidecar_bench;
 mod sizes;
 mod webhook_bench;
@@ -43,6 +44,9 @@ enum Which {
     Webhook(Settings),
     /// Sidecar footprint over many rounds.
     Sidecar(Settings),
+    /// Fleet scale: many real sidecars against the real registry and API server, registry
+    /// load per workload, push-to-restart times (`make bench-scale`).
+    Scale(scale::ScaleSettings),
     /// CPU per admission in-process, by stage.
     Admission {
         #[arg(long, default_value_t = 2000)]
@@ -96,6 +100,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Which::Sidecar(settings) => sidecar(&settings).await,
+            Which::Scale(settings) => scale::scale(&settings).await,
             Which::All(settings) => {
                 machine();
                 admission_cpu(2000).await;

@@ -38,6 +38,9 @@ pub const ANNOTATION_MIN_AGE: &str = "pod-reloaded.io/min-age";
 pub const ANNOTATION_RESTART_WINDOW: &str = "pod-reloaded.io/restart-window";
 /// The least time between two restarts of one workload.
 pub const ANNOTATION_COOLDOWN: &str = "pod-reloaded.io/cooldown";
+/// `workload` (default): the replicas of a workload share its checks, each polling at
+/// `interval × replicas`; `replica`: every replica polls at `interval`.
+pub const ANNOTATION_POLL: &str = "pod-reloaded.io/poll";
 /// Workload metadata annotation: `"true"` stops restarts of that workload.
 pub const ANNOTATION_PAUSED: &str = "pod-reloaded.io/paused";
 /// Workload metadata annotation: `<container>=<digest>@<RFC 3339>`, when each new
@@ -82,6 +85,7 @@ pub const ENV_PLATFORM: &str = "IMAGE_CHECKER_PLATFORM";
 pub const ENV_METRICS_LISTEN: &str = "IMAGE_CHECKER_METRICS_LISTEN";
 pub const ENV_LOG_FORMAT: &str = "IMAGE_CHECKER_LOG_FORMAT";
 pub const ENV_CLOUD_AUTH: &str = "IMAGE_CHECKER_CLOUD_AUTH";
+pub const ENV_POLL: &str = "IMAGE_CHECKER_POLL";
 /// Where the webhook mounts the `--sidecar-ca-configmap` ConfigMap in the sidecar.
 pub const REGISTRY_CA_MOUNT_DIR: &str = "/etc/pod-reloaded/registry-ca";
 

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::settings::{self, Mode, OnFailure, RegistryOverride};
+use crate::settings::{self, Mode, OnFailure, Poll, RegistryOverride};
 use crate::window::RestartWindows;
 
 /// A pod's settings. Unset annotations take their defaults; `interval` and
@@ -25,6 +25,8 @@ pub struct PodSettings {
     pub min_age: Duration,
     pub cooldown: Duration,
     pub window: Option<RestartWindows>,
+    /// `None` when unset: the webhook's `--default-poll` decides.
+    pub poll: Option<Poll>,
 }
 
 impl Default for PodSettings {
@@ -40,6 +42,7 @@ impl Default for PodSettings {
             min_age: Duration::ZERO,
             cooldown: Duration::ZERO,
             window: None,
+            poll: None,
         }
     }
 }
@@ -139,6 +142,7 @@ impl PodSettings {
                 crate::ANNOTATION_RESTART_WINDOW,
                 RestartWindows::parse,
             )?,
+            poll: value(a, strict, crate::ANNOTATION_POLL, Poll::parse)?,
         })
     }
 }
@@ -192,6 +196,7 @@ mod tests {
             (crate::ANNOTATION_COOLDOWN, "90d"),
             (crate::ANNOTATION_RESTART_WINDOW, "Someday 25:00"),
             (crate::ANNOTATION_PULL_POLICY, "maybe"),
+            (crate::ANNOTATION_POLL, "sometimes"),
         ] {
             let pairs = annotations(&[(key, value), (crate::ANNOTATION_MIN_AGE, "1m")]);
             let error = PodSettings::strict(&pairs).expect_err(value);

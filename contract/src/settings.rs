@@ -379,6 +379,55 @@ impl Mode {
     }
 }
 
+/// Who polls for a workload (`pod-reloaded.io/poll`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Poll {
+    /// The replicas share the checks: each polls at `interval × replicas` (capped), at its
+    /// own random phase, so the workload is checked about once per interval.
+    #[default]
+    Workload,
+    /// Every replica polls at `interval`.
+    Replica,
+}
+
+impl Poll {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "workload" => Ok(Self::Workload),
+            "replica" => Ok(Self::Replica),
+            other => Err(format!("{other:?} is neither \"workload\" nor \"replica\"")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Workload => "workload",
+            Self::Replica => "replica",
+        }
+    }
+}
+
+/// Longest a replica's poll period is stretched, as a multiple of the interval: each pod
+/// still looks at the registry and at its own pod at least this often (a pod whose
+/// siblings all went away is not left unwatched for days), and past this many replicas a
+/// workload is checked a little more than once per interval.
+pub const MAX_POLL_STRETCH: u32 = 100;
+
+/// A replica's poll period: `interval` × `replicas` when the replicas share the checks,
+/// at most `MAX_POLL_STRETCH` intervals and `MAX_INTERVAL`; `interval` for one replica
+/// or `Poll::Replica`.
+pub fn poll_period(interval: Duration, replicas: u32, poll: Poll) -> Duration {
+    match poll {
+        Poll::Replica => interval,
+        Poll::Workload => {
+            let stretch = replicas.clamp(1, MAX_POLL_STRETCH);
+            interval
+                .saturating_mul(stretch)
+                .min(MAX_INTERVAL.max(interval))
+        }
+    }
+}
+
 /// `pod-reloaded.io/min-age` and `pod-reloaded.io/cooldown`: from 0s to 30 days.
 pub fn parse_wait(text: &str) -> Result<Duration, String> {
     let wait = parse_duration(text)?;
@@ -409,6 +458,24 @@ pub fn parse_pull_policy(text: &str) -> Result<bool, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replicas_period_grows_with_the_workload_up_to_its_caps() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(poll_period(minute, 1, Poll::Workload), minute);
+        assert_eq!(poll_period(minute, 0, Poll::Workload), minute);
+        assert_eq!(poll_period(minute, 50, Poll::Workload), minute * 50);
+        assert_eq!(poll_period(minute, 5000, Poll::Workload), minute * 100);
+        assert_eq!(poll_period(minute, 50, Poll::Replica), minute);
+        let hour = Duration::from_secs(3600);
+        assert_eq!(
+            poll_period(hour, 50, Poll::Workload),
+            MAX_INTERVAL,
+            "never longer than the longest interval"
+        );
+        assert_eq!(Poll::parse(" replica "), Ok(Poll::Replica));
+        assert!(Poll::parse("pod").is_err());
+    }
 
     #[test]
     fn intervals_are_bounded() {

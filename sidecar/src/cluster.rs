@@ -241,6 +241,35 @@ impl Cluster {
         )
     }
 
+    /// How many pods `workload` wants (a DaemonSet: how many it schedules); `None` when
+    /// this account may not read it (said once).
+    pub async fn desired_replicas(&self, workload: &WorkloadRef) -> anyhow::Result<Option<u32>> {
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &self.namespace,
+            &api_resource(workload.kind),
+        );
+        match api.get(&workload.name).await {
+            Ok(object) => {
+                let state =
+                    WorkloadState::from_object(workload.kind, &object.metadata, &object.data)
+                        .with_context(|| format!("reading {workload}"))?;
+                Ok(Some(
+                    u32::try_from(state.status.desired.max(1)).unwrap_or(u32::MAX),
+                ))
+            }
+            Err(error) if is_forbidden(&error) => {
+                self.degraded(
+                    "get workload",
+                    "sharing the checks among the workload's replicas",
+                    &error,
+                );
+                Ok(None)
+            }
+            Err(error) => Err(error).with_context(|| format!("reading {workload}")),
+        }
+    }
+
     /// The pods matching `selector` in our namespace.
     pub async fn pods(
         &self,

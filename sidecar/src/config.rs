@@ -25,6 +25,12 @@ pub struct Config {
     #[arg(long, env = contract::ENV_INTERVAL, default_value = contract::DEFAULT_INTERVAL, value_parser = settings::parse_interval)]
     pub interval: Duration,
 
+    /// Who polls for the workload: `workload` (the replicas share the checks: each polls at
+    /// interval × replicas, at most 100 intervals, at its own random phase) or `replica`
+    /// (each at the interval).
+    #[arg(long, env = contract::ENV_POLL, default_value = "workload", value_parser = settings::Poll::parse)]
+    pub poll: settings::Poll,
+
     /// Base URL of a registry (mirror) to ask instead of the one in the image reference
     /// (a path prefix is kept), or `host=URL[,host=URL]` to redirect only those hosts;
     /// `http://` means plain HTTP.

@@ -11,7 +11,7 @@ use pod_reloaded_sidecar::registry::cloud::{CloudEnv, CloudLogin};
 use pod_reloaded_sidecar::registry::credentials::Credentials;
 use pod_reloaded_sidecar::registry::RegistryClient;
 use pod_reloaded_sidecar::resident;
-use pod_reloaded_sidecar::schedule::next_delay;
+use pod_reloaded_sidecar::schedule::{first_delay, next_delay};
 use tracing::{debug, error, info, warn};
 
 fn main() -> ExitCode {
@@ -130,6 +130,7 @@ async fn run(config: Config, prepared: Prepared) -> anyhow::Result<ExitCode> {
     let mut checker = Checker::new(config, registry, cluster, metrics);
 
     let mut failures: u32 = 0;
+    let mut phased = false;
     let mut start_up_pages_released = false;
     loop {
         let outcome = checker.round().await;
@@ -146,6 +147,8 @@ async fn run(config: Config, prepared: Prepared) -> anyhow::Result<ExitCode> {
                 Err(error) => debug!(%error, "could not release the binary's start-up pages"),
             }
         }
+        // A container that has not started is looked at again within the interval.
+        let waiting = outcome == RoundOutcome::Waiting;
         let retry_after = match outcome {
             RoundOutcome::Failed { retry_after } => {
                 failures = failures.saturating_add(1);
@@ -163,7 +166,18 @@ async fn run(config: Config, prepared: Prepared) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             });
         }
-        let delay = next_delay(interval, failures, retry_after, &mut rand::thread_rng());
+        let period = if waiting {
+            interval
+        } else {
+            checker.poll_period()
+        };
+        // After the first good round, each replica takes its own phase of the period.
+        let delay = if !phased && failures == 0 && !waiting {
+            phased = true;
+            first_delay(interval, period, &mut rand::thread_rng())
+        } else {
+            next_delay(period, failures, retry_after, &mut rand::thread_rng())
+        };
         tokio::time::sleep(delay).await;
     }
 }

@@ -31,9 +31,42 @@ pub fn next_delay(
     }
 }
 
+/// The wait after the first round. When the replicas share the checks (`period` longer
+/// than `interval`), a random phase within the period, so replicas started together
+/// spread over it; else as after any good round.
+pub fn first_delay(interval: Duration, period: Duration, rng: &mut impl rand::Rng) -> Duration {
+    if period > interval {
+        period.mul_f64(rng.gen_range(0.0..1.0))
+    } else {
+        next_delay(period, 0, None, rng)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicas_sharing_the_checks_start_at_a_random_phase_of_the_period() {
+        let mut rng = rand::thread_rng();
+        let interval = Duration::from_secs(60);
+        let period = interval * 50;
+        let delays: Vec<Duration> = (0..2000)
+            .map(|_| first_delay(interval, period, &mut rng))
+            .collect();
+        assert!(delays.iter().all(|d| *d < period));
+        // Spread over the whole period: some in each tenth of it.
+        for tenth in 0..10 {
+            let (low, high) = (period * tenth / 10, period * (tenth + 1) / 10);
+            assert!(
+                delays.iter().any(|d| *d >= low && *d < high),
+                "nothing in tenth {tenth}"
+            );
+        }
+        // A single replica: as today, the jittered interval.
+        let single = first_delay(interval, interval, &mut rng);
+        assert!(single >= Duration::from_secs(54) && single <= Duration::from_secs(66));
+    }
 
     #[test]
     fn delay_is_the_jittered_interval_when_healthy() {

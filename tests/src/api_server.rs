@@ -35,6 +35,8 @@ pub struct RecordedRequest {
     pub body: Value,
     /// The status the client got.
     pub status: u16,
+    /// When the proxy answered it.
+    pub at: std::time::Instant,
 }
 
 impl RecordedRequest {
@@ -512,6 +514,7 @@ async fn handle(
                 content_type: content_type.clone(),
                 body: parsed.clone(),
                 status: answered,
+                at: std::time::Instant::now(),
             });
     };
     match fault {

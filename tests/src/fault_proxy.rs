@@ -56,6 +56,8 @@ pub struct BearerAuth {
 pub struct ProxiedRequest {
     pub method: String,
     pub path: String,
+    /// The query string (a token request names its scope there).
+    pub query: String,
     pub authorization: Option<String>,
     pub at: Instant,
 }
@@ -172,6 +174,7 @@ async fn handle(
         s.requests.push(ProxiedRequest {
             method: method.to_string(),
             path: uri.path().to_string(),
+            query: uri.query().unwrap_or_default().to_string(),
             authorization: authorization.clone(),
             at: Instant::now(),
         });

@@ -748,3 +748,65 @@ async fn an_argo_rollout_is_restarted_through_its_template() {
         "argoproj.io/v1alpha1"
     );
 }
+
+/// Two workloads of four replicas, one pod of each running its sidecar at interval 1s:
+/// the one whose replicas share the checks (the default) asks the registry about a
+/// quarter as often as the one polling from every replica, and says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_share_their_workloads_checks_unless_told_to_poll_each() {
+    let s = World::empty().await;
+    let mut sidecars = Vec::new();
+    let mut proxies = Vec::new();
+    for (name, poll) in [("shared", None), ("each", Some("replica"))] {
+        let owner = deployment(&s.api, name, &s.image, json!({}));
+        let mut workload = s.api.get(&deployment_path(name)).expect("stored");
+        workload["spec"]["replicas"] = json!(4);
+        s.api.put(workload);
+        let pod = format!("{name}-1");
+        running_pod(
+            &s.api,
+            &pod,
+            Some(&owner),
+            &s.image,
+            &s.image_id(&s.first.digest),
+            EARLY,
+        );
+        let proxy = FaultProxy::start(&s.registry.base_url, None).await;
+        let mut command = sidecar_command(&s.api, &pod, "web", "1s", Some(&proxy.base_url()));
+        if let Some(poll) = poll {
+            command.env(contract::ENV_POLL, poll);
+        }
+        sidecars.push(Running::spawn(command));
+        proxies.push(proxy);
+    }
+    let shared_log = || sidecars[0].output();
+    assert!(
+        eventually(Duration::from_secs(30), || shared_log()
+            .contains("the replicas share the workload's checks"))
+        .await,
+        "{}",
+        shared_log()
+    );
+    assert!(shared_log().contains("replicas=4"), "{}", shared_log());
+    // A window of many intervals, as long as the replica polling each interval takes to
+    // ask 16 times.
+    let heads = |proxy: &FaultProxy| proxy.count("HEAD", "/manifests/");
+    let (shared_before, each_before) = (heads(&proxies[0]), heads(&proxies[1]));
+    assert!(
+        eventually(Duration::from_secs(120), || heads(&proxies[1])
+            - each_before
+            >= 16)
+        .await,
+        "the replica polling each interval stopped asking"
+    );
+    let shared = heads(&proxies[0]) - shared_before;
+    let each = heads(&proxies[1]) - each_before;
+    assert!(
+        shared * 2 <= each,
+        "sharing the checks: {shared} HEADs, polling each interval: {each}\n{}",
+        shared_log()
+    );
+    assert!(!sidecars[1]
+        .output()
+        .contains("the replicas share the workload's checks"));
+}

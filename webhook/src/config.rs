@@ -135,6 +135,12 @@ pub struct Config {
     #[arg(long, env = "POD_RELOADED_DEFAULT_INTERVAL", default_value = contract::DEFAULT_INTERVAL)]
     pub default_interval: String,
 
+    /// Who polls for pods without the pod-reloaded.io/poll annotation: `workload` (the
+    /// replicas share the checks, each at interval × replicas) or `replica` (each at the
+    /// interval).
+    #[arg(long, env = "POD_RELOADED_DEFAULT_POLL", default_value = "workload", value_parser = settings::Poll::parse)]
+    pub default_poll: settings::Poll,
+
     /// Namespaces never injected (comma-separated); the webhook's own is always added.
     #[arg(
         long,
@@ -293,6 +299,7 @@ impl Config {
             ),
             sidecar_mode: self.sidecar_mode,
             default_interval: self.default_interval.clone(),
+            default_poll: self.default_poll,
             excluded_namespaces: excluded,
             version: VERSION.to_string(),
         })

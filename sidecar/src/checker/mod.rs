@@ -24,6 +24,8 @@ use crate::registry::credentials::Credentials;
 use crate::registry::{RegistryClient, RegistryError, Repository};
 use pod_reloaded_contract::owner::WorkloadRef;
 use pod_reloaded_contract::pod_settings::PodSettings;
+use pod_reloaded_contract::settings::{self, Poll};
+use std::time::Duration;
 
 mod follow;
 mod restart;
@@ -70,6 +72,8 @@ pub struct Checker {
     warned: HashSet<String>,
     /// Our pod's settings, read from its annotations with the pod.
     settings: PodSettings,
+    /// The workload's desired replicas, read with the pod: they share its checks.
+    replicas: u32,
 }
 
 impl Checker {
@@ -92,6 +96,7 @@ impl Checker {
             following: false,
             warned: HashSet::new(),
             settings: PodSettings::default(),
+            replicas: 1,
         }
     }
 
@@ -169,10 +174,13 @@ impl Checker {
         }
 
         // The workload names the update-available metric; looked up once.
-        let workload_name = match self.workload(&pod).await {
-            Some(workload) => workload.name,
-            None => String::new(),
-        };
+        let workload = self.workload(&pod).await;
+        if fresh && self.config.poll == Poll::Workload {
+            if let Some(workload) = &workload {
+                self.read_replicas(workload).await;
+            }
+        }
+        let workload_name = workload.map(|w| w.name).unwrap_or_default();
 
         let mut changes = Vec::new();
         let mut failed = false;
@@ -272,6 +280,32 @@ impl Checker {
         // A change seen for one container is acted on even if another container's check
         // failed: the failure means "unknown" for that container only.
         self.restart_for(&pod, &changes).await
+    }
+
+    /// How long until the next round: the interval, stretched over the workload's
+    /// replicas when they share its checks, except while a rollout is followed (its end
+    /// is seen within an interval).
+    pub fn poll_period(&self) -> Duration {
+        if self.following {
+            return self.config.interval;
+        }
+        settings::poll_period(self.config.interval, self.replicas, self.config.poll)
+    }
+
+    /// Reads the workload's replica count (kept as it was when it cannot be read).
+    async fn read_replicas(&mut self, workload: &WorkloadRef) {
+        let replicas = match self.cluster.desired_replicas(workload).await {
+            Ok(Some(replicas)) => replicas,
+            Ok(None) => 1,
+            Err(error) => {
+                warn!(%workload, error = format!("{error:#}"), "cannot read the replica count; keeping the last one");
+                return;
+            }
+        };
+        if replicas != self.replicas {
+            self.replicas = replicas;
+            info!(%workload, replicas, period = %humantime::format_duration(self.poll_period()), "the replicas share the workload's checks: polling at interval × replicas");
+        }
     }
 
     /// Ask the registry, then compare: the only network step of a check.

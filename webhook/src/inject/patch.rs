@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use jsonptr::PointerBuf;
 use k8s_openapi::api::core::v1::{ConfigMapVolumeSource, SecretVolumeSource, Volume, VolumeMount};
 use pod_reloaded_contract as contract;
+use pod_reloaded_contract::settings::Poll;
 use serde::Serialize;
 
 use super::pod_view::{PodSpecView, PodView};
@@ -230,6 +231,13 @@ pub(super) fn build_injection(
     ];
     if let Some(url) = plan.registry_url {
         env.push(env_value(contract::ENV_REGISTRY_URL, url));
+    }
+    // The sidecar's own default is `workload`: said only when it is not.
+    if plan.poll != Poll::Workload {
+        env.push(env_value(
+            contract::ENV_POLL,
+            plan.poll.as_str().to_string(),
+        ));
     }
     env.push(env_field(contract::ENV_POD_NAME, "metadata.name"));
     env.push(env_field(contract::ENV_POD_NAMESPACE, "metadata.namespace"));

@@ -11,6 +11,7 @@ use pod_reloaded_contract::image::ImageReference;
 use pod_reloaded_contract::owner::{self, NotRestartable};
 use pod_reloaded_contract::pod_settings::PodSettings;
 use pod_reloaded_contract::record::DigestRecord;
+use pod_reloaded_contract::settings::Poll;
 
 /// How the sidecar is added to the pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +29,8 @@ pub struct InjectionSettings {
     pub sidecar_resources: ResourceRequirements,
     pub sidecar_mode: SidecarMode,
     pub default_interval: String,
+    /// Who polls for pods without `pod-reloaded.io/poll`.
+    pub default_poll: Poll,
     /// Namespaces never injected, including the webhook's own.
     pub excluded_namespaces: BTreeSet<String>,
     /// Written into the `pod-reloaded.io/injected` annotation.
@@ -52,6 +55,7 @@ impl InjectionSettings {
             sidecar_resources: super::templates::resources("5m", "16Mi", "100m", "32Mi"),
             sidecar_mode,
             default_interval: "60s".to_string(),
+            default_poll: Poll::Workload,
             excluded_namespaces: ["kube-system", "pod-reloaded"]
                 .into_iter()
                 .map(String::from)
@@ -138,6 +142,7 @@ pub(super) struct Plan {
     pub(super) watched: Vec<String>,
     pub(super) interval: String,
     pub(super) registry_url: Option<String>,
+    pub(super) poll: Poll,
     pub(super) pull_always: Vec<PullAlways>,
     pub(super) account: Account,
     /// The pod's pull secrets, mounted into the sidecar (optional volumes).
@@ -208,6 +213,7 @@ pub(super) fn plan(
     let interval = annotation(contract::ANNOTATION_INTERVAL).unwrap_or(&settings.default_interval);
     let registry_url = annotation(contract::ANNOTATION_REGISTRY_URL);
     let set_pull_policy = pod_settings.set_pull_policy;
+    let poll = pod_settings.poll.unwrap_or(settings.default_poll);
     let pin = pod_settings.pin;
     let pins = if pin {
         pins(
@@ -242,6 +248,7 @@ pub(super) fn plan(
         watched,
         interval: interval.to_string(),
         registry_url: registry_url.map(str::to_string),
+        poll,
         pull_always,
         account: account(spec),
         mounted_pull_secrets,

@@ -846,3 +846,48 @@ fn a_private_sidecar_image_brings_its_pull_secret_to_the_pod() {
         json!([{"name": "sidecar-pull"}])
     );
 }
+
+#[test]
+fn who_polls_reaches_the_sidecar_only_when_it_is_not_the_default() {
+    let (_, pod) = inject(&deployment_pod(), SidecarMode::Container);
+    assert_eq!(env_value(sidecar(&pod), contract::ENV_POLL), None);
+
+    let mut annotated = deployment_pod();
+    set_annotations(
+        &mut annotated,
+        json!({contract::ANNOTATION_POLL: "replica"}),
+    );
+    let (_, pod) = inject(&annotated, SidecarMode::Container);
+    assert_eq!(
+        env_value(sidecar(&pod), contract::ENV_POLL),
+        Some("replica")
+    );
+
+    // The webhook's default applies to pods without the annotation.
+    let mut every_replica = settings(SidecarMode::Container);
+    every_replica.default_poll = contract::settings::Poll::Replica;
+    let review = deployment_pod();
+    let view: Pod = serde_json::from_value(review.clone()).unwrap();
+    let Decision::Inject(injection) = decide(&view, "shop", &every_replica) else {
+        panic!("injected")
+    };
+    let mut patched = review;
+    json_patch::patch(&mut patched, &operations(&injection)).unwrap();
+    assert_eq!(
+        env_value(sidecar(&patched), contract::ENV_POLL),
+        Some("replica")
+    );
+
+    let mut invalid = deployment_pod();
+    set_annotations(
+        &mut invalid,
+        json!({contract::ANNOTATION_POLL: "sometimes"}),
+    );
+    assert!(matches!(
+        skip_reason(&invalid, "shop"),
+        SkipReason::InvalidAnnotation {
+            annotation: contract::ANNOTATION_POLL,
+            ..
+        }
+    ));
+}
