@@ -289,7 +289,7 @@ pub(crate) async fn scale(settings: &ScaleSettings) -> anyhow::Result<()> {
     println!("| measure | value |");
     println!("|---|---|");
     println!(
-        "| all sidecars started and checked once | {:.0} s |",
+        "| every sidecar had checked once, after the last one started | {:.0} s later |",
         warm_up.as_secs_f64()
     );
     println!(
