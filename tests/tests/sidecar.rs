@@ -526,8 +526,9 @@ async fn an_unchanged_round_costs_one_head_and_no_api_request() {
         vec![
             format!("GET {}", pod_path("web-1")),
             format!("GET /apis/apps/v1/namespaces/{NAMESPACE}/replicasets/web-5d9c8b7f6"),
+            format!("GET {}", deployment_path("web")),
         ],
-        "the pod and its owner read once at start, nothing after"
+        "the pod, its owner and the workload (its replica count) read once at start, nothing after"
     );
 }
 

@@ -175,12 +175,10 @@ impl Checker {
 
         // The workload names the update-available metric; looked up once.
         let workload = self.workload(&pod).await;
-        if fresh && self.config.poll == Poll::Workload {
-            if let Some(workload) = &workload {
-                self.read_replicas(workload).await;
-            }
-        }
-        let workload_name = workload.map(|w| w.name).unwrap_or_default();
+        let workload_name = workload
+            .as_ref()
+            .map(|w| w.name.clone())
+            .unwrap_or_default();
 
         let mut changes = Vec::new();
         let mut failed = false;
@@ -258,6 +256,13 @@ impl Checker {
             self.pod = None;
         }
         if changes.is_empty() {
+            // With the pod, the replica count (a round with a change reads the workload
+            // anyway, and takes the count from there).
+            if fresh && self.config.poll == Poll::Workload {
+                if let Some(workload) = &workload {
+                    self.read_replicas(workload).await;
+                }
+            }
             return if failed {
                 RoundOutcome::Failed { retry_after }
             } else if waiting {
@@ -302,7 +307,12 @@ impl Checker {
                 return;
             }
         };
-        if replicas != self.replicas {
+        self.set_replicas(workload, replicas);
+    }
+
+    /// The workload's replica count as last read.
+    fn set_replicas(&mut self, workload: &WorkloadRef, replicas: u32) {
+        if self.config.poll == Poll::Workload && replicas != self.replicas {
             self.replicas = replicas;
             info!(%workload, replicas, period = %humantime::format_duration(self.poll_period()), "the replicas share the workload's checks: polling at interval × replicas");
         }

@@ -20,9 +20,11 @@ impl Checker {
         };
         let timing = Timing::from(&self.settings);
         let now = jiff::Timestamp::now();
+        let mut desired = None;
         let decision = match self
             .cluster
             .update_workload(&workload, |state, version| {
+                desired = Some(state.status.desired);
                 decide::restart_update(state, version, changes, this_pod, &timing, now)
             })
             .await
@@ -33,6 +35,9 @@ impl Checker {
                 return RoundOutcome::Failed { retry_after: None };
             }
         };
+        if let Some(desired) = desired {
+            self.set_replicas(&workload, u32::try_from(desired.max(1)).unwrap_or(u32::MAX));
+        }
         let pod_name = pod.metadata.name.as_deref().unwrap_or("");
         let (round, effects) = decide::restart_effects(&workload, decision, changes, pod_name);
         self.execute(&workload, effects).await;
