@@ -399,6 +399,8 @@ fn the_config_keys_are_the_webhook_flags_and_values_get_one_verdict() {
         single("default-interval", "1h 30m"),
         single("default-interval", "5min"),
         single("default-interval", "25h"),
+        single("default-poll", "replica"),
+        single("default-poll", "pod"),
         single("api-timeout", "4s"),
         single("api-timeout", "4.5s"),
         single("shutdown-delay", "0s"),
