@@ -810,4 +810,16 @@ async fn replicas_share_their_workloads_checks_unless_told_to_poll_each() {
     assert!(!sidecars[1]
         .output()
         .contains("the replicas share the workload's checks"));
+
+    // Scaled down: the next safety-net re-read (10 of its rounds) follows it.
+    let mut workload = s.api.get(&deployment_path("shared")).expect("stored");
+    workload["spec"]["replicas"] = json!(1);
+    s.api.put(workload);
+    assert!(
+        eventually(Duration::from_secs(120), || shared_log()
+            .contains("replicas=1"))
+        .await,
+        "{}",
+        shared_log()
+    );
 }
