@@ -14,10 +14,11 @@ use pod_reloaded_contract::record::{
 };
 
 use crate::effects::{Effects, Event, LogFields, LogLine, Metric, RoundOutcome, Said, Update};
-use crate::timing::{self, Hold, Timing};
+use crate::timing::{self, Hold};
 use crate::workload::WorkloadPatch;
 pub use crate::workload::WorkloadState;
 use pod_reloaded_contract::owner::WorkloadRef;
+use pod_reloaded_contract::pod_settings::PodSettings;
 use serde_json::Value;
 
 /// A watched container whose tag now points to another digest.
@@ -93,7 +94,7 @@ pub fn restart_update(
     version: &str,
     changes: &[Change],
     this_pod: ThisPod,
-    timing: &Timing,
+    timing: &PodSettings,
     now: Timestamp,
 ) -> Update<RestartDecision> {
     let decision = decide_restart(state, changes, this_pod, timing, now);
@@ -293,7 +294,7 @@ pub fn decide_restart(
     workload: &WorkloadState,
     changes: &[Change],
     this_pod: ThisPod,
-    timing: &Timing,
+    timing: &PodSettings,
     now: Timestamp,
 ) -> RestartDecision {
     let record = workload.rollout();
@@ -470,7 +471,7 @@ mod tests {
             state,
             changes,
             ThisPod::default(),
-            &Timing::default(),
+            &PodSettings::default(),
             now(),
         )
     }
@@ -569,7 +570,7 @@ mod tests {
                     created: Some(older),
                     ..ThisPod::default()
                 },
-                &Timing::default(),
+                &PodSettings::default(),
                 now()
             ),
             RestartDecision::AlreadyRestarted {
@@ -584,7 +585,7 @@ mod tests {
                     created: Some(newer),
                     ..ThisPod::default()
                 },
-                &Timing::default(),
+                &PodSettings::default(),
                 now()
             ),
             RestartDecision::AlreadyRestarted {
@@ -733,7 +734,7 @@ mod tests {
                 state,
                 &[change("web", to, Some('0'))],
                 pod,
-                &Timing::default(),
+                &PodSettings::default(),
                 now(),
             )
         };
@@ -815,9 +816,9 @@ mod tests {
 
     #[test]
     fn a_held_restart_records_the_first_sight_and_the_restart_clears_it() {
-        let soak = Timing {
+        let soak = PodSettings {
             min_age: std::time::Duration::from_secs(3600),
-            ..Timing::default()
+            ..PodSettings::default()
         };
         let RestartDecision::Held {
             hold,
@@ -864,7 +865,7 @@ mod tests {
                 &paused,
                 &[change("web", 'b', Some('a'))],
                 ThisPod::default(),
-                &Timing::default(),
+                &PodSettings::default(),
                 later
             ),
             RestartDecision::Held {

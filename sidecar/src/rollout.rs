@@ -17,22 +17,6 @@ use crate::metrics::RolloutResult;
 use crate::workload::{RolloutStatus, WorkloadPatch, WorkloadState};
 use pod_reloaded_contract::owner::WorkloadRef;
 
-/// A pod's rollout settings (`rollout-timeout`, `on-failure`, from its `PodSettings`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RolloutSettings {
-    pub timeout: Duration,
-    pub on_failure: OnFailure,
-}
-
-impl From<&PodSettings> for RolloutSettings {
-    fn from(settings: &PodSettings) -> Self {
-        Self {
-            timeout: settings.rollout_timeout,
-            on_failure: settings.on_failure,
-        }
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Progress {
     Pending,
@@ -148,7 +132,7 @@ pub fn follow_update(
     kind: WorkloadKind,
     state: &WorkloadState,
     version: &str,
-    settings: RolloutSettings,
+    settings: &PodSettings,
     now: Timestamp,
 ) -> Update<Followed> {
     let Some(record) = state
@@ -168,7 +152,7 @@ pub fn follow_update(
     let Ok(started) = record.restarted_at.parse::<Timestamp>() else {
         return Update::Leave(Followed::NothingToFollow);
     };
-    match progress(kind, state, started, settings.timeout, now) {
+    match progress(kind, state, started, settings.rollout_timeout, now) {
         Progress::Pending => Update::Leave(Followed::Pending),
         Progress::Succeeded => Update::Patch(
             success_patch(version, &record),

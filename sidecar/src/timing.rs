@@ -10,38 +10,6 @@ use pod_reloaded_contract as contract;
 use pod_reloaded_contract::pod_settings::PodSettings;
 use pod_reloaded_contract::record::{timestamp_text, PendingRecord};
 use pod_reloaded_contract::settings::Mode;
-use pod_reloaded_contract::window::RestartWindows;
-
-/// The timing settings of one pod (from its `PodSettings`).
-#[derive(Clone, Debug)]
-pub struct Timing {
-    pub mode: Mode,
-    pub min_age: Duration,
-    pub cooldown: Duration,
-    pub window: Option<RestartWindows>,
-}
-
-impl Default for Timing {
-    fn default() -> Self {
-        Self {
-            mode: Mode::Restart,
-            min_age: Duration::ZERO,
-            cooldown: Duration::ZERO,
-            window: None,
-        }
-    }
-}
-
-impl From<&PodSettings> for Timing {
-    fn from(settings: &PodSettings) -> Self {
-        Self {
-            mode: settings.mode,
-            min_age: settings.min_age,
-            cooldown: settings.cooldown,
-            window: settings.window.clone(),
-        }
-    }
-}
 
 /// Why a restart that is due does not happen now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,7 +77,7 @@ pub struct Timed {
 
 /// `new` is `(container, digest)` of the changes not restarted for yet.
 pub fn timed(
-    timing: &Timing,
+    timing: &PodSettings,
     new: &[(&str, &str)],
     paused: bool,
     mut pending: PendingRecord,
@@ -162,13 +130,13 @@ mod tests {
         text.parse().unwrap()
     }
 
-    fn timing(pairs: &[(&str, &str)]) -> Timing {
-        Timing::from(&PodSettings::lenient(
+    fn timing(pairs: &[(&str, &str)]) -> PodSettings {
+        PodSettings::lenient(
             &pairs
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-        ))
+        )
     }
 
     const NEW: [(&str, &str); 1] = [("web", "sha256:b")];
@@ -176,7 +144,7 @@ mod tests {
     #[test]
     fn by_default_nothing_holds_a_restart() {
         let timed = timed(
-            &Timing::default(),
+            &PodSettings::default(),
             &NEW,
             false,
             PendingRecord::default(),
@@ -306,7 +274,7 @@ mod tests {
         );
         assert_eq!(night.hold, None);
         let paused = timed(
-            &Timing::default(),
+            &PodSettings::default(),
             &NEW,
             true,
             PendingRecord::default(),

@@ -11,7 +11,7 @@ use tracing::warn;
 
 use super::Checker;
 use crate::cluster::Updated;
-use crate::rollout::{self, Followed, RolloutSettings};
+use crate::rollout::{self, Followed};
 
 impl Checker {
     /// Follows the rollout pod-reloaded started on our workload; the first sidecar to see
@@ -22,14 +22,13 @@ impl Checker {
             self.following = false;
             return;
         };
-        let settings = RolloutSettings::from(&self.settings);
         let now = jiff::Timestamp::now();
         let mut selector = std::collections::BTreeMap::new();
         let updated = self
             .cluster
             .update_workload(&workload, |state, version| {
                 selector = state.selector.clone();
-                rollout::follow_update(workload.kind, state, version, settings, now)
+                rollout::follow_update(workload.kind, state, version, &self.settings, now)
             })
             .await;
         let followed = match updated {

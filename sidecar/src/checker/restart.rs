@@ -7,7 +7,6 @@ use tracing::warn;
 use super::{Checker, RoundOutcome};
 use crate::cluster::Updated;
 use crate::decide::{self, Change};
-use crate::timing::Timing;
 
 impl Checker {
     pub(super) async fn restart_for(&mut self, pod: &Pod, changes: &[Change]) -> RoundOutcome {
@@ -18,14 +17,13 @@ impl Checker {
             created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
             from_earlier_revision: self.from_earlier_revision,
         };
-        let timing = Timing::from(&self.settings);
         let now = jiff::Timestamp::now();
         let mut desired = None;
         let decision = match self
             .cluster
             .update_workload(&workload, |state, version| {
                 desired = Some(state.status.desired);
-                decide::restart_update(state, version, changes, this_pod, &timing, now)
+                decide::restart_update(state, version, changes, this_pod, &self.settings, now)
             })
             .await
         {
