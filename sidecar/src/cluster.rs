@@ -191,6 +191,14 @@ impl Cluster {
         })
     }
 
+    fn workload_api(&self, workload: &WorkloadRef) -> Api<DynamicObject> {
+        Api::namespaced_with(
+            self.client.clone(),
+            &self.namespace,
+            &api_resource(workload.kind),
+        )
+    }
+
     /// Reads the workload, lets `decide` say what to patch, and patches with the read
     /// `resourceVersion` as precondition; on a 409 reads and decides again, so of N
     /// replicas deciding the same thing exactly one patch wins. Returns what `decide`
@@ -200,11 +208,7 @@ impl Cluster {
         workload: &WorkloadRef,
         mut decide: impl FnMut(&WorkloadState, &str) -> Update<T>,
     ) -> anyhow::Result<Updated<T>> {
-        let api: Api<DynamicObject> = Api::namespaced_with(
-            self.client.clone(),
-            &self.namespace,
-            &api_resource(workload.kind),
-        );
+        let api = self.workload_api(workload);
         for _ in 0..MAX_CONFLICT_RETRIES {
             let object = api
                 .get(&workload.name)
@@ -215,8 +219,7 @@ impl Cluster {
                 .resource_version
                 .clone()
                 .with_context(|| format!("{workload} has no resourceVersion"))?;
-            let state = WorkloadState::from_object(workload.kind, &object.metadata, &object.data)
-                .with_context(|| format!("reading {workload}"))?;
+            let state = workload_state(workload, &object)?;
             let (patch, outcome) = match decide(&state, &version) {
                 Update::Leave(outcome) => return Ok(Updated::LeftAsItWas(outcome)),
                 Update::Patch(patch, outcome) => (patch, outcome),
@@ -244,20 +247,8 @@ impl Cluster {
     /// How many pods `workload` wants (a DaemonSet: how many it schedules); `None` when
     /// this account may not read it (said once).
     pub async fn desired_replicas(&self, workload: &WorkloadRef) -> anyhow::Result<Option<u32>> {
-        let api: Api<DynamicObject> = Api::namespaced_with(
-            self.client.clone(),
-            &self.namespace,
-            &api_resource(workload.kind),
-        );
-        match api.get(&workload.name).await {
-            Ok(object) => {
-                let state =
-                    WorkloadState::from_object(workload.kind, &object.metadata, &object.data)
-                        .with_context(|| format!("reading {workload}"))?;
-                Ok(Some(
-                    u32::try_from(state.status.desired.max(1)).unwrap_or(u32::MAX),
-                ))
-            }
+        match self.workload_api(workload).get(&workload.name).await {
+            Ok(object) => Ok(Some(workload_state(workload, &object)?.desired_replicas())),
             Err(error) if is_forbidden(&error) => {
                 self.degraded(
                     "get workload",
@@ -341,6 +332,12 @@ impl Cluster {
             Err(error) => warn!(%workload, %reason, %error, "could not record an Event"),
         }
     }
+}
+
+/// The workload as the decisions read it, from the object the API server returned.
+fn workload_state(workload: &WorkloadRef, object: &DynamicObject) -> anyhow::Result<WorkloadState> {
+    WorkloadState::from_object(workload.kind, &object.metadata, &object.data)
+        .with_context(|| format!("reading {workload}"))
 }
 
 #[cfg(test)]

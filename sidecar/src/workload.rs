@@ -188,6 +188,11 @@ impl WorkloadState {
         Self::from_object(kind, &metadata, object).unwrap_or_default()
     }
 
+    /// The desired pods as a replica count (at least 1).
+    pub fn desired_replicas(&self) -> u32 {
+        u32::try_from(self.status.desired.max(1)).unwrap_or(u32::MAX)
+    }
+
     fn template_record(&self, key: &str) -> DigestRecord {
         self.template_annotations
             .get(key)

@@ -22,7 +22,7 @@ impl Checker {
         let decision = match self
             .cluster
             .update_workload(&workload, |state, version| {
-                desired = Some(state.status.desired);
+                desired = Some(state.desired_replicas());
                 decide::restart_update(state, version, changes, this_pod, &self.settings, now)
             })
             .await
@@ -34,7 +34,7 @@ impl Checker {
             }
         };
         if let Some(desired) = desired {
-            self.set_replicas(&workload, u32::try_from(desired.max(1)).unwrap_or(u32::MAX));
+            self.set_replicas(&workload, desired);
         }
         let pod_name = pod.metadata.name.as_deref().unwrap_or("");
         let (round, effects) = decide::restart_effects(&workload, decision, changes, pod_name);
