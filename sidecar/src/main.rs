@@ -147,7 +147,7 @@ async fn run(config: Config, prepared: Prepared) -> anyhow::Result<ExitCode> {
                 Err(error) => debug!(%error, "could not release the binary's start-up pages"),
             }
         }
-        // A container that has not started is looked at again within the interval.
+        let period = checker.poll_period(&outcome);
         let waiting = outcome == RoundOutcome::Waiting;
         let retry_after = match outcome {
             RoundOutcome::Failed { retry_after } => {
@@ -166,11 +166,6 @@ async fn run(config: Config, prepared: Prepared) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             });
         }
-        let period = if waiting {
-            interval
-        } else {
-            checker.poll_period()
-        };
         // After the first good round, each replica takes its own phase of the period.
         let delay = if !phased && failures == 0 && !waiting {
             phased = true;

@@ -287,11 +287,12 @@ impl Checker {
         self.restart_for(&pod, &changes).await
     }
 
-    /// How long until the next round: the interval, stretched over the workload's
-    /// replicas when they share its checks, except while a rollout is followed (its end
-    /// is seen within an interval).
-    pub fn poll_period(&self) -> Duration {
-        if self.following {
+    /// How long until the next round after one that came to `outcome`: the interval,
+    /// stretched over the workload's replicas when they share its checks, except while a
+    /// rollout is followed (its end is seen within an interval) or a container has not
+    /// started (it is looked at again within the interval).
+    pub fn poll_period(&self, outcome: &RoundOutcome) -> Duration {
+        if self.following || *outcome == RoundOutcome::Waiting {
             return self.config.interval;
         }
         settings::poll_period(self.config.interval, self.replicas, self.config.poll)
@@ -314,7 +315,7 @@ impl Checker {
     fn set_replicas(&mut self, workload: &WorkloadRef, replicas: u32) {
         if self.config.poll == Poll::Workload && replicas != self.replicas {
             self.replicas = replicas;
-            info!(%workload, replicas, period = %humantime::format_duration(self.poll_period()), "the replicas share the workload's checks: polling at interval × replicas");
+            info!(%workload, replicas, period = %humantime::format_duration(settings::poll_period(self.config.interval, replicas, self.config.poll)), "the replicas share the workload's checks: polling at interval × replicas");
         }
     }
 
