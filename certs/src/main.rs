@@ -186,7 +186,6 @@ fn validate(args: &Args) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
-    validate(&args)?;
     // What is not given now is what the overlay was made with last time.
     let kept = Kept::read(&args.out_dir);
     args.webhook_image = args.webhook_image.or(kept.webhook);
@@ -195,7 +194,8 @@ fn main() -> anyhow::Result<()> {
         args.components = kept.components;
     }
     args.cert_manager = args.cert_manager.or(kept.cert_manager);
-    // Checked again: kept paths may have gone since.
+    // Checked once everything is known (a kept path may have gone since), before anything
+    // is written.
     validate(&args)?;
     // Kept as absolute paths: a later run may start elsewhere.
     for dir in args.components.iter_mut().chain(args.cert_manager.as_mut()) {
