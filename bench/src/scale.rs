@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use pod_reloaded_contract as contract;
 use pod_reloaded_tests::api_server::ApiServer;
 use pod_reloaded_tests::fault_proxy::{BearerAuth, FaultProxy};
@@ -104,10 +103,7 @@ pub(crate) async fn scale(settings: &ScaleSettings) -> anyhow::Result<()> {
         );
         first_digests.insert(workload.name.clone(), pushed.digest.clone());
         let replica_set = workloads::deployment(&api, &workload.name, &image, json!({}));
-        let path = deployment_path(&workload.name);
-        let mut stored = api.get(&path).context("the Deployment")?;
-        stored["spec"]["replicas"] = json!(workload.replicas);
-        api.put(stored);
+        workloads::scale_deployment(&api, &workload.name, workload.replicas);
         for replica in 0..workload.replicas {
             let pod = format!("{}-{replica}", workload.name);
             workloads::running_pod(

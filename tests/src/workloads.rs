@@ -47,6 +47,15 @@ pub fn deployment(api: &ApiServer, name: &str, image: &str, annotations: Value) 
     api.put(replica_set)
 }
 
+/// Sets Deployment `name`'s desired replicas, as `kubectl scale` does.
+pub fn scale_deployment(api: &ApiServer, name: &str, replicas: usize) {
+    let Some(mut stored) = api.get(&deployment_path(name)) else {
+        panic!("no Deployment {name}");
+    };
+    stored["spec"]["replicas"] = json!(replicas);
+    api.put(stored);
+}
+
 /// Stores a StatefulSet or DaemonSet; returns it (the pods' owner).
 pub fn controller(api: &ApiServer, kind: &str, name: &str, image: &str) -> Value {
     api.put(template(kind, name, image, json!({})))

@@ -10,7 +10,8 @@ use pod_reloaded_tests::fault_proxy::{Fault, FaultProxy};
 use pod_reloaded_tests::process::{eventually, Running};
 use pod_reloaded_tests::registry::{docker_config_json, Registry, RegistryOptions};
 use pod_reloaded_tests::workloads::{
-    controller, deployment, deployment_path, pod_path, running_pod, sidecar_command, NAMESPACE,
+    controller, deployment, deployment_path, pod_path, running_pod, scale_deployment,
+    sidecar_command, NAMESPACE,
 };
 use pod_reloaded_tests::world::World;
 use serde_json::{json, Value};
@@ -760,9 +761,7 @@ async fn replicas_share_their_workloads_checks_unless_told_to_poll_each() {
     let mut proxies = Vec::new();
     for (name, poll) in [("shared", None), ("each", Some("replica"))] {
         let owner = deployment(&s.api, name, &s.image, json!({}));
-        let mut workload = s.api.get(&deployment_path(name)).expect("stored");
-        workload["spec"]["replicas"] = json!(4);
-        s.api.put(workload);
+        scale_deployment(&s.api, name, 4);
         let pod = format!("{name}-1");
         running_pod(
             &s.api,
@@ -812,9 +811,7 @@ async fn replicas_share_their_workloads_checks_unless_told_to_poll_each() {
         .contains("the replicas share the workload's checks"));
 
     // Scaled down: the next safety-net re-read (10 of its rounds) follows it.
-    let mut workload = s.api.get(&deployment_path("shared")).expect("stored");
-    workload["spec"]["replicas"] = json!(1);
-    s.api.put(workload);
+    scale_deployment(&s.api, "shared", 1);
     assert!(
         eventually(Duration::from_secs(120), || shared_log()
             .contains("replicas=1"))
