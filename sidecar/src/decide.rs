@@ -114,7 +114,10 @@ pub fn restart_update(
                     restarted_at: timestamp_text(now),
                     rolled_to: left.clone(),
                 });
-            Update::Patch(quarantine_patch(version, state, left, &record), decision)
+            let patch = WorkloadPatch::new(version)
+                .quarantine(state, left, &record)
+                .into_json();
+            Update::Patch(patch, decision)
         }
         RestartDecision::Held {
             pending,
@@ -439,19 +442,6 @@ pub fn restart_patch(resource_version: &str, restarted_at: Timestamp, restart: &
 pub fn pending_patch(resource_version: &str, pending: &PendingRecord) -> Value {
     WorkloadPatch::new(resource_version)
         .set(contract::ANNOTATION_PENDING, pending)
-        .into_json()
-}
-
-/// Quarantines `digests` (added to what is quarantined already) and sets the rollout
-/// record's state, on the workload's metadata only: no rollout.
-pub fn quarantine_patch(
-    resource_version: &str,
-    workload: &WorkloadState,
-    digests: &DigestRecord,
-    record: &RolloutRecord,
-) -> Value {
-    WorkloadPatch::new(resource_version)
-        .quarantine(workload, digests, record)
         .into_json()
 }
 
