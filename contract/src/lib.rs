@@ -11,6 +11,7 @@ pub mod owner;
 pub mod pod_settings;
 pub mod record;
 pub mod settings;
+pub mod trust;
 pub mod window;
 
 /// Label on a namespace or pod: `enabled` opts in, `disabled` (pod only) opts out.
@@ -41,6 +42,10 @@ pub const ANNOTATION_COOLDOWN: &str = "pod-reloaded.io/cooldown";
 /// `workload` (default): the replicas of a workload share its checks, each polling at
 /// `interval × replicas`; `replica`: every replica polls at `interval`.
 pub const ANNOTATION_POLL: &str = "pod-reloaded.io/poll";
+/// The trust policy (by name, from the webhook's `--trust-policy-file`) a new digest must
+/// satisfy before it is restarted to; `off` opts the pod out of `--default-verify-policy`.
+pub const ANNOTATION_VERIFY: &str = "pod-reloaded.io/verify";
+pub const VERIFY_OFF: &str = "off";
 /// Workload metadata annotation: `"true"` stops restarts of that workload.
 pub const ANNOTATION_PAUSED: &str = "pod-reloaded.io/paused";
 /// Workload metadata annotation: `<container>=<digest>@<RFC 3339>`, when each new
@@ -86,6 +91,11 @@ pub const ENV_METRICS_LISTEN: &str = "IMAGE_CHECKER_METRICS_LISTEN";
 pub const ENV_LOG_FORMAT: &str = "IMAGE_CHECKER_LOG_FORMAT";
 pub const ENV_CLOUD_AUTH: &str = "IMAGE_CHECKER_CLOUD_AUTH";
 pub const ENV_POLL: &str = "IMAGE_CHECKER_POLL";
+/// The selected trust policy as JSON (`trust::NamedPolicy`): its content, since the
+/// sidecar cannot read the webhook's ConfigMap.
+pub const ENV_VERIFY_POLICY: &str = "IMAGE_CHECKER_VERIFY_POLICY";
+/// The ConfigMap, in the webhook's namespace, mounted as `--trust-policy-file`.
+pub const TRUST_CONFIGMAP: &str = "pod-reloaded-trust";
 /// Where the webhook mounts the `--sidecar-ca-configmap` ConfigMap in the sidecar.
 pub const REGISTRY_CA_MOUNT_DIR: &str = "/etc/pod-reloaded/registry-ca";
 

@@ -31,6 +31,12 @@ pub struct Config {
     #[arg(long, env = contract::ENV_POLL, default_value = "workload", value_parser = settings::Poll::parse)]
     pub poll: settings::Poll,
 
+    /// The trust policy a new digest's cosign signature must satisfy before a restart, as
+    /// JSON (`{"name": …, "keys": […], "keyless": […], "transparencyLog": …}`); the
+    /// webhook sets it from `pod-reloaded.io/verify`. Unset: no verification.
+    #[arg(long, env = contract::ENV_VERIFY_POLICY, value_parser = parse_verify_policy)]
+    pub verify_policy: Option<contract::trust::NamedPolicy>,
+
     /// Base URL of a registry (mirror) to ask instead of the one in the image reference
     /// (a path prefix is kept), or `host=URL[,host=URL]` to redirect only those hosts;
     /// `http://` means plain HTTP.
@@ -171,4 +177,8 @@ impl CloudAuth {
             other => Err(format!("{other:?} is neither \"auto\" nor \"none\"")),
         }
     }
+}
+
+fn parse_verify_policy(text: &str) -> Result<contract::trust::NamedPolicy, String> {
+    contract::trust::NamedPolicy::from_json(text).map_err(|e| e.to_string())
 }

@@ -14,6 +14,7 @@ use pod_reloaded_contract::record::{
 };
 
 use crate::effects::{Effects, Event, LogFields, LogLine, Metric, RoundOutcome, Said, Update};
+use crate::signature::SignatureVerdict;
 use crate::timing::{self, Hold};
 use crate::workload::WorkloadPatch;
 pub use crate::workload::WorkloadState;
@@ -30,6 +31,17 @@ pub struct Change {
     /// The pullable digest the pod runs (`repo@sha256:` image IDs); `None` for a bare
     /// config digest, which cannot be pulled back.
     pub running: Option<String>,
+    /// The trust policy's verdict on `digest`, when the pod has a policy.
+    pub signature: Option<SignatureVerdict>,
+}
+
+impl Change {
+    fn rejected_because(&self) -> Option<&str> {
+        match &self.signature {
+            Some(SignatureVerdict::Rejected { reason }) => Some(reason),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -45,6 +57,9 @@ pub enum RestartDecision {
     },
     /// Every change is to a quarantined digest.
     Quarantined { digests: DigestRecord },
+    /// A new digest's signature does not satisfy the pod's trust policy: it is quarantined
+    /// (the other changes are decided next round, without it).
+    SignatureRejected { rejected: DigestRecord },
     /// The rollout pod-reloaded started last is still in progress: the new change waits.
     RolloutInProgress { restarted_at: String },
     /// A person rolled the template back from the digests pod-reloaded rolled out (e.g.
@@ -124,6 +139,15 @@ pub fn restart_update(
             first_seen,
             ..
         } if !first_seen.is_empty() => Update::Patch(pending_patch(version, pending), decision),
+        RestartDecision::SignatureRejected { rejected } => {
+            let patch = WorkloadPatch::new(version)
+                .set(
+                    contract::ANNOTATION_QUARANTINED,
+                    state.quarantined_with(rejected),
+                )
+                .into_json();
+            Update::Patch(patch, decision)
+        }
         _ => Update::Leave(decision),
     }
 }
@@ -137,6 +161,7 @@ pub fn restart_effects(
     changes: &[Change],
     pod: &str,
 ) -> (RoundOutcome, Effects) {
+    let changes_seen = changes;
     let summary = changes
         .iter()
         .map(|c| format!("{}={}", c.container, c.digest))
@@ -152,6 +177,7 @@ pub fn restart_effects(
                 "pod-reloaded restarted {workload}: the watched tag now points to {}",
                 restart.rolled_to
             );
+            message.push_str(&signed_by(changes, &restart.rolled_to));
             if !restart.no_rollback_target.is_empty() {
                 message.push_str(&format!(
                     "; no rollback target for {} (the pods ran a bare image ID, not a pullable digest): a failed rollout will halt",
@@ -201,7 +227,8 @@ pub fn restart_effects(
             let mut said = Vec::new();
             if hold == Hold::Notify && !first_seen.is_empty() {
                 let message = format!(
-                    "pod-reloaded: the watched tag of {workload} now points to {changes}; not restarting ({}: notify)",
+                    "pod-reloaded: the watched tag of {workload} now points to {changes}{}; not restarting ({}: notify)",
+                    signed_by(changes_seen, &changes),
                     contract::ANNOTATION_MODE
                 );
                 let log = LogLine::info(
@@ -259,6 +286,38 @@ pub fn restart_effects(
                 Effects::saying(Said::log(log)),
             )
         }
+        RestartDecision::SignatureRejected { rejected } => {
+            let mut said = Vec::new();
+            for change in changes
+                .iter()
+                .filter(|c| rejected.get(&c.container) == Some(c.digest.as_str()))
+            {
+                let reason = change.rejected_because().unwrap_or_default();
+                let message = format!(
+                    "pod-reloaded did not restart {workload}: {}={} fails its trust policy: {reason}; quarantined it (the next signed push rolls out)",
+                    change.container, change.digest
+                );
+                let log = LogLine::warn(
+                    "rejected",
+                    "the new digest's signature does not satisfy the trust policy; not restarting",
+                    LogFields {
+                        quarantined: Some(format!("{}={}", change.container, change.digest)),
+                        reason: Some(reason.to_string()),
+                        ..LogFields::default()
+                    },
+                );
+                said.push(
+                    Said::log(log)
+                        .with_event(Event::warning("ImageSignatureRejected", message))
+                        .once(format!("rejected:{}", change.digest)),
+                );
+            }
+            let effects = Effects {
+                said,
+                ..Effects::default()
+            };
+            (RoundOutcome::AlreadyRestarted, effects)
+        }
         RestartDecision::Quarantined { digests } => {
             let log = LogLine::warn(
                 "skip",
@@ -288,6 +347,26 @@ pub fn restart_effects(
             };
             (RoundOutcome::AlreadyRestarted, effects)
         }
+    }
+}
+
+/// `; signed by …` for the changes in `to` whose signature was verified: who signed
+/// (a key's fingerprint or a certificate's identity).
+fn signed_by(changes: &[Change], to: &DigestRecord) -> String {
+    let signers: Vec<String> = changes
+        .iter()
+        .filter(|c| to.get(&c.container) == Some(c.digest.as_str()))
+        .filter_map(|c| match &c.signature {
+            Some(SignatureVerdict::Verified { signer }) => {
+                Some(format!("{} signed by {signer}", c.container))
+            }
+            _ => None,
+        })
+        .collect();
+    if signers.is_empty() {
+        String::new()
+    } else {
+        format!("; signature verified: {}", signers.join(", "))
     }
 }
 
@@ -343,6 +422,14 @@ pub fn decide_restart(
             digests.insert(&change.container, &change.digest);
         }
         return RestartDecision::Quarantined { digests };
+    }
+    // Before anything else would restart: a digest the trust policy rejects never rolls out.
+    let mut rejected = DigestRecord::default();
+    for change in allowed.iter().filter(|c| c.rejected_because().is_some()) {
+        rejected.insert(&change.container, &change.digest);
+    }
+    if !rejected.is_empty() {
+        return RestartDecision::SignatureRejected { rejected };
     }
 
     let mut restarted_for = workload.restarted_for();
@@ -471,6 +558,7 @@ mod tests {
             container: container.into(),
             digest: digest(c),
             running: running.map(digest),
+            signature: None,
         }
     }
 
@@ -903,6 +991,84 @@ mod tests {
         );
         assert_eq!(effects.said[0].log.decision, "restart");
         assert!(effects.said[0].once.is_none());
+    }
+
+    fn signed(mut change: Change, verdict: SignatureVerdict) -> Change {
+        change.signature = Some(verdict);
+        change
+    }
+
+    #[test]
+    fn a_rejected_signature_quarantines_the_digest_before_anything_restarts() {
+        let rejected = SignatureVerdict::Rejected {
+            reason: "no cosign signature found".into(),
+        };
+        let verified = SignatureVerdict::Verified {
+            signer: "key sha256:ab".into(),
+        };
+        let changes = [
+            signed(change("app", 'b', Some('a')), rejected.clone()),
+            signed(change("side", 'c', Some('0')), verified),
+        ];
+        let state = workload(&[], &[]);
+        let update = restart_update(
+            &state,
+            "7",
+            &changes,
+            ThisPod::default(),
+            &PodSettings::default(),
+            now(),
+        );
+        let Update::Patch(patch, decision) = update else {
+            panic!("expected a patch");
+        };
+        assert_eq!(
+            patch["metadata"]["annotations"][contract::ANNOTATION_QUARANTINED],
+            format!("app={}", digest('b'))
+        );
+        assert_eq!(patch.get("spec"), None, "nothing rolls: {patch}");
+        let (round, effects) = restart_effects(&web(), decision, &changes, "web-1");
+        assert_eq!(round, RoundOutcome::AlreadyRestarted);
+        let said = events(&effects);
+        assert_eq!(said.len(), 1);
+        assert_eq!(said[0].0, "ImageSignatureRejected");
+        assert!(said[0].1, "a Warning");
+        assert!(
+            said[0].2.contains("no cosign signature found"),
+            "{}",
+            said[0].2
+        );
+        assert_eq!(effects.metric, None);
+
+        // Once quarantined, the verified change rolls out alone; a later signed push too.
+        let state = workload(
+            &[],
+            &[(
+                contract::ANNOTATION_QUARANTINED,
+                format!("app={}", digest('b')),
+            )],
+        );
+        let RestartDecision::Restart(restart) = decide_now(&state, &changes) else {
+            panic!("expected a restart");
+        };
+        assert_eq!(
+            restart.rolled_to.to_string(),
+            format!("side={}", digest('c'))
+        );
+        let decision = decide_now(&state, &changes);
+        let (_, effects) = restart_effects(&web(), decision, &changes, "web-1");
+        assert!(
+            events(&effects)[0]
+                .2
+                .ends_with("; signature verified: side signed by key sha256:ab"),
+            "{}",
+            events(&effects)[0].2
+        );
+        let unsigned_again = [signed(change("app", 'd', Some('a')), rejected)];
+        assert!(matches!(
+            decide_now(&state, &unsigned_again),
+            RestartDecision::SignatureRejected { .. }
+        ));
     }
 
     #[test]

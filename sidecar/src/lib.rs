@@ -19,5 +19,6 @@ pub mod registry;
 pub mod resident;
 pub mod rollout;
 pub mod schedule;
+pub mod signature;
 pub mod timing;
 pub mod workload;

@@ -69,6 +69,7 @@ pub struct Metrics {
     rollouts: Family<ResultLabel, Counter>,
     update_available: Family<ContainerLabels, Gauge>,
     forbidden: Family<RequestLabel, Counter>,
+    signature_checks: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -104,8 +105,15 @@ impl Default for Metrics {
             "API requests RBAC refused for a feature that goes on without them (e.g. create events with the old image-checker's Role), by request",
             forbidden.clone(),
         );
+        let signature_checks = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "pod_reloaded_signature_checks",
+            "Signature verifications of new digests under the pod's trust policy, by result (verified, rejected, error)",
+            signature_checks.clone(),
+        );
         Self {
             registry,
+            signature_checks,
             checks,
             restarts,
             rollouts,
@@ -149,6 +157,13 @@ impl Metrics {
             .get_or_create(&ResultLabel {
                 result: result.as_str(),
             })
+            .inc();
+    }
+
+    /// `verified`, `rejected` or `error` (the signatures could not be fetched).
+    pub fn signature_check(&self, result: &'static str) {
+        self.signature_checks
+            .get_or_create(&ResultLabel { result })
             .inc();
     }
 

@@ -22,6 +22,7 @@ use crate::metrics::{CheckResult, Metrics};
 use crate::observe::{self, ContainerState};
 use crate::registry::credentials::Credentials;
 use crate::registry::{RegistryClient, RegistryError, Repository};
+use crate::signature::{self, SignaturePolicy, SignatureVerdict};
 use pod_reloaded_contract::owner::WorkloadRef;
 use pod_reloaded_contract::pod_settings::PodSettings;
 use pod_reloaded_contract::settings::{self, Poll};
@@ -35,6 +36,10 @@ mod restart;
 pub const POD_REFRESH_ROUNDS: u32 = 10;
 
 pub use crate::effects::RoundOutcome;
+
+/// Signature verdicts kept (a few digests a tag moved through); forgotten all at once
+/// beyond, and judged again if seen again.
+const MAX_REMEMBERED_VERDICTS: usize = 32;
 
 /// The verdict for one (remote digest, running digest) pair, so an unchanged round costs
 /// one HEAD even when the first verdict needed the manifest.
@@ -74,6 +79,11 @@ pub struct Checker {
     settings: PodSettings,
     /// The workload's desired replicas, read with the pod: they share its checks.
     replicas: u32,
+    /// The pod's trust policy, when it has one (or why it cannot be used: then no change
+    /// is acted on).
+    signature_policy: Option<Result<SignaturePolicy, String>>,
+    /// Verdicts on new digests, so a quarantined digest is not verified every round.
+    signature_verdicts: HashMap<String, SignatureVerdict>,
 }
 
 impl Checker {
@@ -83,7 +93,16 @@ impl Checker {
         cluster: Cluster,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let signature_policy = config.verify_policy.as_ref().map(|named| {
+            let policy = SignaturePolicy::new(named);
+            match &policy {
+                Ok(_) => info!(policy = named.name, "new digests are restarted to only when their cosign signature satisfies this trust policy"),
+                Err(error) => warn!(policy = named.name, error, "the trust policy cannot be used: no change will be acted on"),
+            }
+            policy
+        });
         Self {
+            signature_policy,
             config,
             registry,
             cluster,
@@ -97,6 +116,7 @@ impl Checker {
             warned: HashSet::new(),
             settings: PodSettings::default(),
             replicas: 1,
+            signature_verdicts: HashMap::new(),
         }
     }
 
@@ -181,6 +201,7 @@ impl Checker {
             .unwrap_or_default();
 
         let mut changes = Vec::new();
+        let mut images = HashMap::new();
         let mut failed = false;
         let mut waiting = false;
         let mut retry_after = None;
@@ -201,14 +222,18 @@ impl Checker {
                         Ok(Checked {
                             verdict: Verdict::Changed,
                             remote_digest,
-                        }) => changes.push(Change {
-                            container,
-                            digest: remote_digest,
-                            running: match running {
-                                RunningDigest::Manifest(digest) => Some(digest),
-                                RunningDigest::Config(_) => None,
-                            },
-                        }),
+                        }) => {
+                            images.insert(container.clone(), image.clone());
+                            changes.push(Change {
+                                signature: None,
+                                container,
+                                digest: remote_digest,
+                                running: match running {
+                                    RunningDigest::Manifest(digest) => Some(digest),
+                                    RunningDigest::Config(_) => None,
+                                },
+                            })
+                        }
                         Ok(_) => {}
                         Err(error) => {
                             retry_after = retry_after.max(error.retry_after());
@@ -282,9 +307,86 @@ impl Checker {
                 return RoundOutcome::UpToDate;
             }
         }
+        if let Err(outcome) = self.verify_signatures(&mut changes, &images).await {
+            return outcome;
+        }
         // A change seen for one container is acted on even if another container's check
         // failed: the failure means "unknown" for that container only.
         self.restart_for(&pod, &changes).await
+    }
+
+    /// The trust policy's verdict on each change's digest, fetched only for a digest not
+    /// judged before. A registry error fails the round (retried with backoff): it never
+    /// quarantines. Rollbacks need no check: they return to what was running.
+    async fn verify_signatures(
+        &mut self,
+        changes: &mut [Change],
+        images: &HashMap<String, WatchedImage>,
+    ) -> Result<(), RoundOutcome> {
+        let policy = match &self.signature_policy {
+            None => return Ok(()),
+            Some(Ok(policy)) => policy,
+            Some(Err(error)) => {
+                warn!(
+                    error,
+                    decision = "error",
+                    "the trust policy cannot be used; not acting on the change"
+                );
+                return Err(RoundOutcome::Failed { retry_after: None });
+            }
+        };
+        for change in changes.iter_mut() {
+            if let Some(verdict) = self.signature_verdicts.get(&change.digest) {
+                change.signature = Some(verdict.clone());
+                continue;
+            }
+            let Some(image) = images.get(&change.container) else {
+                continue;
+            };
+            let repository = self.repository(image);
+            let found = match signature::fetch::find(&self.registry, &repository, &change.digest)
+                .await
+            {
+                Ok(found) => found,
+                Err(error) => {
+                    warn!(container = change.container, digest = change.digest, %error, decision = "error", "cannot fetch the new digest's signatures; trying again later");
+                    self.metrics.signature_check("error");
+                    return Err(RoundOutcome::Failed {
+                        retry_after: error.retry_after(),
+                    });
+                }
+            };
+            let verdict = policy.verify(&change.digest, &found);
+            match &verdict {
+                SignatureVerdict::Verified { signer } => {
+                    info!(
+                        container = change.container,
+                        digest = change.digest,
+                        policy = policy.name,
+                        signer,
+                        "signature verified"
+                    );
+                    self.metrics.signature_check("verified");
+                }
+                SignatureVerdict::Rejected { reason } => {
+                    warn!(
+                        container = change.container,
+                        digest = change.digest,
+                        policy = policy.name,
+                        reason,
+                        "signature rejected"
+                    );
+                    self.metrics.signature_check("rejected");
+                }
+            }
+            if self.signature_verdicts.len() >= MAX_REMEMBERED_VERDICTS {
+                self.signature_verdicts.clear();
+            }
+            self.signature_verdicts
+                .insert(change.digest.clone(), verdict.clone());
+            change.signature = Some(verdict);
+        }
+        Ok(())
     }
 
     /// How long until the next round after one that came to `outcome`: the interval,

@@ -308,6 +308,72 @@ impl RegistryClient {
             .transpose()
     }
 
+    /// The referrers of `digest` (OCI 1.1): the index the registry answers, verified as
+    /// one; `None` when the registry has no referrers API (it answers 404).
+    pub async fn referrers(
+        &self,
+        repository: &Repository,
+        digest: &str,
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
+        let url = format!(
+            "{}/v2/{}/referrers/{digest}",
+            repository.base_url, repository.name
+        );
+        let response = self.send(repository, Method::GET, &url).await?;
+        let body = match check_status(Method::GET, &url, response) {
+            Ok(response) => read_limited(&url, response).await?,
+            Err(RegistryError::NotFound { .. }) => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        serde_json::from_slice::<Index>(&body)
+            .map_err(|e| unexpected(&url, format!("the referrers index does not parse: {e}")))?;
+        Ok(Some(body))
+    }
+
+    /// A manifest or index by tag or digest, verified (by digest: its bytes hash to it);
+    /// `None` when there is none.
+    pub async fn manifest_if_any(
+        &self,
+        repository: &Repository,
+        reference: &str,
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
+        let fetched = if reference.starts_with("sha256:") {
+            self.get_verified(repository, reference).await
+        } else {
+            self.fetch_manifest(repository, reference).await
+        };
+        match fetched {
+            Ok(manifest) => Ok(Some(manifest.body)),
+            Err(RegistryError::NotFound { .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// A blob by digest, whose bytes must hash to it (at most 4 MiB).
+    pub async fn blob(
+        &self,
+        repository: &Repository,
+        digest: &str,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let url = format!(
+            "{}/v2/{}/blobs/{}",
+            repository.base_url,
+            repository.name,
+            checked_digest(&repository.base_url, digest)?
+        );
+        let response = self.send(repository, Method::GET, &url).await?;
+        let response = check_status(Method::GET, &url, response)?;
+        let body = read_limited(&url, response).await?;
+        let actual = format!("sha256:{}", hex(&Sha256::digest(&body)));
+        if actual != digest {
+            return Err(unexpected(
+                &url,
+                format!("blob bytes hash to {actual}, not {digest}"),
+            ));
+        }
+        Ok(body)
+    }
+
     /// GET a manifest by digest: verified, and its bytes hash to that digest.
     async fn get_verified(
         &self,
