@@ -141,6 +141,17 @@ pub struct Config {
     #[arg(long, env = "POD_RELOADED_DEFAULT_POLL", default_value = "workload", value_parser = settings::Poll::parse)]
     pub default_poll: settings::Poll,
 
+    /// The operator's trust policies (YAML or JSON; see the README's "Signed images
+    /// only"), mounted from the ConfigMap pod-reloaded-trust. Reloaded when it changes
+    /// (checked every --tls-reload-interval); a missing file means no policies.
+    #[arg(long, env = "POD_RELOADED_TRUST_POLICY_FILE")]
+    pub trust_policy_file: Option<std::path::PathBuf>,
+
+    /// The trust policy of injected pods without the pod-reloaded.io/verify annotation
+    /// (`off` there opts a pod out). Must name a policy of --trust-policy-file.
+    #[arg(long, env = "POD_RELOADED_DEFAULT_VERIFY_POLICY")]
+    pub default_verify_policy: Option<String>,
+
     /// Namespaces never injected (comma-separated); the webhook's own is always added.
     #[arg(
         long,
@@ -285,7 +296,26 @@ impl Config {
             .map(str::trim)
             .filter(|n| !n.is_empty())
             .map(str::to_string);
+        let policies = match &self.trust_policy_file {
+            Some(path) => crate::trust::load(path)?,
+            None => Default::default(),
+        };
+        let default_verify_policy = self
+            .default_verify_policy
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string);
+        if let Some(name) = &default_verify_policy {
+            anyhow::ensure!(
+                policies.get(name).is_some(),
+                "--default-verify-policy {name}: no such policy in --trust-policy-file (it has: {})",
+                policies.names()
+            );
+        }
         Ok(InjectionSettings {
+            trust: crate::trust::TrustStore::new(policies),
+            default_verify_policy,
             sidecar_env,
             ca_configmap,
             sidecar_image_pull_secret,

@@ -11,3 +11,4 @@ pub mod metrics;
 pub mod rbac;
 pub mod server;
 pub mod tls;
+pub mod trust;

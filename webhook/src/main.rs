@@ -95,6 +95,11 @@ async fn run(
             None
         }
     };
+    if let Some(path) = &config.trust_policy_file {
+        settings
+            .trust
+            .watch(path.clone(), config.tls_reload_interval);
+    }
     let admission = Arc::new(Admission {
         settings,
         granter,

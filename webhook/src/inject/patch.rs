@@ -239,6 +239,9 @@ pub(super) fn build_injection(
             plan.poll.as_str().to_string(),
         ));
     }
+    if let Some(policy) = &plan.verify {
+        env.push(env_value(contract::ENV_VERIFY_POLICY, policy.to_json()));
+    }
     env.push(env_field(contract::ENV_POD_NAME, "metadata.name"));
     env.push(env_field(contract::ENV_POD_NAMESPACE, "metadata.namespace"));
     if !plan.mounted_pull_secrets.is_empty() {

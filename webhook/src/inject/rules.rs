@@ -12,6 +12,9 @@ use pod_reloaded_contract::owner::{self, NotRestartable};
 use pod_reloaded_contract::pod_settings::PodSettings;
 use pod_reloaded_contract::record::DigestRecord;
 use pod_reloaded_contract::settings::Poll;
+use pod_reloaded_contract::trust::NamedPolicy;
+
+use crate::trust::TrustStore;
 
 /// How the sidecar is added to the pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +47,10 @@ pub struct InjectionSettings {
     pub sidecar_image_pull_secret: Option<String>,
     /// The port the sidecar serves `/metrics` on, if any.
     pub metrics_port: Option<u16>,
+    /// The trust policies pods name in `pod-reloaded.io/verify`.
+    pub trust: TrustStore,
+    /// The policy of pods without the annotation.
+    pub default_verify_policy: Option<String>,
 }
 
 impl InjectionSettings {
@@ -65,6 +72,8 @@ impl InjectionSettings {
             ca_configmap: None,
             sidecar_image_pull_secret: None,
             metrics_port: None,
+            trust: TrustStore::default(),
+            default_verify_policy: None,
         }
     }
 }
@@ -143,6 +152,8 @@ pub(super) struct Plan {
     pub(super) interval: String,
     pub(super) registry_url: Option<String>,
     pub(super) poll: Poll,
+    /// The trust policy given to the sidecar, if any.
+    pub(super) verify: Option<NamedPolicy>,
     pub(super) pull_always: Vec<PullAlways>,
     pub(super) account: Account,
     /// The pod's pull secrets, mounted into the sidecar (optional volumes).
@@ -214,6 +225,7 @@ pub(super) fn plan(
     let registry_url = annotation(contract::ANNOTATION_REGISTRY_URL);
     let set_pull_policy = pod_settings.set_pull_policy;
     let poll = pod_settings.poll.unwrap_or(settings.default_poll);
+    let verify = verify_policy(annotation(contract::ANNOTATION_VERIFY), settings)?;
     let pin = pod_settings.pin;
     let pins = if pin {
         pins(
@@ -249,6 +261,7 @@ pub(super) fn plan(
         interval: interval.to_string(),
         registry_url: registry_url.map(str::to_string),
         poll,
+        verify,
         pull_always,
         account: account(spec),
         mounted_pull_secrets,
@@ -429,4 +442,32 @@ fn watched_containers(
     } else {
         Ok(watched)
     }
+}
+
+/// The trust policy a pod's new digests must satisfy: the one its annotation names, or
+/// the webhook's default; `off` opts out. A name with no policy leaves the pod uninjected.
+fn verify_policy(
+    annotation: Option<&str>,
+    settings: &InjectionSettings,
+) -> Result<Option<NamedPolicy>, SkipReason> {
+    let name = match annotation {
+        Some(contract::VERIFY_OFF) => return Ok(None),
+        Some(name) => name,
+        None => match &settings.default_verify_policy {
+            Some(name) => name.as_str(),
+            None => return Ok(None),
+        },
+    };
+    let policies = settings.trust.current();
+    policies
+        .get(name)
+        .map(Some)
+        .ok_or_else(|| SkipReason::InvalidAnnotation {
+            annotation: contract::ANNOTATION_VERIFY,
+            problem: format!(
+                "no trust policy named {name:?} (the webhook's trust policies: {}; \"{}\" opts out)",
+                policies.names(),
+                contract::VERIFY_OFF
+            ),
+        })
 }

@@ -891,3 +891,72 @@ fn who_polls_reaches_the_sidecar_only_when_it_is_not_the_default() {
         }
     ));
 }
+
+#[test]
+fn the_trust_policy_a_pod_names_reaches_its_sidecar_as_content() {
+    let policies = contract::trust::TrustPolicies::parse(
+        "policies:\n  release:\n    keyless:\n      - issuer: https://issuer.example\n        subjectRegExp: ^ci@acme$\n    transparencyLog: optional\n",
+    )
+    .unwrap();
+    let mut verifying = settings(SidecarMode::Container);
+    verifying.trust = crate::trust::TrustStore::new(policies.clone());
+    let patched = |pod: &Value, settings: &InjectionSettings| {
+        let view: Pod = serde_json::from_value(pod.clone()).unwrap();
+        match decide(&view, "shop", settings) {
+            Decision::Inject(injection) => {
+                let mut patched = pod.clone();
+                json_patch::patch(&mut patched, &operations(&injection)).unwrap();
+                Ok(patched)
+            }
+            Decision::Skip(reason) => Err(reason),
+        }
+    };
+    let policy_env = |pod: &Value| {
+        env_value(sidecar(pod), contract::ENV_VERIFY_POLICY)
+            .map(|json| contract::trust::NamedPolicy::from_json(json).unwrap())
+    };
+
+    // No annotation, no default: no verification.
+    assert_eq!(
+        policy_env(&patched(&deployment_pod(), &verifying).unwrap()),
+        None
+    );
+
+    let mut named = deployment_pod();
+    set_annotations(&mut named, json!({contract::ANNOTATION_VERIFY: "release"}));
+    assert_eq!(
+        policy_env(&patched(&named, &verifying).unwrap()),
+        policies.get("release")
+    );
+
+    // The default applies to pods without the annotation; `off` opts out.
+    verifying.default_verify_policy = Some("release".into());
+    assert_eq!(
+        policy_env(&patched(&deployment_pod(), &verifying).unwrap()),
+        policies.get("release")
+    );
+    let mut off = deployment_pod();
+    set_annotations(&mut off, json!({contract::ANNOTATION_VERIFY: "off"}));
+    assert_eq!(policy_env(&patched(&off, &verifying).unwrap()), None);
+
+    // An unknown name leaves the pod uninjected, and the warning says which exist.
+    let mut unknown = deployment_pod();
+    set_annotations(
+        &mut unknown,
+        json!({contract::ANNOTATION_VERIFY: "nightly"}),
+    );
+    let reason = patched(&unknown, &verifying).unwrap_err();
+    assert!(matches!(
+        reason,
+        SkipReason::InvalidAnnotation {
+            annotation: contract::ANNOTATION_VERIFY,
+            ..
+        }
+    ));
+    assert!(
+        reason
+            .to_string()
+            .contains("no trust policy named \"nightly\" (the webhook's trust policies: release"),
+        "{reason}"
+    );
+}
