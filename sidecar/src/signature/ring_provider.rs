@@ -1,7 +1,9 @@
 //! sigstore-crypto's provider on `ring`, the one crypto library the sidecar already has
 //! (rustls and reqwest use it): sigstore-verify's default, aws-lc-rs, would be a second.
-//! Verification only; what ring cannot do (prehashed input, ML-DSA) is refused, and a
-//! signature that needs it does not verify.
+//! Verification only. ring cannot verify ECDSA over a precomputed digest, which
+//! sigstore-verify asks for message signatures: RustCrypto's p256/p384 do that part.
+//! What neither does (RSA over a digest, ML-DSA) is refused, and a signature that needs
+//! it does not verify.
 
 use sigstore_verify::crypto::provider::{CryptoProvider, HashContext};
 use sigstore_verify::crypto::{Error, Result, SigningScheme};
@@ -83,12 +85,28 @@ impl CryptoProvider for RingProvider {
     fn verify_prehashed(
         &self,
         scheme: SigningScheme,
-        _spki_pubkey_bytes: &[u8],
-        _digest: &[u8],
-        _signature: &[u8],
+        spki_pubkey_bytes: &[u8],
+        digest: &[u8],
+        signature: &[u8],
     ) -> Result<()> {
-        Err(Error::UnsupportedAlgorithm(format!(
-            "{scheme:?} over a precomputed digest is not supported by ring"
-        )))
+        use p256::ecdsa::signature::hazmat::PrehashVerifier;
+        let invalid = |_| Error::Verification("the signature does not verify".into());
+        match scheme {
+            SigningScheme::EcdsaP256Sha256 | SigningScheme::EcdsaP256Sha384 => {
+                let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(spki_pubkey_bytes)
+                    .map_err(|e| Error::InvalidKey(e.to_string()))?;
+                let signature = p256::ecdsa::Signature::from_der(signature).map_err(invalid)?;
+                key.verify_prehash(digest, &signature).map_err(invalid)
+            }
+            SigningScheme::EcdsaP384Sha256 | SigningScheme::EcdsaP384Sha384 => {
+                let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(spki_pubkey_bytes)
+                    .map_err(|e| Error::InvalidKey(e.to_string()))?;
+                let signature = p384::ecdsa::Signature::from_der(signature).map_err(invalid)?;
+                key.verify_prehash(digest, &signature).map_err(invalid)
+            }
+            other => Err(Error::UnsupportedAlgorithm(format!(
+                "{other:?} over a precomputed digest is not supported by the sidecar's crypto"
+            ))),
+        }
     }
 }
