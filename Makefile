@@ -11,7 +11,7 @@ CERTS_DIR ?= certs/out
 # Where cargo puts what it builds (honours CARGO_TARGET_DIR).
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: demo deps tools control-plane test fuzz musl build images push deploy undeploy undeploy-accounts certs bench bench-scale lint
+.PHONY: demo deps tools control-plane sigstore-tools test fuzz musl build images push deploy undeploy undeploy-accounts certs bench bench-scale lint
 
 ## The whole loop on this machine, as a timeline: a registry, the webhook and the sidecars
 ## on 127.0.0.1 against a real control plane. `make demo KEEP=1` keeps the cluster up
@@ -26,6 +26,12 @@ demo: deps control-plane
 control-plane:
 	tests/control-plane/build.sh
 
+## cosign v3.1.3 and the Sigstore timestamp authority, built from their Go modules into
+## ~/.cache/pod-reloaded/ when missing (tests/tools/; 2 to 4 minutes the first time), for
+## the signature tests.
+sigstore-tools:
+	tests/tools/build.sh
+
 ## The registry the demo and the tests run on 127.0.0.1 (Debian's docker-registry).
 deps:
 	@command -v docker-registry >/dev/null || { \
@@ -39,7 +45,7 @@ tools:
 	python3 tests/install-tools.py
 
 ## Build the binaries and run every test (unit, integration, end-to-end).
-test: deps tools control-plane
+test: deps tools control-plane sigstore-tools
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 

@@ -71,6 +71,7 @@ struct ProxyState {
     tokens: HashMap<String, Instant>,
     requests: Vec<ProxiedRequest>,
     address: SocketAddr,
+    referrers_api: bool,
 }
 
 #[derive(Clone)]
@@ -107,6 +108,7 @@ impl FaultProxy {
             tokens: HashMap::new(),
             requests: Vec::new(),
             address,
+            referrers_api: false,
         }));
         let app = Router::new().fallback(handle).with_state(state.clone());
         tokio::spawn(async move {
@@ -141,6 +143,13 @@ impl FaultProxy {
         self.lock().request_faults.clear();
     }
 
+    /// From now on, answers the OCI 1.1 referrers API, which distribution 2.8 lacks, from
+    /// the registry's `sha256-<hex>` fallback tag (where cosign wrote the referrers for a
+    /// registry without the API): a registry with the API, as far as a reader can tell.
+    pub fn serve_referrers(&self) {
+        self.lock().referrers_api = true;
+    }
+
     pub fn requests(&self) -> Vec<ProxiedRequest> {
         self.lock().requests.clone()
     }
@@ -169,7 +178,7 @@ async fn handle(
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let (upstream, client, fault, bearer, address, request_fault) = {
+    let (upstream, client, fault, bearer, address, request_fault, referrers_api) = {
         let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
         s.requests.push(ProxiedRequest {
             method: method.to_string(),
@@ -190,6 +199,7 @@ async fn handle(
             s.bearer.clone(),
             s.address,
             request_fault,
+            s.referrers_api,
         )
     };
     match &request_fault {
@@ -250,6 +260,22 @@ async fn handle(
                 HeaderValue::from_str(&challenge).expect("header"),
             );
             return response;
+        }
+    }
+    if referrers_api && method == Method::GET {
+        if let Some((name, digest)) = uri
+            .path()
+            .trim_start_matches("/v2/")
+            .split_once("/referrers/")
+        {
+            return referrers(
+                &client,
+                &upstream,
+                name,
+                digest,
+                headers.get("authorization"),
+            )
+            .await;
         }
     }
     let is_manifest = uri.path().contains("/manifests/");
@@ -373,4 +399,38 @@ fn token(
         .insert(token.clone(), Instant::now() + bearer.token_lifetime);
     axum::Json(serde_json::json!({"token": token, "expires_in": bearer.token_lifetime.as_secs()}))
         .into_response()
+}
+
+/// The referrers index of `digest`: the fallback tag's index, or an empty one.
+async fn referrers(
+    client: &reqwest::Client,
+    upstream: &str,
+    name: &str,
+    digest: &str,
+    authorization: Option<&HeaderValue>,
+) -> Response {
+    const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    let url = format!(
+        "{upstream}/v2/{name}/manifests/{}",
+        digest.replacen(':', "-", 1)
+    );
+    let mut request = client.get(&url).header("accept", INDEX);
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
+    let body = match request.send().await {
+        Ok(r) if r.status().is_success() => r.bytes().await.unwrap_or_default().to_vec(),
+        Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
+            serde_json::json!({"schemaVersion": 2, "mediaType": INDEX, "manifests": []})
+                .to_string()
+                .into_bytes()
+        }
+        Ok(r) => {
+            return StatusCode::from_u16(r.status().as_u16())
+                .unwrap_or(StatusCode::BAD_GATEWAY)
+                .into_response()
+        }
+        Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    };
+    ([("content-type", INDEX)], body).into_response()
 }

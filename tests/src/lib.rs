@@ -10,6 +10,7 @@ pub mod hostile;
 pub mod pki;
 pub mod process;
 pub mod registry;
+pub mod sigstore;
 pub mod webhook;
 
 use std::path::PathBuf;

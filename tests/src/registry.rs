@@ -128,6 +128,13 @@ impl Registry {
         registry
     }
 
+    /// The Basic auth user and password, when the registry has them.
+    pub fn credentials(&self) -> Option<(&str, &str)> {
+        self.credentials
+            .as_ref()
+            .map(|(user, password)| (user.as_str(), password.as_str()))
+    }
+
     /// `host:port` as it appears in image references.
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
@@ -178,6 +185,32 @@ impl Registry {
             .expect("upload completes");
         assert_eq!(put.status().as_u16(), 201, "blob upload: {}", put.status());
         digest
+    }
+
+    /// Tags the manifest of `from` as `to` too (same bytes, same blobs).
+    pub async fn copy_manifest(&self, repository: &str, from: &str, to: &str) {
+        let response = self
+            .authorized(self.client.get(format!(
+                "{}/v2/{repository}/manifests/{from}",
+                self.base_url
+            )))
+            .header("accept", format!("{OCI_MANIFEST}, {OCI_INDEX}"))
+            .send()
+            .await
+            .expect("manifest read");
+        assert!(
+            response.status().is_success(),
+            "{from}: {}",
+            response.status()
+        );
+        let media_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(OCI_MANIFEST)
+            .to_string();
+        let body = response.bytes().await.expect("manifest body");
+        self.push_manifest(repository, to, &media_type, &body).await;
     }
 
     pub async fn push_manifest(

@@ -8,8 +8,9 @@
 //! (certificate chain to the trusted root at the verified time, log proofs, timestamps).
 //! A key-signed one with neither, which sigstore-verify refuses and `cosign verify
 //! --insecure-ignore-tlog` accepts, is checked here: the signature over the DSSE envelope
-//! or the simple-signing payload, with the policy's key. A certificate without a verified
-//! time is never accepted (`cosign verify` refuses it too).
+//! or the simple-signing payload, with the policy's key; a certificate with neither is
+//! checked here too, as valid now (what `cosign verify --insecure-ignore-tlog` does),
+//! and only where the policy makes the log optional.
 
 pub mod fetch;
 mod ring_provider;
@@ -17,6 +18,7 @@ mod ring_provider;
 use base64::Engine as _;
 use pod_reloaded_contract::trust::{public_key_der, NamedPolicy, TransparencyLog};
 use regex::Regex;
+use rustls_pki_types::{CertificateDer, UnixTime};
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 use sigstore_verify::crypto::VerificationKey;
@@ -24,6 +26,9 @@ use sigstore_verify::trust_root::{TrustedRoot, SIGSTORE_PRODUCTION_TRUSTED_ROOT}
 use sigstore_verify::types::bundle::VerificationMaterialContent;
 use sigstore_verify::types::{Bundle, DerPublicKey, Sha256Hash, SignatureBytes, SignatureContent};
 use sigstore_verify::{PublicKeyVerificationPolicy, VerificationPolicy, Verifier};
+
+/// id-kp-codeSigning (1.3.6.1.5.5.7.3.3), DER content.
+const CODE_SIGNING: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x03];
 
 pub use fetch::{FoundSignatures, LegacySignature};
 
@@ -50,6 +55,9 @@ pub struct SignaturePolicy {
     verifier: Verifier,
     /// Whether the trusted root has certificate-transparency logs to check SCTs with.
     has_ct_logs: bool,
+    /// The trusted root's certificate authorities (DER), for certificates checked
+    /// without a verified signing time.
+    certificate_authorities: Vec<Vec<u8>>,
 }
 
 struct PolicyKey {
@@ -93,6 +101,12 @@ impl SignaturePolicy {
             transparency_log: policy.transparency_log,
             verifier,
             has_ct_logs: !root.ctlogs.is_empty(),
+            certificate_authorities: root
+                .certificate_authorities
+                .iter()
+                .flat_map(|ca| &ca.cert_chain.certificates)
+                .map(|cert| cert.raw_bytes.as_bytes().to_vec())
+                .collect(),
         })
     }
 
@@ -197,7 +211,10 @@ impl SignaturePolicy {
                     return Err("signed with a certificate; the policy trusts keys only".into());
                 }
                 if !has_time {
-                    return Err("a certificate without a verified signing time (no transparency-log entry, no RFC 3161 timestamp)".into());
+                    if self.transparency_log == TransparencyLog::Required {
+                        return Err("no transparency-log entry, and the policy requires one".into());
+                    }
+                    return self.verify_certificate_now(bundle, payload);
                 }
                 let mut failures = Vec::new();
                 for (issuer, subject) in &self.keyless {
@@ -228,6 +245,65 @@ impl SignaturePolicy {
                 Err(summarize("no policy identity signed it", failures))
             }
         }
+    }
+
+    /// A certificate signature with neither log entry nor timestamp, under a policy
+    /// where the log is optional: as `cosign verify --insecure-ignore-tlog` does, the
+    /// certificate must chain to the trusted root and be valid now (a Fulcio certificate
+    /// lives ten minutes: an untimed keyless signature is not accepted for long).
+    fn verify_certificate_now(
+        &self,
+        bundle: &Bundle,
+        payload: Option<&[u8]>,
+    ) -> Result<String, String> {
+        let der = bundle
+            .signing_certificate()
+            .ok_or("the bundle has no certificate")?;
+        let info = sigstore_verify::crypto::parse_certificate_info(der)
+            .map_err(|e| format!("the certificate does not parse: {e}"))?;
+        let anchors: Vec<_> = self
+            .certificate_authorities
+            .iter()
+            .filter_map(|ca| {
+                webpki::anchor_from_trusted_cert(&CertificateDer::from(ca.as_slice()))
+                    .ok()
+                    .map(|anchor| anchor.to_owned())
+            })
+            .collect();
+        let leaf = CertificateDer::from(der.as_bytes());
+        let leaf = webpki::EndEntityCert::try_from(&leaf)
+            .map_err(|e| format!("the certificate does not parse: {e}"))?;
+        leaf.verify_for_usage(
+            sigstore_verify::crypto::WEBPKI_VERIFICATION_ALGS,
+            &anchors,
+            &[],
+            UnixTime::now(),
+            webpki::KeyUsage::required(CODE_SIGNING),
+            None,
+            None,
+        )
+        .map_err(|e| format!("the certificate does not chain to the trusted root now: {e}"))?;
+        verify_with_key(&info.public_key, bundle, payload)?;
+        let identity = info
+            .identity
+            .as_ref()
+            .map(|i| i.as_str().to_string())
+            .unwrap_or_default();
+        let issuer = info.issuer.unwrap_or_default();
+        let mut failures = Vec::new();
+        for (wanted_issuer, subject) in &self.keyless {
+            if *wanted_issuer != issuer {
+                failures.push(format!("issuer {issuer} is not {wanted_issuer}"));
+            } else if !subject.is_match(&identity) {
+                failures.push(format!(
+                    "identity {identity} does not match {}",
+                    subject.as_str()
+                ));
+            } else {
+                return Ok(format!("{identity} (issuer {issuer})"));
+            }
+        }
+        Err(summarize("no policy identity signed it", failures))
     }
 
     fn verify_legacy(&self, hex: &str, legacy: &LegacySignature) -> Result<String, String> {
