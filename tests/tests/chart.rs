@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
+use pod_reloaded_contract as contract;
 use pod_reloaded_tests::workspace_root;
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -302,7 +303,8 @@ fn rendered_objects_are_what_the_api_types_accept() {
 }
 
 /// Flags the chart sets itself: not `config` keys (a second env entry of the same name).
-const CHART_OWNED_FLAGS: [&str; 6] = [
+const CHART_OWNED_FLAGS: [&str; 7] = [
+    "trust-policy-file",
     "listen",
     "metrics-listen",
     "tls-cert-file",
@@ -434,4 +436,85 @@ fn the_config_keys_are_the_webhook_flags_and_values_get_one_verdict() {
         .unwrap()
         .iter()
         .any(|e| e["name"] == "POD_RELOADED_LOG_FORMAT" && e["value"] == "text"));
+}
+
+#[test]
+fn trust_policies_in_the_values_become_the_file_the_webhook_reads() {
+    let key = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEEKPBvz4jSNa5R2m9Wia+41ZsToRK\nVh94HI1bxDk5ilh+WAp3akcYsuIVlc0mwBL2O3dFNqk4pEEyUs2jkUkM7g==\n-----END PUBLIC KEY-----\n";
+    let policies = serde_json::json!({
+        "release": {"keys": [key], "transparencyLog": "optional"},
+        "ci": {"keyless": [{"issuer": "https://token.actions.githubusercontent.com",
+                            "subjectRegExp": "^https://github\\.com/acme/.+$"}]},
+    });
+    let docs = template_with_json(&[
+        ("trust.policies", policies.to_string().as_str()),
+        ("config.default-verify-policy", "\"release\""),
+    ])
+    .expect("renders");
+    let config_map = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == contract::TRUST_CONFIGMAP)
+        .expect("the ConfigMap pod-reloaded-trust");
+    let file = config_map["data"]["policies.yaml"]
+        .as_str()
+        .expect("policies.yaml");
+    let parsed = contract::trust::TrustPolicies::parse(file).expect("the webhook reads it");
+    assert_eq!(parsed.policies.len(), 2);
+    assert_eq!(
+        parsed.get("release").unwrap().policy.keys,
+        vec![key.to_string()]
+    );
+    let deployment = find(&docs, "Deployment");
+    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+    let value_of = |name: &str| {
+        env.as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str())
+            .map(str::to_string)
+    };
+    assert_eq!(
+        value_of("POD_RELOADED_TRUST_POLICY_FILE").as_deref(),
+        Some("/etc/pod-reloaded/trust/policies.yaml")
+    );
+    assert_eq!(
+        value_of("POD_RELOADED_DEFAULT_VERIFY_POLICY").as_deref(),
+        Some("release")
+    );
+
+    // A default naming no policy fails the render, as it would stop the webhook.
+    let refused = template_with_json(&[
+        ("trust.policies", policies.to_string().as_str()),
+        ("config.default-verify-policy", "\"nightly\""),
+    ])
+    .expect_err("an unknown default");
+    assert!(
+        refused.contains("no such policy in trust.policies"),
+        "{refused}"
+    );
+    // Without policies in the values the chart makes no ConfigMap (bring your own).
+    let docs = template(&[]).expect("renders");
+    assert!(!docs
+        .iter()
+        .any(|d| d["metadata"]["name"] == contract::TRUST_CONFIGMAP));
+}
+
+/// `helm template` with `--set-json` values (and the external CA bundle).
+fn template_with_json(values: &[(&str, &str)]) -> Result<Vec<Value>, String> {
+    let mut command = tool("helm");
+    command
+        .arg("template")
+        .arg("pod-reloaded")
+        .arg(chart())
+        .args(["--namespace", pod_reloaded_contract::WEBHOOK_NAMESPACE])
+        .args(["--set", EXTERNAL_CA]);
+    for (key, json) in values {
+        command.arg("--set-json").arg(format!("{key}={json}"));
+    }
+    let output = command.output().expect("helm is in .tools/bin");
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).to_string());
+    }
+    Ok(documents(&String::from_utf8_lossy(&output.stdout)))
 }

@@ -649,6 +649,124 @@ async fn thousands_of_bad_bodies_over_keep_alive_connections_all_get_answers() {
     assert!(ok > 0 && bad > 0, "{ok} answered 200, {bad} answered 400");
 }
 
+/// The fixture pod with `pod-reloaded.io/verify` set (or the annotation left off).
+fn pod_verifying(verify: Option<&str>) -> Value {
+    let mut request = fixture("deployment-pod-default-sa.json");
+    request["request"]["uid"] = json!(format!("verify-{}", rand::random::<u32>()));
+    if let Some(name) = verify {
+        let annotations = &mut request["request"]["object"]["metadata"]["annotations"];
+        if !annotations.is_object() {
+            *annotations = json!({});
+        }
+        annotations[contract::ANNOTATION_VERIFY] = json!(name);
+    }
+    request
+}
+
+fn policy_of(pod: &Value) -> Option<contract::trust::NamedPolicy> {
+    sidecar_of(pod)?["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == contract::ENV_VERIFY_POLICY)
+        .and_then(|e| e["value"].as_str())
+        .map(|json| contract::trust::NamedPolicy::from_json(json).expect("the policy parses"))
+}
+
+const RELEASE_POLICY: &str = "policies:\n  release:\n    keyless:\n      - issuer: https://token.actions.githubusercontent.com\n        subjectRegExp: ^https://github\\.com/acme/.+$\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trust_policies_are_given_to_the_pods_that_name_them_and_reloaded_when_they_change() {
+    let api = api_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = generate_certificates(dir.path());
+    let file = dir.path().join("policies.yaml");
+    std::fs::write(&file, RELEASE_POLICY).unwrap();
+    let webhook = Webhook::start(
+        &certs,
+        Some(&api),
+        &[
+            "--trust-policy-file",
+            file.to_str().unwrap(),
+            "--default-verify-policy",
+            "release",
+            "--tls-reload-interval",
+            "100ms",
+        ],
+    )
+    .await;
+    let client = webhook.client(&certs.ca);
+    let admitted = |verify: Option<&'static str>| {
+        let client = client.clone();
+        let webhook = &webhook;
+        async move {
+            let request = pod_verifying(verify);
+            let answer = review(webhook, &client, &request).await;
+            match response_patch(&answer) {
+                Some(_) => Ok(patched_object(&request, &answer)),
+                None => Err(warnings(&answer).join("\n")),
+            }
+        }
+    };
+
+    // The default, the named policy, and `off`.
+    let pod = admitted(None).await.expect("injected");
+    let policy = policy_of(&pod).expect("the default policy");
+    assert_eq!(policy.name, "release");
+    assert_eq!(
+        policy.policy.keyless[0].issuer,
+        "https://token.actions.githubusercontent.com"
+    );
+    assert_eq!(
+        policy_of(&admitted(Some("release")).await.unwrap())
+            .unwrap()
+            .name,
+        "release"
+    );
+    assert_eq!(policy_of(&admitted(Some("off")).await.unwrap()), None);
+    let refused = admitted(Some("nightly"))
+        .await
+        .expect_err("an unknown name is not injected");
+    assert!(
+        refused.contains("no trust policy named \"nightly\""),
+        "{refused}"
+    );
+
+    // An invalid file is said once and the last good policies stay.
+    std::fs::write(&file, "policies: {release: {keys: [not-a-key]}}").unwrap();
+    let said = pod_reloaded_tests::process::eventually(Duration::from_secs(30), || {
+        webhook
+            .process
+            .output()
+            .contains("the trust policy file is invalid; keeping the last good policies")
+    })
+    .await;
+    assert!(said, "{}", webhook.process.output());
+    assert_eq!(
+        policy_of(&admitted(None).await.unwrap()).unwrap().name,
+        "release"
+    );
+
+    // A valid change is taken.
+    let both = format!("{RELEASE_POLICY}  nightly:\n    keyless:\n      - issuer: https://accounts.google.com\n        subjectRegExp: .+@acme\\.com$\n");
+    std::fs::write(&file, both).unwrap();
+    let reloaded =
+        pod_reloaded_tests::process::eventually_async(Duration::from_secs(30), || async {
+            admitted(Some("nightly")).await.is_ok()
+        })
+        .await;
+    assert!(reloaded, "{}", webhook.process.output());
+    assert_eq!(
+        webhook
+            .process
+            .output()
+            .matches("the trust policy file is invalid")
+            .count(),
+        1,
+        "said once: {}",
+        webhook.process.output()
+    );
+}
+
 #[test]
 fn the_webhook_refuses_a_setting_the_api_server_would_reject_at_start() {
     for (flag, value, expected) in [
@@ -697,6 +815,12 @@ fn the_webhook_refuses_a_setting_the_api_server_would_reject_at_start() {
             "http://foo/bar baz",
             "registry host[:port]",
         ),
+        // A default trust policy that no file has.
+        (
+            "--default-verify-policy",
+            "release",
+            "--default-verify-policy release: no such policy",
+        ),
         // Settings the process cannot work with: one rule, exit 2.
         (
             "--tls-cert-file",
@@ -716,6 +840,24 @@ fn the_webhook_refuses_a_setting_the_api_server_would_reject_at_start() {
         assert_eq!(stderr.trim().lines().count(), 1, "{flag} {value}: {stderr}");
         assert!(stderr.contains(expected), "{flag} {value}: {stderr}");
     }
+    // An invalid trust policy file stops the webhook at start, with the reason.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policies.yaml");
+    std::fs::write(&file, "policies: {release: {keys: [not-a-key]}}").unwrap();
+    let output =
+        std::process::Command::new(pod_reloaded_tests::process::binary("pod-reloaded-webhook"))
+            .env_clear()
+            .arg("--trust-policy-file")
+            .arg(&file)
+            .output()
+            .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("trust policy \"release\": keys[0]: not a PEM public key"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
