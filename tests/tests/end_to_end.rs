@@ -17,6 +17,7 @@ use pod_reloaded_tests::cluster::{
     control_plane, story, wait_for, Api, TestNamespace, ROLLOUT_DEADLINE,
 };
 use pod_reloaded_tests::registry::{Registry, RegistryOptions};
+use pod_reloaded_tests::sigstore::{Cosign, Format};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -38,6 +39,7 @@ async fn on_a_real_control_plane() {
         ),
         ("least privilege", least_privilege().await),
         ("Argo Rollout", argo_rollout().await),
+        ("signed images only", signed_images_only().await),
         ("the webhook's grants", webhook_grants().await),
         ("the webhook down and back", webhook_down_and_back().await),
         ("RBAC fits", rbac_fits()),
@@ -261,6 +263,152 @@ async fn settled(
         },
     )
     .await
+}
+
+/// Issue 24 on the real control plane: the operator's policy in the ConfigMap
+/// `pod-reloaded-trust`, a Deployment that names it; an unsigned push stays out of the
+/// cluster entirely (no new ReplicaSet, one Warning, quarantined), the next signed push
+/// rolls out with the signer in the Event.
+async fn signed_images_only() -> anyhow::Result<()> {
+    let registry = Registry::start(RegistryOptions::default()).await;
+    let cosign = Cosign::new();
+    let release = cosign.key_pair("release");
+    let ns = TestNamespace::opted_in("signed").await?;
+    let admin = Api::admin(control_plane());
+    let result = async {
+        let policies = json!({"policies": {"release": {
+            "keys": [release.public_pem], "transparencyLog": "optional"}}});
+        admin
+            .create(
+                &format!(
+                    "/api/v1/namespaces/{}/configmaps",
+                    contract::WEBHOOK_NAMESPACE
+                ),
+                &json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": contract::TRUST_CONFIGMAP},
+                    "data": {"policies.yaml": serde_yaml::to_string(&policies)?}}),
+            )
+            .await?;
+        installed().mount_trust_configmap().await?;
+        // The webhook reloads it (it checks every --tls-reload-interval, 10 s).
+        wait_for(
+            "the webhook has the trust policy",
+            ROLLOUT_DEADLINE,
+            || async {
+                Ok(installed()
+                    .webhook_output()
+                    .contains("trust policies reloaded"))
+            },
+        )
+        .await?;
+
+        let v1 = registry
+            .push_index("signed/app", "latest", "g1", &PLATFORMS, false)
+            .await;
+        let image = format!("{}/signed/app:latest", registry.host());
+        let mut deployment = workload("Deployment", "app", Some(2), &image, &registry.base_url);
+        deployment["spec"]["template"]["metadata"]["annotations"][contract::ANNOTATION_VERIFY] =
+            json!("release");
+        ns.create("deployments", &deployment).await?;
+        wait_for("2 pods up", ROLLOUT_DEADLINE, || async {
+            Ok(ns.live_pods().await?.len() == 2
+                && ns.get("deployments", "app").await?["status"]["readyReplicas"] == 2)
+        })
+        .await?;
+        let revision = |object: &Value| {
+            object["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        };
+        let before = revision(&ns.get("deployments", "app").await?);
+
+        // Unsigned: one Warning from two sidecars, quarantined, nothing rolls.
+        let unsigned = registry
+            .push_index("signed/app", "latest", "g2", &PLATFORMS, false)
+            .await;
+        wait_for("ImageSignatureRejected", ROLLOUT_DEADLINE, || async {
+            Ok(!ns.events("ImageSignatureRejected").await?.is_empty())
+        })
+        .await?;
+        let object = ns.get("deployments", "app").await?;
+        let quarantined = object["metadata"]["annotations"][contract::ANNOTATION_QUARANTINED]
+            .as_str()
+            .unwrap_or("");
+        ensure!(
+            quarantined == format!("app={}", unsigned.digest),
+            "quarantined: {quarantined:?}"
+        );
+        // Rounds of both sidecars with the unsigned digest still served: nothing more.
+        let sidecar_rounds = || async {
+            Ok::<usize, anyhow::Error>(ns.kubelet.sidecar_logs().matches(": checked ").count())
+        };
+        let seen = sidecar_rounds().await?;
+        wait_for("4 more rounds", ROLLOUT_DEADLINE, || async {
+            Ok(sidecar_rounds().await? >= seen + 4)
+        })
+        .await?;
+        let object = ns.get("deployments", "app").await?;
+        ensure!(
+            revision(&object) == before,
+            "a rollout started: {}",
+            revision(&object)
+        );
+        ensure!(
+            ns.events("ImageSignatureRejected").await?.len() == 1,
+            "one Warning per digest"
+        );
+        ensure!(ns.events("ImageDigestChanged").await?.is_empty());
+        for pod in ns.live_pods().await? {
+            ensure!(
+                image_digest(&pod).as_deref() == Some(v1.digest.as_str()),
+                "a pod left the first digest: {pod}"
+            );
+        }
+
+        // Signed: rolls out, and the Event says who signed.
+        let signed = registry
+            .push_index("signed/app", "latest", "g3", &PLATFORMS, false)
+            .await;
+        cosign.sign(
+            &registry,
+            "signed/app",
+            &signed.digest,
+            &release,
+            Format::Bundle,
+            None,
+        );
+        wait_for("2 pods on the signed digest", ROLLOUT_DEADLINE, || async {
+            let status = ns.get("deployments", "app").await?["status"].clone();
+            let pods = ns.live_pods().await?;
+            Ok(status["updatedReplicas"] == 2
+                && status["readyReplicas"] == 2
+                && status["replicas"] == 2
+                && pods.len() == 2
+                && pods
+                    .iter()
+                    .all(|p| image_digest(p).as_deref() == Some(signed.digest.as_str())))
+        })
+        .await?;
+        let restarted = ns.events("ImageDigestChanged").await?;
+        ensure!(restarted.len() == 1, "{restarted:?}");
+        let message = restarted[0]["message"].as_str().unwrap_or("");
+        ensure!(
+            message.contains("signature verified: app signed by key sha256:"),
+            "{message}"
+        );
+        Ok(())
+    }
+    .await;
+    let _ = admin
+        .delete(&format!(
+            "/api/v1/namespaces/{}/configmaps/{}",
+            contract::WEBHOOK_NAMESPACE,
+            contract::TRUST_CONFIGMAP
+        ))
+        .await;
+    installed().mount_trust_configmap().await?;
+    result.with_context(|| ns.diagnostics())
 }
 
 /// Scenario 5: a StatefulSet's and a DaemonSet's restarts complete with the real

@@ -27,6 +27,8 @@ pub struct Installed {
     webhook_pid: Mutex<Option<u32>>,
     webhook_args: Vec<std::ffi::OsString>,
     webhook_kubeconfig: PathBuf,
+    /// Where the ConfigMap `pod-reloaded-trust` is "mounted" (`mount_trust_configmap`).
+    trust_file: PathBuf,
     pub webhook_port: u16,
     pub metrics_port: u16,
     pub webhook_log: PathBuf,
@@ -134,12 +136,15 @@ async fn install() -> anyhow::Result<Installed> {
         certs.key.clone().into(),
         "--sidecar-image".into(),
         SIDECAR_IMAGE.into(),
+        "--trust-policy-file".into(),
+        dir.join("trust").join("policies.yaml").into(),
     ];
     let webhook_log = dir.join("webhook.log");
     let installed = Installed {
         webhook_pid: Mutex::new(None),
         webhook_args,
         webhook_kubeconfig,
+        trust_file: dir.join("trust").join("policies.yaml"),
         webhook_port,
         metrics_port,
         webhook_log,
@@ -224,6 +229,35 @@ impl Installed {
         while std::net::TcpStream::connect(("127.0.0.1", self.webhook_port)).is_ok() {
             anyhow::ensure!(Instant::now() < deadline, "the webhook still listens");
             std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// What the kubelet does for the webhook's optional ConfigMap volume
+    /// `pod-reloaded-trust`: its `policies.yaml` written where the webhook reads it
+    /// (replaced by a rename, as a volume update is), or removed with the ConfigMap.
+    pub async fn mount_trust_configmap(&self) -> anyhow::Result<()> {
+        let admin = Api::admin(control_plane());
+        let path = format!(
+            "/api/v1/namespaces/{}/configmaps/{}",
+            contract::WEBHOOK_NAMESPACE,
+            contract::TRUST_CONFIGMAP
+        );
+        let dir = self
+            .trust_file
+            .parent()
+            .ok_or_else(|| anyhow::anyhow!("no directory"))?;
+        std::fs::create_dir_all(dir)?;
+        match admin.get(&path).await? {
+            Some(config_map) => {
+                let text = config_map["data"]["policies.yaml"].as_str().unwrap_or("");
+                let staged = dir.join(".policies.yaml.new");
+                std::fs::write(&staged, text)?;
+                std::fs::rename(&staged, &self.trust_file)?;
+            }
+            None => {
+                let _ = std::fs::remove_file(&self.trust_file);
+            }
         }
         Ok(())
     }
