@@ -59,7 +59,7 @@ fuzz:
 ## its image ships it (static musl, the sidecar-image profile).
 HOST_MUSL_TARGET = $(shell rustc -vV | sed -n 's/^host: //p' | sed 's/-gnu$$/-musl/')
 IMAGE_SIDECAR = $(call image_sidecar,$(HOST_MUSL_TARGET))
-bench: deps control-plane
+bench: deps control-plane sigstore-tools
 	$(CARGO) build --release --workspace --bins
 	rustup target add $(HOST_MUSL_TARGET)
 	$(CARGO) build --profile sidecar-image --target $(HOST_MUSL_TARGET) -p pod-reloaded-sidecar

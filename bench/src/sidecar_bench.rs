@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
+use pod_reloaded_contract::trust::{KeylessIdentity, NamedPolicy, TransparencyLog, TrustPolicy};
 use pod_reloaded_tests::cloud_fakes::{self, CloudFakes};
 use pod_reloaded_tests::fault_proxy::{BearerAuth, FaultProxy};
 use pod_reloaded_tests::process::{binary, Running};
+use pod_reloaded_tests::sigstore::{Cosign, Format};
 use pod_reloaded_tests::workloads;
 use pod_reloaded_tests::world::World;
 use serde_json::json;
@@ -43,11 +45,15 @@ pub(crate) async fn sidecar(settings: &Settings) -> anyhow::Result<()> {
     };
     let mut measured = Vec::new();
     for path in &binaries {
-        measured.push((path, sidecar_rounds(settings, path, false).await?));
+        measured.push((path, sidecar_rounds(settings, path, Mode::Plain).await?));
     }
     let mut with_cloud = Vec::new();
     for path in &binaries {
-        with_cloud.push(sidecar_rounds(settings, path, true).await?);
+        with_cloud.push(sidecar_rounds(settings, path, Mode::Cloud).await?);
+    }
+    let mut verifying = Vec::new();
+    for path in &binaries {
+        verifying.push(sidecar_rounds(settings, path, Mode::Verifying).await?);
     }
     println!("### Sidecar: {} rounds at interval 1s, one watched multi-arch tag, Bearer tokens living 30s, each binary read from disk at start (dropped from the page cache first)\n", settings.rounds);
     let header: Vec<String> = measured
@@ -114,6 +120,34 @@ pub(crate) async fn sidecar(settings: &Settings) -> anyhow::Result<()> {
         format!("{:.2} ms", c.cpu_per_round.as_secs_f64() * 1000.0)
     });
     println!();
+    println!("### Sidecar with a trust policy (a cosign key and a keyless identity under the built-in public-good trusted root): at round 5 the tag moves to a cosign-signed digest, verified, then restarted to and followed, {} rounds\n", settings.rounds);
+    println!("| measure | {} |", header.join(" | "));
+    println!("|---|{}", "---|".repeat(measured.len()));
+    let compare = |name: &str, value: &dyn Fn(&SidecarFigures, &SidecarFigures) -> String| {
+        let cells: Vec<String> = measured
+            .iter()
+            .zip(&verifying)
+            .map(|((_, plain), verified)| value(plain, verified))
+            .collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    };
+    compare("steady RSS with the policy (without)", &|p, v| {
+        format!("{} ({})", mib(v.steady_rss_kib), mib(p.steady_rss_kib))
+    });
+    compare("of which anonymous, with the policy (without)", &|p, v| {
+        format!(
+            "{} ({})",
+            mib(v.steady_anonymous_kib),
+            mib(p.steady_anonymous_kib)
+        )
+    });
+    compare("peak RSS with the policy (without)", &|p, v| {
+        format!("{} ({})", mib(v.peak_rss_kib), mib(p.peak_rss_kib))
+    });
+    compare("API writes (the restart, its Event)", &|_, v| {
+        v.api_writes.to_string()
+    });
+    println!();
     Ok(())
 }
 
@@ -149,13 +183,23 @@ pub(crate) fn linkage(path: &Path) -> &'static str {
     }
 }
 
-/// With `cloud`, the image is an ECR image the sidecar logs in to with IRSA (the
-/// harness's fake STS and ECR), and the registry wants that login's credentials.
+/// What the measured sidecar does besides its rounds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Plain,
+    /// The image is an ECR image the sidecar logs in to with IRSA (the harness's fake
+    /// STS and ECR), and the registry wants that login's credentials.
+    Cloud,
+    /// The pod has a trust policy; at round 5 the tag moves to a digest cosign signed.
+    Verifying,
+}
+
 async fn sidecar_rounds(
     settings: &Settings,
     sidecar: &Path,
-    cloud: bool,
+    mode: Mode,
 ) -> anyhow::Result<SidecarFigures> {
+    let cloud = mode == Mode::Cloud;
     // The tests' world: `demo/app:latest` (a two-platform index) in a real registry, a
     // Deployment `web` in the API server; its pod runs the pushed index.
     let (world, owner) = World::start(json!({})).await;
@@ -213,6 +257,24 @@ async fn sidecar_rounds(
             command.env(name, value);
         }
     }
+    let cosign = (mode == Mode::Verifying).then(Cosign::new);
+    let signer = cosign.as_ref().map(|cosign| cosign.key_pair("release"));
+    if let Some(signer) = &signer {
+        let policy = NamedPolicy {
+            name: "release".into(),
+            policy: TrustPolicy {
+                keys: vec![signer.public_pem.clone()],
+                keyless: vec![KeylessIdentity {
+                    issuer: "https://token.actions.githubusercontent.com".into(),
+                    subject_reg_exp: "^https://github\\.com/acme/.+$".into(),
+                }],
+                transparency_log: TransparencyLog::Optional,
+                trusted_root: String::new(),
+            },
+        };
+        command.env(pod_reloaded_contract::ENV_VERIFY_POLICY, policy.to_json());
+    }
+    let mut moved = false;
     // Nothing else maps the binary now (the previous run has ended), so all of it goes.
     evict_from_page_cache(sidecar)
         .with_context(|| format!("dropping {} from the page cache", sidecar.display()))?;
@@ -223,6 +285,20 @@ async fn sidecar_rounds(
     let mut cpu_at_10 = None;
     loop {
         let rounds = rounds_done();
+        if let (Some(cosign), Some(signer), false) = (&cosign, &signer, moved) {
+            if rounds >= 5 {
+                let signed = world.push("signed").await;
+                cosign.sign(
+                    &world.registry,
+                    "demo/app",
+                    &signed.digest,
+                    signer,
+                    Format::Bundle,
+                    None,
+                );
+                moved = true;
+            }
+        }
         if rounds >= 10 {
             samples.push(resident_kib(pid));
             if cpu_at_10.is_none() {
