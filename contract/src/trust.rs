@@ -184,22 +184,34 @@ fn validate(name: &str, policy: &TrustPolicy) -> Result<(), String> {
 
 /// The DER of a PEM `PUBLIC KEY` (SubjectPublicKeyInfo), as cosign writes `cosign.pub`.
 pub fn public_key_der(pem: &str) -> Result<Vec<u8>, String> {
-    const BEGIN: &str = "-----BEGIN PUBLIC KEY-----";
-    const END: &str = "-----END PUBLIC KEY-----";
-    let text = pem.trim();
-    let body = text
-        .strip_prefix(BEGIN)
-        .and_then(|rest| rest.strip_suffix(END))
-        .ok_or_else(|| format!("not a PEM public key (expected {BEGIN} ... {END})"))?;
-    let base64: String = body.chars().filter(|c| !c.is_whitespace()).collect();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(&base64)
-        .map_err(|_| "the PEM body is not base64")?;
+    let der = pem_der(pem, "PUBLIC KEY")?;
     // A SubjectPublicKeyInfo is a DER SEQUENCE.
     if der.first() != Some(&0x30) || der.len() < 32 {
         return Err("the PEM body is not a SubjectPublicKeyInfo".to_string());
     }
     Ok(der)
+}
+
+/// The DER of the first PEM block labelled `label` (`PUBLIC KEY`, `CERTIFICATE`) in `pem`.
+pub fn pem_der(pem: &str, label: &str) -> Result<Vec<u8>, String> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let start = pem.find(&begin).map(|at| at + begin.len()).ok_or_else(|| {
+        format!(
+            "not a PEM {} (expected {begin} ... {end})",
+            label.to_lowercase()
+        )
+    })?;
+    let length = pem[start..]
+        .find(&end)
+        .ok_or_else(|| format!("the PEM {} has no {end}", label.to_lowercase()))?;
+    let body: String = pem[start..start + length]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .map_err(|_| "the PEM body is not base64".to_string())
 }
 
 #[cfg(test)]

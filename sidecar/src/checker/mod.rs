@@ -340,8 +340,10 @@ impl Checker {
                 change.signature = Some(verdict.clone());
                 continue;
             }
+            // Every change comes with its image; without one, nothing is verified, so
+            // nothing is restarted.
             let Some(image) = images.get(&change.container) else {
-                continue;
+                return Err(RoundOutcome::Failed { retry_after: None });
             };
             let repository = self.repository(image);
             let found = match signature::fetch::find(&self.registry, &repository, &change.digest)

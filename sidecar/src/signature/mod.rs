@@ -16,7 +16,7 @@ pub mod fetch;
 mod ring_provider;
 
 use base64::Engine as _;
-use pod_reloaded_contract::trust::{public_key_der, NamedPolicy, TransparencyLog};
+use pod_reloaded_contract::trust::{pem_der, public_key_der, NamedPolicy, TransparencyLog};
 use regex::Regex;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use serde_json::{json, Value};
@@ -388,7 +388,8 @@ fn legacy_bundle(legacy: &LegacySignature) -> Result<Bundle, String> {
     let mut material = serde_json::Map::new();
     match &legacy.certificate {
         Some(pem) => {
-            let der = pem_der(pem, "CERTIFICATE").ok_or("the certificate is not PEM")?;
+            let der = pem_der(pem, "CERTIFICATE")
+                .map_err(|e| format!("the certificate annotation: {e}"))?;
             material.insert("certificate".into(), json!({ "rawBytes": b64(&der) }));
         }
         None => {
@@ -446,15 +447,92 @@ fn legacy_bundle(legacy: &LegacySignature) -> Result<Bundle, String> {
     Bundle::from_json(&bundle.to_string()).map_err(|e| format!("not a usable signature: {e}"))
 }
 
-/// The DER of the first PEM block of `label` in `pem`.
-fn pem_der(pem: &str, label: &str) -> Option<Vec<u8>> {
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    let start = pem.find(&begin)? + begin.len();
-    let stop = start + pem[start..].find(&end)?;
-    let body: String = pem[start..stop]
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    base64::engine::general_purpose::STANDARD.decode(body).ok()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEX: &str = "a4eee50251b970f48c571c8aeb8f93b54c243bbfacc8669f97773b531f11f546";
+
+    fn policy() -> SignaturePolicy {
+        let named = NamedPolicy::from_json(
+            r#"{"name":"release","keyless":[{"issuer":"https://issuer.example","subjectRegExp":".+"}]}"#,
+        )
+        .unwrap();
+        SignaturePolicy::new(&named).unwrap()
+    }
+
+    #[test]
+    fn only_a_cosign_signature_statement_about_this_digest_counts() {
+        let statement = |predicate: &str, hex: &str| {
+            json!({"_type": "https://in-toto.io/Statement/v1", "predicateType": predicate,
+                "subject": [{"digest": {"sha256": hex}}], "predicate": {}})
+            .to_string()
+        };
+        assert_eq!(
+            check_statement(HEX, statement(COSIGN_SIGN_PREDICATE, HEX).as_bytes()),
+            Ok(())
+        );
+        let provenance = check_statement(
+            HEX,
+            statement("https://slsa.dev/provenance/v1", HEX).as_bytes(),
+        );
+        assert!(provenance.unwrap_err().contains("an attestation of"));
+        let other = check_statement(
+            HEX,
+            statement(COSIGN_SIGN_PREDICATE, &"0".repeat(64)).as_bytes(),
+        );
+        assert!(other.unwrap_err().contains("does not name"));
+        assert!(check_statement(HEX, b"not json").is_err());
+    }
+
+    #[test]
+    fn a_legacy_payload_must_name_the_digest() {
+        let payload = |digest: &str| {
+            json!({"critical": {"identity": {"docker-reference": "r"}, "image":
+                {"docker-manifest-digest": digest}, "type": "cosign container image signature"},
+                "optional": null})
+            .to_string()
+        };
+        assert_eq!(
+            check_simple_signing(HEX, payload(&format!("sha256:{HEX}")).as_bytes()),
+            Ok(())
+        );
+        let mismatch = check_simple_signing(HEX, payload("sha256:00").as_bytes()).unwrap_err();
+        assert!(mismatch.contains("digest mismatch"), "{mismatch}");
+    }
+
+    #[test]
+    fn nothing_found_and_nothing_readable_are_rejections_that_say_so() {
+        let policy = policy();
+        let digest = format!("sha256:{HEX}");
+        let SignatureVerdict::Rejected { reason } =
+            policy.verify(&digest, &FoundSignatures::default())
+        else {
+            panic!("verified nothing");
+        };
+        assert!(reason.starts_with("no cosign signature found"), "{reason}");
+        let found = FoundSignatures {
+            bundles: vec![b"{}".to_vec()],
+            legacy: vec![LegacySignature {
+                payload: b"{}".to_vec(),
+                signature: "AAAA".into(),
+                ..LegacySignature::default()
+            }],
+        };
+        let SignatureVerdict::Rejected { reason } = policy.verify(&digest, &found) else {
+            panic!("verified garbage");
+        };
+        assert!(reason.contains("bundle: does not parse"), "{reason}");
+        assert!(reason.contains(".sig: the payload names \"\""), "{reason}");
+    }
+
+    #[test]
+    fn an_unusable_policy_is_refused_when_the_sidecar_starts() {
+        let named = NamedPolicy::from_json(
+            r#"{"name":"p","keyless":[{"issuer":"i","subjectRegExp":"x"}],"trustedRoot":"{\"mediaType\":1}"}"#,
+        )
+        .unwrap();
+        let error = SignaturePolicy::new(&named).err().unwrap();
+        assert!(error.contains("trustedRoot"), "{error}");
+    }
 }
