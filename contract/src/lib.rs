@@ -46,6 +46,13 @@ pub const ANNOTATION_POLL: &str = "pod-reloaded.io/poll";
 /// satisfy before it is restarted to; `off` opts the pod out of `--default-verify-policy`.
 pub const ANNOTATION_VERIFY: &str = "pod-reloaded.io/verify";
 pub const VERIFY_OFF: &str = "off";
+/// On pod-reloaded's Events: the digests an Event is about (`<container>=<digest>[,...]`),
+/// where they come from, and the watched images (`<container>=<image>[,...]`).
+pub const ANNOTATION_EVENT_TO: &str = "pod-reloaded.io/to";
+pub const ANNOTATION_EVENT_FROM: &str = "pod-reloaded.io/from";
+pub const ANNOTATION_EVENT_IMAGES: &str = "pod-reloaded.io/images";
+/// The `reportingComponent` of the sidecar's Events.
+pub const EVENT_REPORTING_COMPONENT: &str = "pod-reloaded.io/sidecar";
 /// Workload metadata annotation: `"true"` stops restarts of that workload.
 pub const ANNOTATION_PAUSED: &str = "pod-reloaded.io/paused";
 /// Workload metadata annotation: `<container>=<digest>@<RFC 3339>`, when each new

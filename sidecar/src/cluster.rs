@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
+use pod_reloaded_contract as contract;
 use pod_reloaded_contract::owner::{self, NotRestartable, PodOwner, WorkloadKind, WorkloadRef};
 use tracing::{debug, info, warn};
 
@@ -286,18 +287,29 @@ impl Cluster {
     }
 
     /// Records an Event on the workload; failures are logged, never fatal.
-    pub async fn event(
-        &self,
-        workload: &WorkloadRef,
-        warning: bool,
-        reason: &str,
-        message: String,
-    ) {
+    /// Records `event` on `workload`; `images` (`<container>=<image>[,...]`) names the
+    /// watched images it is about.
+    pub async fn event(&self, workload: &WorkloadRef, event: &crate::effects::Event, images: &str) {
         let now = jiff::Timestamp::now();
+        let (warning, reason, message) = (event.warning, event.reason, event.message.clone());
+        let mut annotations = std::collections::BTreeMap::new();
+        for (key, value) in [
+            (contract::ANNOTATION_EVENT_TO, event.to.as_deref()),
+            (contract::ANNOTATION_EVENT_FROM, event.from.as_deref()),
+            (
+                contract::ANNOTATION_EVENT_IMAGES,
+                Some(images).filter(|i| !i.is_empty()),
+            ),
+        ] {
+            if let Some(value) = value {
+                annotations.insert(key.to_string(), value.to_string());
+            }
+        }
         let event = Event {
             metadata: kube::api::ObjectMeta {
                 name: Some(format!("{}.{:x}", workload.name, now.as_nanosecond())),
                 namespace: Some(self.namespace.clone()),
+                annotations: Some(annotations).filter(|a| !a.is_empty()),
                 ..Default::default()
             },
             involved_object: ObjectReference {
@@ -318,7 +330,7 @@ impl Cluster {
                 component: Some("pod-reloaded".to_string()),
                 host: None,
             }),
-            reporting_component: Some("pod-reloaded.io/sidecar".to_string()),
+            reporting_component: Some(contract::EVENT_REPORTING_COMPONENT.to_string()),
             reporting_instance: Some(self.pod_name.clone()),
             action: Some(reason.to_string()),
             ..Default::default()
@@ -489,7 +501,11 @@ mod tests {
             uid: "agent-uid".into(),
         };
         cluster
-            .event(&workload, true, "RolloutFailed", "it failed".into())
+            .event(
+                &workload,
+                &crate::effects::Event::warning("RolloutFailed", "it failed".into()),
+                "",
+            )
             .await;
         let event = server.await.unwrap();
         assert_eq!(event["involvedObject"]["kind"], "DaemonSet");

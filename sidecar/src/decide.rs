@@ -194,7 +194,10 @@ pub fn restart_effects(
                 },
             );
             let effects = Effects {
-                said: vec![Said::log(log).with_event(Event::normal("ImageDigestChanged", message))],
+                said: vec![Said::log(log).with_event(
+                    Event::normal("ImageDigestChanged", message)
+                        .about(&restart.rolled_to, Some(restart.rolled_from.to_string())),
+                )],
                 metric: Some(Metric::Restart),
                 follow: Some(true),
             };
@@ -215,7 +218,8 @@ pub fn restart_effects(
                     ..LogFields::default()
                 },
             );
-            let said = Said::log(log).with_event(Event::normal("RolloutUndone", message));
+            let said = Said::log(log)
+                .with_event(Event::normal("RolloutUndone", message).about(&left, None));
             (RoundOutcome::AlreadyRestarted, Effects::saying(said))
         }
         RestartDecision::Held {
@@ -225,6 +229,19 @@ pub fn restart_effects(
             ..
         } => {
             let mut said = Vec::new();
+            if hold != Hold::Notify && !first_seen.is_empty() {
+                // Said by the one sidecar that recorded the first sight: once per digest.
+                let message = format!(
+                    "pod-reloaded holds the restart of {workload} to {changes}: {}",
+                    hold.describe()
+                );
+                let log = LogLine::info("held", "a new image is held", fields(changes.to_string()));
+                said.push(
+                    Said::log(log).with_event(
+                        Event::normal("ImageUpdateHeld", message).about(&changes, None),
+                    ),
+                );
+            }
             if hold == Hold::Notify && !first_seen.is_empty() {
                 let message = format!(
                     "pod-reloaded: the watched tag of {workload} now points to {changes}{}; not restarting ({}: notify)",
@@ -236,9 +253,9 @@ pub fn restart_effects(
                     "a new image is available; mode notify: not restarting",
                     fields(changes.to_string()),
                 );
-                said.push(
-                    Said::log(log).with_event(Event::normal("ImageUpdateAvailable", message)),
-                );
+                said.push(Said::log(log).with_event(
+                    Event::normal("ImageUpdateAvailable", message).about(&changes, None),
+                ));
             }
             // Why a due restart waits, and until when: once per digest and kind of hold.
             let log = LogLine::info(
@@ -269,7 +286,10 @@ pub fn restart_effects(
                 fields(summary.clone()),
             );
             let said = Said::log(log)
-                .with_event(Event::warning("ImageDigestUnchangedAfterRestart", message))
+                .with_event(
+                    Event::warning("ImageDigestUnchangedAfterRestart", message)
+                        .about(&summary, None),
+                )
                 .once(format!("did-not-take:{summary}"));
             (RoundOutcome::AlreadyRestarted, Effects::saying(said))
         }
@@ -308,7 +328,15 @@ pub fn restart_effects(
                 );
                 said.push(
                     Said::log(log)
-                        .with_event(Event::warning("ImageSignatureRejected", message))
+                        .with_event(
+                            Event::warning("ImageSignatureRejected", message).about(
+                                format!("{}={}", change.container, change.digest),
+                                change
+                                    .running
+                                    .as_ref()
+                                    .map(|r| format!("{}={r}", change.container)),
+                            ),
+                        )
                         .once(format!("rejected:{}", change.digest)),
                 );
             }
@@ -1114,6 +1142,43 @@ mod tests {
         assert_eq!(
             deferred.once.as_deref(),
             Some(format!("held:app={}:notify", digest('b')).as_str())
+        );
+    }
+
+    #[test]
+    fn a_held_update_is_an_event_of_the_recording_sidecar_with_its_digests() {
+        let changes = [change("app", 'b', Some('a'))];
+        let held = |first_seen: Vec<String>| RestartDecision::Held {
+            hold: Hold::Paused,
+            changes: DigestRecord::parse(&format!("app={}", digest('b'))),
+            pending: PendingRecord::default(),
+            first_seen,
+        };
+        let (_, recorded) = restart_effects(&web(), held(vec!["app".into()]), &changes, "web-1");
+        let event = &recorded.said[0].events[0];
+        assert_eq!(event.reason, "ImageUpdateHeld");
+        assert_eq!(
+            event.to.as_deref(),
+            Some(format!("app={}", digest('b')).as_str())
+        );
+        assert!(event.message.contains("paused"), "{}", event.message);
+        let (_, seen_before) = restart_effects(&web(), held(Vec::new()), &changes, "web-2");
+        assert!(events(&seen_before).is_empty());
+    }
+
+    #[test]
+    fn a_restart_event_names_where_the_workload_goes_and_comes_from() {
+        let changes = [change("app", 'b', Some('a'))];
+        let decision = decide_now(&WorkloadState::default(), &changes);
+        let (_, effects) = restart_effects(&web(), decision, &changes, "web-1");
+        let event = &effects.said[0].events[0];
+        assert_eq!(
+            event.to.as_deref(),
+            Some(format!("app={}", digest('b')).as_str())
+        );
+        assert_eq!(
+            event.from.as_deref(),
+            Some(format!("app={}", digest('a')).as_str())
         );
     }
 

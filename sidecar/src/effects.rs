@@ -91,11 +91,17 @@ impl Said {
 
 /// A Kubernetes Event on the workload. `reason` and `message` are product surface: people
 /// grep them and alert on them.
+/// `to` and `from` (`<container>=<digest>[,...]`) go on the Event as annotations, so that
+/// a reader (the notifier) needs no parsing of the message.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Event {
     pub warning: bool,
     pub reason: &'static str,
     pub message: String,
+    /// The digests the Event is about: where the workload goes (or would go).
+    pub to: Option<String>,
+    /// Where it comes from, when that is known.
+    pub from: Option<String>,
 }
 
 impl Event {
@@ -104,15 +110,23 @@ impl Event {
             warning: false,
             reason,
             message,
+            to: None,
+            from: None,
         }
     }
 
     pub fn warning(reason: &'static str, message: String) -> Self {
         Self {
             warning: true,
-            reason,
-            message,
+            ..Self::normal(reason, message)
         }
+    }
+
+    /// The digests the Event is about.
+    pub fn about(mut self, to: impl ToString, from: Option<String>) -> Self {
+        self.to = Some(to.to_string()).filter(|t| !t.is_empty());
+        self.from = from.filter(|f| !f.is_empty());
+        self
     }
 }
 

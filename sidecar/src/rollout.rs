@@ -221,7 +221,9 @@ pub fn follow_effects(
                 },
             );
             (
-                Some(Said::log(log).with_event(Event::normal("RolloutSucceeded", message))),
+                Some(Said::log(log).with_event(
+                    Event::normal("RolloutSucceeded", message).about(&record.rolled_to, None),
+                )),
                 Some(Metric::Rollout(RolloutResult::Succeeded)),
             )
         }
@@ -246,8 +248,14 @@ pub fn follow_effects(
             (
                 Some(
                     Said::log(log)
-                        .with_event(Event::warning("RolloutFailed", failed))
-                        .with_event(Event::normal("RolledBack", rolled_back)),
+                        .with_event(
+                            Event::warning("RolloutFailed", failed)
+                                .about(&record.rolled_to, Some(to.to_string())),
+                        )
+                        .with_event(
+                            Event::normal("RolledBack", rolled_back)
+                                .about(&to, Some(record.rolled_to.to_string())),
+                        ),
                 ),
                 Some(Metric::Rollout(RolloutResult::RolledBack)),
             )
@@ -272,7 +280,9 @@ pub fn follow_effects(
                 },
             );
             (
-                Some(Said::log(log).with_event(Event::warning("RolloutFailed", message))),
+                Some(Said::log(log).with_event(
+                    Event::warning("RolloutFailed", message).about(&record.rolled_to, None),
+                )),
                 Some(Metric::Rollout(RolloutResult::Failed)),
             )
         }

@@ -136,9 +136,8 @@ impl Checker {
             }
             log(workload, &said.log);
             for event in said.events {
-                self.cluster
-                    .event(workload, event.warning, event.reason, event.message)
-                    .await;
+                let images = self.images_of(event.to.as_deref());
+                self.cluster.event(workload, &event, &images).await;
             }
         }
         match effects.metric {
@@ -149,6 +148,26 @@ impl Checker {
         if let Some(follow) = effects.follow {
             self.following = follow;
         }
+    }
+
+    /// `<container>=<image>[,...]` of the containers a digest record names, from our pod.
+    fn images_of(&self, digests: Option<&str>) -> String {
+        let (Some(digests), Some(pod)) = (digests, &self.pod) else {
+            return String::new();
+        };
+        let containers = pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.as_slice())
+            .unwrap_or(&[]);
+        pod_reloaded_contract::record::DigestRecord::parse(digests)
+            .iter()
+            .filter_map(|(name, _)| {
+                let container = containers.iter().find(|c| c.name == name)?;
+                Some(format!("{name}={}", container.image.as_deref()?))
+            })
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Reads our pod; `None` (logged) when the API does not answer.
