@@ -7,6 +7,7 @@
 //! format (`record`). Both binaries (and the manifest drift test) read them from here.
 
 pub mod image;
+pub mod notify;
 pub mod owner;
 pub mod pod_settings;
 pub mod record;
@@ -101,6 +102,17 @@ pub const ENV_POLL: &str = "IMAGE_CHECKER_POLL";
 /// The selected trust policy as JSON (`trust::NamedPolicy`): its content, since the
 /// sidecar cannot read the webhook's ConfigMap.
 pub const ENV_VERIFY_POLICY: &str = "IMAGE_CHECKER_VERIFY_POLICY";
+/// Namespace annotation: receivers (`<name>[,...]`) of the notification config that hear
+/// about this namespace's workloads, besides those its labels select.
+pub const ANNOTATION_NOTIFY: &str = "pod-reloaded.io/notify";
+/// On pod-reloaded's Events: the receivers already told (`<name>[,...]`), so a new
+/// notifier (another replica, a restart) never tells them again.
+pub const ANNOTATION_EVENT_NOTIFIED: &str = "pod-reloaded.io/notified";
+/// The ConfigMap and the Secret, in the webhook's namespace, of the notifications.
+pub const NOTIFY_CONFIGMAP: &str = "pod-reloaded-notify";
+pub const NOTIFY_SECRET: &str = "pod-reloaded-notify";
+/// The Lease the webhook's replicas hold, one at a time, to send notifications.
+pub const NOTIFY_LEASE: &str = "pod-reloaded-notifier";
 /// The ConfigMap, in the webhook's namespace, mounted as `--trust-policy-file`.
 pub const TRUST_CONFIGMAP: &str = "pod-reloaded-trust";
 /// Where the webhook mounts the `--sidecar-ca-configmap` ConfigMap in the sidecar.

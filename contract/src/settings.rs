@@ -79,6 +79,27 @@ pub fn parse_api_timeout(text: &str) -> Result<Duration, String> {
     )
 }
 
+/// A wait between two attempts to deliver a notification: at most 1h (a notification
+/// hours late tells nobody anything).
+pub fn parse_retry_delay(text: &str) -> Result<Duration, String> {
+    parse_bounded(
+        text,
+        Duration::from_millis(10),
+        Duration::from_secs(3600),
+        "a notification an hour late is news to nobody",
+    )
+}
+
+/// One attempt to deliver a notification: a receiver slower than this is counted as down.
+pub fn parse_notify_timeout(text: &str) -> Result<Duration, String> {
+    parse_bounded(
+        text,
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+        "a receiver that needs more is down",
+    )
+}
+
 /// Serving on after SIGTERM while endpoints drop the pod: at most 2m, within a pod's
 /// usual termination grace period.
 pub fn parse_shutdown_delay(text: &str) -> Result<Duration, String> {

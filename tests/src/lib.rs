@@ -9,6 +9,7 @@ pub mod fault_proxy;
 pub mod hostile;
 pub mod pki;
 pub mod process;
+pub mod receiver;
 pub mod registry;
 pub mod sigstore;
 pub mod webhook;

@@ -303,8 +303,10 @@ fn rendered_objects_are_what_the_api_types_accept() {
 }
 
 /// Flags the chart sets itself: not `config` keys (a second env entry of the same name).
-const CHART_OWNED_FLAGS: [&str; 7] = [
+const CHART_OWNED_FLAGS: [&str; 9] = [
     "trust-policy-file",
+    "notify-config",
+    "notify-secrets-dir",
     "listen",
     "metrics-listen",
     "tls-cert-file",

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use anyhow::{ensure, Context as _};
 use pod_reloaded_contract as contract;
 use pod_reloaded_tests::cluster::argo::{install_rollout_crd, RolloutController};
-use pod_reloaded_tests::cluster::install::{installed, rendered_manifests};
+use pod_reloaded_tests::cluster::install::{installed, rendered_manifests, NOTIFY_RECEIVER};
 use pod_reloaded_tests::cluster::{
     control_plane, story, wait_for, Api, TestNamespace, ROLLOUT_DEADLINE,
 };
@@ -32,6 +32,9 @@ async fn on_a_real_control_plane() {
         panic!("install: {error:#}");
     }
     the_story().await;
+    if let Err(error) = the_story_told().await {
+        panic!("notifications: {error:#}");
+    }
     for (name, result) in [
         (
             "StatefulSet and DaemonSet",
@@ -265,6 +268,60 @@ async fn settled(
     .await
 }
 
+/// Issue 26 on the real control plane: every Event the story's three sidecars recorded
+/// reached the installed webhook's receiver once, and says so on itself.
+async fn the_story_told() -> anyhow::Result<()> {
+    let admin = Api::admin(control_plane());
+    let receivers = pod_reloaded_tests::receiver::process_receivers();
+    let events = admin
+        .list("/api/v1/namespaces/story/events")
+        .await?
+        .into_iter()
+        .filter(|e| e["source"]["component"] == "pod-reloaded")
+        .collect::<Vec<_>>();
+    ensure!(events.len() >= 7, "the story's Events: {}", events.len());
+    let mut uids: Vec<String> = events
+        .iter()
+        .filter_map(|e| e["metadata"]["uid"].as_str().map(str::to_string))
+        .collect();
+    uids.sort();
+    let told = || {
+        let mut ids: Vec<String> = receivers
+            .accepted(NOTIFY_RECEIVER)
+            .iter()
+            .map(|r| r.json())
+            .filter(|b| b["workload"]["namespace"] == "story")
+            .filter_map(|b| b["id"].as_str().map(str::to_string))
+            .collect();
+        ids.sort();
+        ids
+    };
+    wait_for(
+        "every Event of the story told",
+        ROLLOUT_DEADLINE,
+        || async { Ok(uids.iter().all(|uid| told().contains(uid))) },
+    )
+    .await
+    .with_context(|| installed().webhook_output())?;
+    ensure!(told() == uids, "told {:?}, Events {uids:?}", told());
+    wait_for(
+        "every Event of the story marked told",
+        ROLLOUT_DEADLINE,
+        || async {
+            Ok(admin
+                .list("/api/v1/namespaces/story/events")
+                .await?
+                .iter()
+                .filter(|e| e["source"]["component"] == "pod-reloaded")
+                .all(|e| {
+                    e["metadata"]["annotations"][contract::ANNOTATION_EVENT_NOTIFIED]
+                        == NOTIFY_RECEIVER
+                }))
+        },
+    )
+    .await
+}
+
 /// Issue 24 on the real control plane: the operator's policy in the ConfigMap
 /// `pod-reloaded-trust`, a Deployment that names it; an unsigned push stays out of the
 /// cluster entirely (no new ReplicaSet, one Warning, quarantined), the next signed push
@@ -297,7 +354,7 @@ async fn signed_images_only() -> anyhow::Result<()> {
             || async {
                 Ok(installed()
                     .webhook_output()
-                    .contains("trust policies reloaded"))
+                    .contains("the trust policy file reloaded"))
             },
         )
         .await?;

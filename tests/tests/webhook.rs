@@ -737,7 +737,7 @@ async fn trust_policies_are_given_to_the_pods_that_name_them_and_reloaded_when_t
         webhook
             .process
             .output()
-            .contains("the trust policy file is invalid; keeping the last good policies")
+            .contains("the trust policy file is invalid; keeping the last good one")
     })
     .await;
     assert!(said, "{}", webhook.process.output());

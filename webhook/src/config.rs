@@ -152,6 +152,33 @@ pub struct Config {
     #[arg(long, env = "POD_RELOADED_DEFAULT_VERIFY_POLICY")]
     pub default_verify_policy: Option<String>,
 
+    /// The notification config (YAML; see the README's "Notifications"), mounted from the
+    /// ConfigMap pod-reloaded-notify; reloaded when it changes. Set: one replica at a time
+    /// (the holder of the Lease pod-reloaded-notifier) sends notifications.
+    #[arg(long, env = "POD_RELOADED_NOTIFY_CONFIG")]
+    pub notify_config: Option<std::path::PathBuf>,
+
+    /// Where the Secret pod-reloaded-notify is mounted: the receivers' URLs and HMAC keys,
+    /// one file per key.
+    #[arg(
+        long,
+        env = "POD_RELOADED_NOTIFY_SECRETS_DIR",
+        default_value = "/etc/pod-reloaded/notify-secrets"
+    )]
+    pub notify_secrets_dir: std::path::PathBuf,
+
+    /// PEM CA certificates trusted for receivers, besides the Mozilla roots built in.
+    #[arg(long, env = "POD_RELOADED_NOTIFY_CA_FILE")]
+    pub notify_ca_file: Option<std::path::PathBuf>,
+
+    /// The waits between delivery attempts (comma-separated; one attempt more than waits).
+    #[arg(long, env = "POD_RELOADED_NOTIFY_RETRY_DELAYS", default_value = "10s,30s,2m,7m", value_delimiter = ',', value_parser = settings::parse_retry_delay)]
+    pub notify_retry_delays: Vec<Duration>,
+
+    /// One delivery attempt, at most (1s to 1m).
+    #[arg(long, env = "POD_RELOADED_NOTIFY_TIMEOUT", default_value = "10s", value_parser = settings::parse_notify_timeout)]
+    pub notify_timeout: Duration,
+
     /// Namespaces never injected (comma-separated); the webhook's own is always added.
     #[arg(
         long,
@@ -314,7 +341,7 @@ impl Config {
             );
         }
         Ok(InjectionSettings {
-            trust: crate::trust::TrustStore::new(policies),
+            trust: crate::reloaded::Reloaded::new(policies),
             default_verify_policy,
             sidecar_env,
             ca_configmap,

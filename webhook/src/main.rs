@@ -30,6 +30,22 @@ fn main() -> std::process::ExitCode {
             pod_reloaded_bootstrap::exit_invalid("pod-reloaded-webhook", &format!("{problem:#}"))
         }
     };
+    // So is the notification config, and its receivers' CA file.
+    let notifications = match config
+        .notify_config
+        .as_ref()
+        .map(|path| {
+            let receivers = pod_reloaded_webhook::notify::load(path)?;
+            let http = notify_client(&config)?;
+            anyhow::Ok((path.clone(), receivers, http))
+        })
+        .transpose()
+    {
+        Ok(notifications) => notifications,
+        Err(problem) => {
+            pod_reloaded_bootstrap::exit_invalid("pod-reloaded-webhook", &format!("{problem:#}"))
+        }
+    };
     // So are the TLS files and the two ports (in use: exit 2 too, one rule for all).
     let files = CertificateFiles {
         cert: config.tls_cert_file.clone(),
@@ -66,7 +82,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config, settings, files, listener, metrics_listener)) {
+    match runtime.block_on(run(
+        config,
+        settings,
+        notifications,
+        files,
+        listener,
+        metrics_listener,
+    )) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             error!(error = format!("{error:#}"), "webhook stopped");
@@ -75,18 +98,52 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// What the notifier starts with: its config file, the config read from it at start, and
+/// the HTTP client of its receivers.
+type Notifications = (
+    std::path::PathBuf,
+    pod_reloaded_contract::notify::NotifyConfig,
+    reqwest::Client,
+);
+
+/// The receivers' HTTP client: TLS verified against the Mozilla roots and
+/// `--notify-ca-file`, no redirect followed, each attempt bounded.
+fn notify_client(config: &Config) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .https_only(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(config.notify_timeout)
+        .connect_timeout(config.notify_timeout);
+    if let Some(path) = &config.notify_ca_file {
+        let pem =
+            std::fs::read(path).with_context(|| format!("--notify-ca-file {}", path.display()))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("--notify-ca-file {}: not PEM", path.display()))?;
+        anyhow::ensure!(
+            !certificates.is_empty(),
+            "--notify-ca-file {}: no PEM certificate in it",
+            path.display()
+        );
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder
+        .build()
+        .context("building the notifications' HTTP client")
+}
+
 async fn run(
     config: Config,
     settings: InjectionSettings,
+    notifications: Option<Notifications>,
     files: CertificateFiles,
     listener: std::net::TcpListener,
     metrics_listener: std::net::TcpListener,
 ) -> anyhow::Result<()> {
-    let granter = match kube_client().await {
-        Ok(client) => Some(
-            AccessGranter::new(client.clone(), config.api_timeout)
-                .with_existing_grants(ExistingGrants::watch(client)),
-        ),
+    let client = match kube_client().await {
+        Ok(client) => Some(client),
         Err(error) => {
             warn!(
                 error = format!("{error:#}"),
@@ -95,16 +152,50 @@ async fn run(
             None
         }
     };
+    let granter = client.clone().map(|client| {
+        AccessGranter::new(client.clone(), config.api_timeout)
+            .with_existing_grants(ExistingGrants::watch(client))
+    });
     if let Some(path) = &config.trust_policy_file {
-        settings
-            .trust
-            .watch(path.clone(), config.tls_reload_interval);
+        pod_reloaded_webhook::trust::watch(
+            &settings.trust,
+            path.clone(),
+            config.tls_reload_interval,
+        );
     }
     let admission = Arc::new(Admission {
         settings,
         granter,
         metrics: Default::default(),
     });
+
+    if let Some((path, receivers, http)) = notifications {
+        match client {
+            Some(client) => {
+                let store = pod_reloaded_webhook::notify::NotifyStore::new(receivers);
+                pod_reloaded_webhook::notify::watch(&store, path, config.tls_reload_interval);
+                let identity = format!(
+                    "{}-{}",
+                    std::env::var("HOSTNAME").unwrap_or_else(|_| "webhook".to_string()),
+                    std::process::id()
+                );
+                let notifier = pod_reloaded_webhook::notify::Notifier {
+                    client,
+                    config: store,
+                    delivery: pod_reloaded_webhook::notify::deliver::Delivery {
+                        http,
+                        secrets_dir: config.notify_secrets_dir.clone(),
+                        retry_delays: config.notify_retry_delays.clone(),
+                        counter: admission.metrics.notifications(),
+                    },
+                    namespace: config.webhook_namespace.clone(),
+                    identity,
+                };
+                tokio::spawn(notifier.run());
+            }
+            None => warn!("no Kubernetes API access: no notifications"),
+        }
+    }
 
     let tls = tls::load_and_watch(files, config.tls_reload_interval).await?;
 

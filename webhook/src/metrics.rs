@@ -39,6 +39,29 @@ pub struct Metrics {
     registry: Registry,
     admissions: Family<ResultLabel, Counter>,
     duration: Histogram,
+    notifications: NotificationCounter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReceiverLabels {
+    receiver: String,
+    result: &'static str,
+}
+
+/// `pod_reloaded_notifications_total{receiver,result}`, shared with the notifier.
+#[derive(Clone, Debug, Default)]
+pub struct NotificationCounter(Family<ReceiverLabels, Counter>);
+
+impl NotificationCounter {
+    /// `delivered`, `retried` (an attempt failed; another follows) or `dropped`.
+    pub fn count(&self, receiver: &str, result: &'static str) {
+        self.0
+            .get_or_create(&ReceiverLabels {
+                receiver: receiver.to_string(),
+                result,
+            })
+            .inc();
+    }
 }
 
 impl Default for Metrics {
@@ -58,10 +81,17 @@ impl Default for Metrics {
             "Time to answer an admission request",
             duration.clone(),
         );
+        let notifications = NotificationCounter::default();
+        registry.register(
+            "pod_reloaded_notifications",
+            "Notifications by receiver and result: delivered, retried (an attempt failed), dropped (not delivered)",
+            notifications.0.clone(),
+        );
         Self {
             registry,
             admissions,
             duration,
+            notifications,
         }
     }
 }
@@ -74,6 +104,10 @@ impl Metrics {
             })
             .inc();
         self.duration.observe(seconds);
+    }
+
+    pub fn notifications(&self) -> NotificationCounter {
+        self.notifications.clone()
     }
 
     /// The Prometheus text exposition.

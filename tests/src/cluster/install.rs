@@ -41,6 +41,10 @@ pub struct Installed {
 
 static INSTALLED: OnceLock<Result<Installed, String>> = OnceLock::new();
 
+/// The receiver every notification of the installed webhook goes to
+/// (`receiver::process_receivers`).
+pub const NOTIFY_RECEIVER: &str = "e2e";
+
 /// pod-reloaded installed on this process's control plane (once).
 pub fn installed() -> &'static Installed {
     match INSTALLED.get_or_init(|| {
@@ -125,6 +129,20 @@ async fn install() -> anyhow::Result<Installed> {
         &webhook_kubeconfig,
         kubeconfig(&plane.url, &plane.ca_pem, KubeconfigUser::Token(&token)),
     )?;
+    // Notifications of every namespace to one HTTPS receiver of the test process, in
+    // pod-reloaded's JSON (`NOTIFY_RECEIVER`).
+    let notify_dir = dir.join("notify");
+    std::fs::create_dir_all(notify_dir.join("secrets"))?;
+    let receivers = crate::receiver::process_receivers();
+    std::fs::write(
+        notify_dir.join("notify.yaml"),
+        format!("receivers:\n  {NOTIFY_RECEIVER}: {{type: webhook, urlKey: url, namespaceSelector: {{}}}}\n"),
+    )?;
+    std::fs::write(
+        notify_dir.join("secrets").join("url"),
+        receivers.url(NOTIFY_RECEIVER),
+    )?;
+    std::fs::write(notify_dir.join("ca.pem"), &receivers.ca_pem)?;
     let webhook_args: Vec<std::ffi::OsString> = vec![
         "--listen".into(),
         format!("127.0.0.1:{webhook_port}").into(),
@@ -138,6 +156,14 @@ async fn install() -> anyhow::Result<Installed> {
         SIDECAR_IMAGE.into(),
         "--trust-policy-file".into(),
         dir.join("trust").join("policies.yaml").into(),
+        "--notify-config".into(),
+        notify_dir.join("notify.yaml").into(),
+        "--notify-secrets-dir".into(),
+        notify_dir.join("secrets").into(),
+        "--notify-ca-file".into(),
+        notify_dir.join("ca.pem").into(),
+        "--notify-retry-delays".into(),
+        "500ms,1s".into(),
     ];
     let webhook_log = dir.join("webhook.log");
     let installed = Installed {

@@ -899,7 +899,7 @@ fn the_trust_policy_a_pod_names_reaches_its_sidecar_as_content() {
     )
     .unwrap();
     let mut verifying = settings(SidecarMode::Container);
-    verifying.trust = crate::trust::TrustStore::new(policies.clone());
+    verifying.trust = crate::reloaded::Reloaded::new(policies.clone());
     let patched = |pod: &Value, settings: &InjectionSettings| {
         let view: Pod = serde_json::from_value(pod.clone()).unwrap();
         match decide(&view, "shop", settings) {
