@@ -361,6 +361,31 @@ mod tests {
         assert_eq!(Notification::from_event(&other), None);
     }
 
+    /// The bodies of one Event in each format, against the files a person reviewed
+    /// (`tests/fixtures/notifications/`); `UPDATE_GOLDEN=1` writes them anew.
+    #[test]
+    fn each_format_is_its_golden_file() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/notifications");
+        let n = Notification::from_event(&event()).unwrap();
+        for (kind, file) in [
+            (ReceiverKind::Slack, "slack.json"),
+            (ReceiverKind::Teams, "teams.json"),
+            (ReceiverKind::Webhook, "webhook.json"),
+            (ReceiverKind::Cloudevents, "cloudevents.json"),
+        ] {
+            let body = serde_json::to_string_pretty(&n.body(kind)).unwrap() + "\n";
+            let path = dir.join(file);
+            if std::env::var_os("UPDATE_GOLDEN").is_some() {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, &body).unwrap();
+            }
+            let golden = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+            assert_eq!(body, golden, "{file}");
+        }
+    }
+
     #[test]
     fn each_format_carries_the_workload_digests_and_what_comes_next() {
         let n = Notification::from_event(&event()).unwrap();
