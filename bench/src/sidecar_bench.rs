@@ -287,7 +287,17 @@ async fn sidecar_rounds(
         let rounds = rounds_done();
         if let (Some(cosign), Some(signer), false) = (&cosign, &signer, moved) {
             if rounds >= 5 {
-                let signed = world.push("signed").await;
+                // Signed before the tag moves to it, as a pipeline does.
+                let signed = world
+                    .registry
+                    .push_index(
+                        "demo/app",
+                        "candidate",
+                        "signed",
+                        &pod_reloaded_tests::world::PLATFORMS,
+                        false,
+                    )
+                    .await;
                 cosign.sign(
                     &world.registry,
                     "demo/app",
@@ -296,6 +306,10 @@ async fn sidecar_rounds(
                     Format::Bundle,
                     None,
                 );
+                world
+                    .registry
+                    .copy_manifest("demo/app", "candidate", "latest")
+                    .await;
                 moved = true;
             }
         }

@@ -423,9 +423,11 @@ async fn signed_images_only() -> anyhow::Result<()> {
             );
         }
 
-        // Signed: rolls out, and the Event says who signed.
+        // Signed: rolls out, and the Event says who signed. Signed before the tag moves
+        // to it (pushed under another tag first), as a pipeline should: a digest the
+        // sidecars see unsigned is quarantined.
         let signed = registry
-            .push_index("signed/app", "latest", "g3", &PLATFORMS, false)
+            .push_index("signed/app", "candidate", "g3", &PLATFORMS, false)
             .await;
         cosign.sign(
             &registry,
@@ -435,6 +437,9 @@ async fn signed_images_only() -> anyhow::Result<()> {
             Format::Bundle,
             None,
         );
+        registry
+            .copy_manifest("signed/app", "candidate", "latest")
+            .await;
         wait_for("2 pods on the signed digest", ROLLOUT_DEADLINE, || async {
             let status = ns.get("deployments", "app").await?["status"].clone();
             let pods = ns.live_pods().await?;
