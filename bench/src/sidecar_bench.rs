@@ -269,6 +269,7 @@ async fn sidecar_rounds(
                     subject_reg_exp: "^https://github\\.com/acme/.+$".into(),
                 }],
                 transparency_log: TransparencyLog::Optional,
+                wait_for_signature: None,
                 trusted_root: String::new(),
             },
         };

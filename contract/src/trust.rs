@@ -40,6 +40,10 @@ pub struct TrustPolicy {
     pub keyless: Vec<KeylessIdentity>,
     #[serde(default)]
     pub transparency_log: TransparencyLog,
+    /// How long a new digest without any signature waits for one (signing follows the
+    /// push in most pipelines) before it is quarantined: `0s` at once; default 10m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for_signature: Option<String>,
     /// A Sigstore `trusted_root.json` (a private Sigstore, or a test one); empty: the
     /// public-good instance's, built into the sidecar.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -121,6 +125,26 @@ impl TrustPolicies {
     }
 }
 
+/// The default of `waitForSignature`.
+pub const DEFAULT_WAIT_FOR_SIGNATURE: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl TrustPolicy {
+    /// `waitForSignature` (0s to 24h), or its default.
+    pub fn signature_wait(&self) -> Result<std::time::Duration, String> {
+        match &self.wait_for_signature {
+            None => Ok(DEFAULT_WAIT_FOR_SIGNATURE),
+            Some(text) => {
+                let wait = humantime::parse_duration(text.trim())
+                    .map_err(|e| format!("waitForSignature {text:?}: {e}"))?;
+                if wait > std::time::Duration::from_secs(24 * 3600) {
+                    return Err(format!("waitForSignature {text:?}: at most 24h"));
+                }
+                Ok(wait)
+            }
+        }
+    }
+}
+
 impl NamedPolicy {
     /// Parses the sidecar's `IMAGE_CHECKER_VERIFY_POLICY`, validated as the webhook did.
     pub fn from_json(text: &str) -> Result<Self, TrustError> {
@@ -172,6 +196,7 @@ fn validate(name: &str, policy: &TrustPolicy) -> Result<(), String> {
         regex::Regex::new(&identity.subject_reg_exp)
             .map_err(|e| format!("keyless[{i}].subjectRegExp: {e}"))?;
     }
+    policy.signature_wait()?;
     if !policy.trusted_root.trim().is_empty() {
         let root: serde_json::Value = serde_json::from_str(&policy.trusted_root)
             .map_err(|e| format!("trustedRoot is not JSON: {e}"))?;
@@ -254,6 +279,8 @@ mod tests {
             ("policies: {p: {keyless: [{issuer: i, subjectRegExp: x}], trustedRoot: '[1]'}}", "trustedRoot"),
             ("policies: {p: {keyless: [{issuer: i, subjectRegExp: x}], transparencyLog: maybe}}", "does not parse"),
             ("policies: {p: {keyless: [{issuer: i, subjectRegExp: x}], extra: 1}}", "does not parse"),
+            ("policies: {p: {keyless: [{issuer: i, subjectRegExp: x}], waitForSignature: soon}}", "waitForSignature"),
+            ("policies: {p: {keyless: [{issuer: i, subjectRegExp: x}], waitForSignature: 25h}}", "at most 24h"),
         ];
         for (text, expected) in cases {
             let error = TrustPolicies::parse(text).unwrap_err().to_string();

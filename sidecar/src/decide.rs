@@ -42,6 +42,10 @@ impl Change {
             _ => None,
         }
     }
+
+    fn awaits_signature(&self) -> bool {
+        matches!(self.signature, Some(SignatureVerdict::Unsigned { .. }))
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -60,6 +64,8 @@ pub enum RestartDecision {
     /// A new digest's signature does not satisfy the pod's trust policy: it is quarantined
     /// (the other changes are decided next round, without it).
     SignatureRejected { rejected: DigestRecord },
+    /// A new digest has no signature yet: nothing restarts while it waits for one.
+    AwaitingSignature { unsigned: DigestRecord },
     /// The rollout pod-reloaded started last is still in progress: the new change waits.
     RolloutInProgress { restarted_at: String },
     /// A person rolled the template back from the digests pod-reloaded rolled out (e.g.
@@ -346,6 +352,18 @@ pub fn restart_effects(
             };
             (RoundOutcome::AlreadyRestarted, effects)
         }
+        RestartDecision::AwaitingSignature { unsigned } => {
+            let log = LogLine::info(
+                "wait",
+                "a new digest has no signature yet; not restarting until it is signed",
+                LogFields {
+                    changes: Some(unsigned.to_string()),
+                    ..LogFields::default()
+                },
+            );
+            let said = Said::log(log).once(format!("awaiting-signature:{unsigned}"));
+            (RoundOutcome::Deferred, Effects::saying(said))
+        }
         RestartDecision::Quarantined { digests } => {
             let log = LogLine::warn(
                 "skip",
@@ -458,6 +476,13 @@ pub fn decide_restart(
     }
     if !rejected.is_empty() {
         return RestartDecision::SignatureRejected { rejected };
+    }
+    let mut unsigned = DigestRecord::default();
+    for change in allowed.iter().filter(|c| c.awaits_signature()) {
+        unsigned.insert(&change.container, &change.digest);
+    }
+    if !unsigned.is_empty() {
+        return RestartDecision::AwaitingSignature { unsigned };
     }
 
     let mut restarted_for = workload.restarted_for();
@@ -1097,6 +1122,29 @@ mod tests {
             decide_now(&state, &unsigned_again),
             RestartDecision::SignatureRejected { .. }
         ));
+    }
+
+    #[test]
+    fn a_digest_without_a_signature_yet_waits_and_nothing_restarts() {
+        let unsigned = SignatureVerdict::Unsigned {
+            reason: "no cosign signature found".into(),
+        };
+        let changes = [signed(change("app", 'b', Some('a')), unsigned)];
+        let update = restart_update(
+            &workload(&[], &[]),
+            "7",
+            &changes,
+            ThisPod::default(),
+            &PodSettings::default(),
+            now(),
+        );
+        let Update::Leave(decision) = update else {
+            panic!("nothing is patched while it waits");
+        };
+        let (round, effects) = restart_effects(&web(), decision, &changes, "web-1");
+        assert_eq!(round, RoundOutcome::Deferred);
+        assert!(events(&effects).is_empty());
+        assert!(effects.said[0].once.is_some(), "said once per digest");
     }
 
     #[test]

@@ -108,7 +108,7 @@ impl Default for Metrics {
         let signature_checks = Family::<ResultLabel, Counter>::default();
         registry.register(
             "pod_reloaded_signature_checks",
-            "Signature verifications of new digests under the pod's trust policy, by result (verified, rejected, error)",
+            "Signature verifications of new digests under the pod's trust policy, by result (verified, rejected, unsigned: none yet, error: not fetched)",
             signature_checks.clone(),
         );
         Self {
@@ -160,7 +160,7 @@ impl Metrics {
             .inc();
     }
 
-    /// `verified`, `rejected` or `error` (the signatures could not be fetched).
+    /// `verified`, `rejected`, `unsigned` (none yet, waiting) or `error` (not fetched).
     pub fn signature_check(&self, result: &'static str) {
         self.signature_checks
             .get_or_create(&ResultLabel { result })

@@ -334,7 +334,8 @@ async fn signed_images_only() -> anyhow::Result<()> {
     let admin = Api::admin(control_plane());
     let result = async {
         let policies = json!({"policies": {"release": {
-            "keys": [release.public_pem], "transparencyLog": "optional"}}});
+            "keys": [release.public_pem], "transparencyLog": "optional",
+            "waitForSignature": "0s"}}});
         admin
             .create(
                 &format!(

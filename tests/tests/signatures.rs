@@ -229,6 +229,8 @@ fn keyed(name: &str, keys: &[&Signer], transparency_log: TransparencyLog) -> Nam
             keys: keys.iter().map(|s| s.public_pem.clone()).collect(),
             keyless: Vec::new(),
             transparency_log,
+            // Quarantined at once: the cases below are about the verdict, not the wait.
+            wait_for_signature: Some("0s".to_string()),
             trusted_root: String::new(),
         },
     }
@@ -244,6 +246,7 @@ fn keyless(subject_reg_exp: &str, trusted_root: &str) -> NamedPolicy {
                 subject_reg_exp: subject_reg_exp.to_string(),
             }],
             transparency_log: TransparencyLog::Optional,
+            wait_for_signature: Some("0s".to_string()),
             trusted_root: trusted_root.to_string(),
         },
     }
@@ -541,4 +544,46 @@ async fn an_unchanged_round_costs_no_signature_request() {
         vec![format!("HEAD /v2/{repository}/manifests/latest")],
         "{output}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_signed_moments_later_waits_for_its_signature_then_rolls_out() {
+    let bench = Bench::start(RegistryOptions::default()).await;
+    let release = bench.cosign.key_pair("release");
+    let mut policy = keyed("release", &[&release], TransparencyLog::Optional);
+    policy.policy.wait_for_signature = None; // the default: 10 minutes
+
+    // The tag moves first, as a pipeline's push does; the signature comes after.
+    let new = bench.moved("pipeline", |_| {}).await;
+    let waiting = bench.decide("pipeline", &new, &policy).await;
+    assert_eq!(waiting.restarted_for(), None, "{}", waiting.output);
+    assert_eq!(
+        waiting.quarantined(),
+        None,
+        "not quarantined while it waits"
+    );
+    assert!(waiting.events.is_empty(), "{:?}", waiting.events);
+    assert!(
+        waiting.output.contains("no signature yet; waiting for one"),
+        "{}",
+        waiting.output
+    );
+    bench.sign("pipeline", &new, &release, Format::Bundle, None);
+    let signed = bench.decide("pipeline", &new, &policy).await;
+    signed.assert_rolled_out(&fingerprint(&release));
+
+    // One never signed: quarantined once the wait is over (a sidecar that keeps running).
+    policy.policy.wait_for_signature = Some("3s".to_string());
+    let new = bench.moved("forgotten", |_| {}).await;
+    let sidecar = Running::spawn(bench.sidecar("forgotten", &policy));
+    let quarantined = pod_reloaded_tests::process::eventually(Duration::from_secs(60), || {
+        bench
+            .outcome("forgotten", &new, String::new())
+            .quarantined()
+            .is_some()
+    })
+    .await;
+    assert!(quarantined, "{}", sidecar.output());
+    let outcome = bench.outcome("forgotten", &new, sidecar.output());
+    outcome.assert_rejected("after it was first seen");
 }

@@ -84,6 +84,8 @@ pub struct Checker {
     signature_policy: Option<Result<SignaturePolicy, String>>,
     /// Verdicts on new digests, so a quarantined digest is not verified every round.
     signature_verdicts: HashMap<String, SignatureVerdict>,
+    /// When each digest was first seen without any signature.
+    unsigned_since: HashMap<String, std::time::Instant>,
 }
 
 impl Checker {
@@ -117,6 +119,7 @@ impl Checker {
             settings: PodSettings::default(),
             replicas: 1,
             signature_verdicts: HashMap::new(),
+            unsigned_since: HashMap::new(),
         }
     }
 
@@ -377,7 +380,32 @@ impl Checker {
                     });
                 }
             };
-            let verdict = policy.verify(&change.digest, &found);
+            let mut verdict = policy.verify(&change.digest, &found);
+            if let SignatureVerdict::Unsigned { reason } = &verdict {
+                // Signing usually follows the push: wait for a signature, asking again
+                // each round (not remembered), up to the policy's `waitForSignature`.
+                let since = *self
+                    .unsigned_since
+                    .entry(change.digest.clone())
+                    .or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= policy.signature_wait {
+                    verdict = SignatureVerdict::Rejected {
+                        reason: format!(
+                            "{reason}, {} after it was first seen",
+                            humantime::format_duration(std::time::Duration::from_secs(
+                                since.elapsed().as_secs()
+                            ))
+                        ),
+                    };
+                } else {
+                    if self.warned.insert(format!("unsigned:{}", change.digest)) {
+                        info!(container = change.container, digest = change.digest, policy = policy.name, wait = %humantime::format_duration(policy.signature_wait), "no signature yet; waiting for one before restarting or quarantining");
+                    }
+                    self.metrics.signature_check("unsigned");
+                    change.signature = Some(verdict);
+                    continue;
+                }
+            }
             match &verdict {
                 SignatureVerdict::Verified { signer } => {
                     info!(
@@ -389,6 +417,7 @@ impl Checker {
                     );
                     self.metrics.signature_check("verified");
                 }
+                SignatureVerdict::Unsigned { .. } => {}
                 SignatureVerdict::Rejected { reason } => {
                     warn!(
                         container = change.container,

@@ -43,12 +43,17 @@ pub enum SignatureVerdict {
     Verified { signer: String },
     /// What failed.
     Rejected { reason: String },
+    /// No signature at all (yet): signing often follows the push, so the digest waits
+    /// for one, up to the policy's `waitForSignature`, before it is rejected.
+    Unsigned { reason: String },
 }
 
 /// A trust policy ready to verify with: keys parsed, expressions compiled, the trusted
 /// root loaded. Built once, when the sidecar starts with a policy.
 pub struct SignaturePolicy {
     pub name: String,
+    /// How long a digest without any signature waits for one.
+    pub signature_wait: std::time::Duration,
     keys: Vec<PolicyKey>,
     keyless: Vec<(String, Regex)>,
     transparency_log: TransparencyLog,
@@ -96,6 +101,7 @@ impl SignaturePolicy {
             Verifier::new(&root).map_err(|e| format!("trustedRoot is not usable: {e}"))?;
         Ok(Self {
             name: named.name.clone(),
+            signature_wait: policy.signature_wait()?,
             keys,
             keyless,
             transparency_log: policy.transparency_log,
@@ -137,15 +143,17 @@ impl SignaturePolicy {
                 Err(reason) => note(format!("{}.sig: {reason}", fetch::tag_of(digest))),
             }
         }
-        let reason = if reasons.is_empty() {
-            format!(
-                "no cosign signature found for {digest} (no Sigstore bundle referring to it, no {}.sig tag)",
-                fetch::tag_of(digest)
-            )
-        } else {
-            reasons.join("; ")
-        };
-        SignatureVerdict::Rejected { reason }
+        if reasons.is_empty() {
+            return SignatureVerdict::Unsigned {
+                reason: format!(
+                    "no cosign signature found for {digest} (no Sigstore bundle referring to it, no {}.sig tag)",
+                    fetch::tag_of(digest)
+                ),
+            };
+        }
+        SignatureVerdict::Rejected {
+            reason: reasons.join("; "),
+        }
     }
 
     fn verify_bundle_json(&self, hex: &str, json: &[u8]) -> Result<String, String> {
@@ -505,7 +513,7 @@ mod tests {
     fn nothing_found_and_nothing_readable_are_rejections_that_say_so() {
         let policy = policy();
         let digest = format!("sha256:{HEX}");
-        let SignatureVerdict::Rejected { reason } =
+        let SignatureVerdict::Unsigned { reason } =
             policy.verify(&digest, &FoundSignatures::default())
         else {
             panic!("verified nothing");
