@@ -255,6 +255,7 @@ async fn each_event_reaches_each_of_its_receivers_once_in_its_format() {
             "application/vnd.microsoft.card.adaptive"
         );
         let card = &attachment["content"];
+        check_adaptive_card(card);
         assert_eq!(card["type"], "AdaptiveCard");
         assert_eq!(card["version"], "1.4");
         assert_eq!(card["body"][2]["type"], "FactSet");
@@ -348,6 +349,39 @@ fn check_against_schema(body: &Value) {
     let validator = jsonschema::validator_for(&schema).expect("the schema is a JSON schema");
     let problems: Vec<String> = validator.iter_errors(body).map(|e| e.to_string()).collect();
     assert!(problems.is_empty(), "{problems:?}\n{body}");
+}
+
+/// A card against the Adaptive Card JSON schema Microsoft publishes (a copy in
+/// `tests/fixtures/notifications/`, see its README).
+fn check_adaptive_card(card: &Value) {
+    let text = std::fs::read_to_string(
+        workspace_root().join("tests/fixtures/notifications/adaptive-card.schema.json"),
+    )
+    .expect("the Adaptive Card schema");
+    let schema: Value = serde_json::from_str(&text).expect("JSON");
+    let validator = jsonschema::validator_for(&schema).expect("a JSON schema");
+    let problems: Vec<String> = validator.iter_errors(card).map(|e| e.to_string()).collect();
+    assert!(problems.is_empty(), "{problems:?}\n{card}");
+}
+
+#[test]
+fn the_golden_teams_card_is_an_adaptive_card() {
+    let path = workspace_root().join("tests/fixtures/notifications/teams.json");
+    let message: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    check_adaptive_card(&message["attachments"][0]["content"]);
+    // The schema is not vacuous: a card without its version is refused.
+    let mut broken = message["attachments"][0]["content"].clone();
+    broken.as_object_mut().unwrap().remove("version");
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            workspace_root().join("tests/fixtures/notifications/adaptive-card.schema.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(!jsonschema::validator_for(&schema)
+        .unwrap()
+        .is_valid(&broken));
 }
 
 #[test]

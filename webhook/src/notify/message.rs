@@ -198,8 +198,8 @@ impl Notification {
                     "type": "AdaptiveCard",
                     "version": "1.4",
                     "body": [
-                        {"type": "TextBlock", "text": self.title(), "weight": "Bolder", "size": "Medium", "wrap": true,
-                         "color": if self.warning { "Attention" } else { "Default" }},
+                        {"type": "TextBlock", "text": self.title(), "weight": "bolder", "size": "medium", "wrap": true,
+                         "color": if self.warning { "attention" } else { "default" }},
                         {"type": "TextBlock", "text": self.message, "wrap": true},
                         {"type": "FactSet", "facts": facts},
                     ],
