@@ -30,22 +30,13 @@ done
 [ -f "$dir/$argo_crd" ] || missing+=("$argo_crd")
 if [ ${#missing[@]} = 0 ]; then echo "$dir"; exit 0; fi
 
-if ! command -v go >/dev/null; then
-  echo "control plane: Go is needed to build ${missing[*]} (Go 1.26, or any Go >= 1.21, which fetches 1.26 through the module proxy); install it and run again" >&2
-  exit 2
-fi
-# The modules declare go 1.26.0: an older go fetches that toolchain through the proxy.
-go_minor=$(go env GOVERSION | sed -n 's/^go1\.\([0-9]*\).*/\1/p')
-if [ -z "$go_minor" ] || [ "$go_minor" -lt 21 ]; then
-  echo "control plane: $(go env GOVERSION) cannot fetch a toolchain; install Go 1.26 and run again" >&2
-  exit 2
-fi
-if [ "$go_minor" -lt 26 ]; then export GOTOOLCHAIN=go1.26.8; fi
+# shellcheck source=../go-toolchain.sh
+source "$here/../go-toolchain.sh"
+require_go "control plane" "${missing[*]}"
 
 echo "control plane: building ${missing[*]} (Kubernetes $k8s_version, etcd $etcd_version) into $dir" >&2
 echo "control plane: the first build takes 4 to 7 minutes on 2 cores and 4.3 GB of disk (Go module and build caches); later runs reuse it" >&2
 mkdir -p "$dir"
-export CGO_ENABLED=0 GOFLAGS=-mod=readonly
 
 minor=${k8s_version#v1.}; minor=${minor%%.*}
 build_date=$(date -u +%Y-%m-%dT%H:%M:%SZ)

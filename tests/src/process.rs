@@ -149,3 +149,25 @@ pub fn block_on_own_thread<T: Send>(
             .map_err(|_| "the thread panicked".to_string())?
     })
 }
+
+/// Where a tool module's build script (`tests/control-plane/build.sh`,
+/// `tests/tools/build.sh`) puts its binaries (its `--print`), checked to hold `binaries`;
+/// the error names the make target that builds them.
+pub fn built_tools(script: &str, binaries: &[&str], make_target: &str) -> Result<PathBuf, String> {
+    let script = crate::workspace_root().join(script);
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg("--print")
+        .output()
+        .map_err(|e| format!("{}: {e}", script.display()))?;
+    let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    for binary in binaries {
+        if !dir.join(binary).exists() {
+            return Err(format!(
+                "{} is missing: build it first with `make {make_target}` (`make test` does)",
+                dir.join(binary).display()
+            ));
+        }
+    }
+    Ok(dir)
+}

@@ -17,26 +17,14 @@ use serde_json::{json, Value};
 
 use crate::process::{eventually_async, free_port, Running};
 use crate::registry::Registry;
-use crate::workspace_root;
 
 /// Where `tests/tools/build.sh` puts cosign and the timestamp server.
 pub fn tools_dir() -> Result<PathBuf, String> {
-    let script = workspace_root().join("tests/tools/build.sh");
-    let output = Command::new("bash")
-        .arg(&script)
-        .arg("--print")
-        .output()
-        .map_err(|e| format!("{}: {e}", script.display()))?;
-    let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-    for bin in ["cosign", "timestamp-server"] {
-        if !dir.join(bin).exists() {
-            return Err(format!(
-                "{} is missing: build it first with `make sigstore-tools` (`make test` does)",
-                dir.join(bin).display()
-            ));
-        }
-    }
-    Ok(dir)
+    crate::process::built_tools(
+        "tests/tools/build.sh",
+        &["cosign", "timestamp-server"],
+        "sigstore-tools",
+    )
 }
 
 /// How cosign signs.

@@ -29,21 +29,13 @@ for bin in cosign timestamp-server; do
 done
 if [ ${#missing[@]} = 0 ]; then echo "$dir"; exit 0; fi
 
-if ! command -v go >/dev/null; then
-  echo "sigstore tools: Go is needed to build ${missing[*]} (Go 1.26, or any Go >= 1.21, which fetches 1.26 through the module proxy); install it and run again" >&2
-  exit 2
-fi
-go_minor=$(go env GOVERSION | sed -n 's/^go1\.\([0-9]*\).*/\1/p')
-if [ -z "$go_minor" ] || [ "$go_minor" -lt 21 ]; then
-  echo "sigstore tools: $(go env GOVERSION) cannot fetch a toolchain; install Go 1.26 and run again" >&2
-  exit 2
-fi
-if [ "$go_minor" -lt 26 ]; then export GOTOOLCHAIN=go1.26.8; fi
+# shellcheck source=../go-toolchain.sh
+source "$here/../go-toolchain.sh"
+require_go "sigstore tools" "${missing[*]}"
 
 echo "sigstore tools: building ${missing[*]} (cosign $cosign_version, timestamp-authority $tsa_version) into $dir" >&2
 echo "sigstore tools: the first build takes 2 to 4 minutes on 2 cores; later runs reuse it" >&2
 mkdir -p "$dir"
-export CGO_ENABLED=0 GOFLAGS=-mod=readonly
 for bin in "${missing[@]}"; do
   start=$SECONDS
   (cd "$here/sigstore" && go build -trimpath -ldflags "-s -w -X sigs.k8s.io/release-utils/version.gitVersion=$cosign_version" -o "$dir/$bin.tmp" "${packages[$bin]}")

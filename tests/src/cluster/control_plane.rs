@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use crate::pki::{Issued, TestCa};
 use crate::process::free_port;
-use crate::workspace_root;
 
 /// The API server's ServiceAccount token issuer.
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
@@ -105,27 +104,16 @@ fn alive(pid: u32) -> bool {
 
 /// Where `tests/control-plane/build.sh` puts the binaries.
 pub fn binaries_dir() -> Result<PathBuf, String> {
-    let script = workspace_root().join("tests/control-plane/build.sh");
-    let output = Command::new("bash")
-        .arg(&script)
-        .arg("--print")
-        .output()
-        .map_err(|e| format!("{}: {e}", script.display()))?;
-    let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-    for bin in [
-        "etcd",
-        "kube-apiserver",
-        "kube-controller-manager",
-        "kubectl",
-    ] {
-        if !dir.join(bin).exists() {
-            return Err(format!(
-                "{} is missing: build the control plane first with `make control-plane` (`make test` does)",
-                dir.join(bin).display()
-            ));
-        }
-    }
-    Ok(dir)
+    crate::process::built_tools(
+        "tests/control-plane/build.sh",
+        &[
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kubectl",
+        ],
+        "control-plane",
+    )
 }
 
 fn write(path: &Path, text: &str) -> Result<(), String> {

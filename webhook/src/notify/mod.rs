@@ -156,18 +156,7 @@ impl Notifier {
         if age > jiff::SignedDuration::try_from(MAX_EVENT_AGE).unwrap_or_default() {
             return;
         }
-        let notified: Vec<String> = event
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(contract::ANNOTATION_EVENT_NOTIFIED))
-            .map(|v| {
-                annotated_receivers(Some(v))
-                    .into_iter()
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let notified = notified(event);
         let (labels, annotation) = self.namespace_of(&notification.workload.namespace).await;
         let config = self.config.current();
         let receivers = config.receivers_for(
@@ -227,6 +216,19 @@ impl Notifier {
     }
 }
 
+/// The receivers an Event says were told (`pod-reloaded.io/notified`).
+fn notified(event: &Event) -> Vec<String> {
+    let annotation = event
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(contract::ANNOTATION_EVENT_NOTIFIED));
+    annotated_receivers(annotation.map(String::as_str))
+        .into_iter()
+        .map(str::to_string)
+        .collect()
+}
+
 /// Writes each delivered receiver on its Event, one at a time (so no write loses
 /// another), each guarded by the Event's `resourceVersion`.
 async fn mark_delivered(client: Client, mut marking: mpsc::UnboundedReceiver<Delivered>) {
@@ -236,18 +238,7 @@ async fn mark_delivered(client: Client, mut marking: mpsc::UnboundedReceiver<Del
             let Ok(Some(event)) = events.get_opt(&delivered.event).await else {
                 break;
             };
-            let mut notified: Vec<String> = event
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(contract::ANNOTATION_EVENT_NOTIFIED))
-                .map(|v| {
-                    annotated_receivers(Some(v))
-                        .into_iter()
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default();
+            let mut notified = notified(&event);
             if notified.contains(&delivered.receiver) {
                 break;
             }
