@@ -262,6 +262,9 @@ fn schema_problem(doc: &Value) -> Option<String> {
         "PodDisruptionBudget" => round_trip::<policy::v1::PodDisruptionBudget>(doc),
         "ClusterRole" => round_trip::<rbac::v1::ClusterRole>(doc),
         "ClusterRoleBinding" => round_trip::<rbac::v1::ClusterRoleBinding>(doc),
+        "Role" => round_trip::<rbac::v1::Role>(doc),
+        "RoleBinding" => round_trip::<rbac::v1::RoleBinding>(doc),
+        "ConfigMap" => round_trip::<core::v1::ConfigMap>(doc),
         "NetworkPolicy" => round_trip::<networking::v1::NetworkPolicy>(doc),
         "MutatingWebhookConfiguration" => {
             round_trip::<admissionregistration::v1::MutatingWebhookConfiguration>(doc)
