@@ -505,6 +505,36 @@ fn trust_policies_in_the_values_become_the_file_the_webhook_reads() {
         .any(|d| d["metadata"]["name"] == contract::TRUST_CONFIGMAP));
 }
 
+#[test]
+fn notification_receivers_in_the_values_become_the_config_the_webhook_reads() {
+    let receivers = serde_json::json!({
+        "ops": {"type": "slack", "urlKey": "ops-slack-url", "events": ["rollout-failed"],
+                "namespaceSelector": {"matchLabels": {"team": "shop"}}},
+        "audit": {"type": "webhook", "urlKey": "audit-url", "hmacKey": "audit-hmac",
+                  "namespaceSelector": {}},
+    });
+    let docs = template_with_json(&[("notify.receivers", receivers.to_string().as_str())])
+        .expect("renders");
+    let config_map = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == contract::NOTIFY_CONFIGMAP)
+        .expect("the ConfigMap pod-reloaded-notify");
+    let file = config_map["data"]["notify.yaml"]
+        .as_str()
+        .expect("notify.yaml");
+    let parsed = contract::notify::NotifyConfig::parse(file).expect("the webhook reads it");
+    assert_eq!(parsed.receivers.len(), 2);
+    assert_eq!(
+        parsed.receivers["audit"].hmac_key.as_deref(),
+        Some("audit-hmac")
+    );
+    // Without receivers in the values, no ConfigMap (bring your own, or none).
+    assert!(!template(&[])
+        .expect("renders")
+        .iter()
+        .any(|d| d["metadata"]["name"] == contract::NOTIFY_CONFIGMAP));
+}
+
 /// `helm template` with `--set-json` values (and the external CA bundle).
 fn template_with_json(values: &[(&str, &str)]) -> Result<Vec<Value>, String> {
     let mut command = tool("helm");
