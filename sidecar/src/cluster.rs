@@ -307,7 +307,10 @@ impl Cluster {
         }
         let event = Event {
             metadata: kube::api::ObjectMeta {
-                name: Some(format!("{}.{:x}", workload.name, now.as_nanosecond())),
+                name: Some(match &event.name {
+                    Some(name) => format!("{}.{name}", workload.name),
+                    None => format!("{}.{:x}", workload.name, now.as_nanosecond()),
+                }),
                 namespace: Some(self.namespace.clone()),
                 annotations: Some(annotations).filter(|a| !a.is_empty()),
                 ..Default::default()
@@ -338,6 +341,8 @@ impl Cluster {
         let api: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
         match api.create(&PostParams::default(), &event).await {
             Ok(_) => {}
+            // Another replica recorded this named Event first.
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
             Err(error) if is_forbidden(&error) => {
                 self.degraded("create events", "recording Events", &error)
             }

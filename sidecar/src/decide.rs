@@ -235,17 +235,23 @@ pub fn restart_effects(
             ..
         } => {
             let mut said = Vec::new();
-            if hold != Hold::Notify && !first_seen.is_empty() {
-                // Said by the one sidecar that recorded the first sight: once per digest.
+            if hold != Hold::Notify {
+                // Once per digest and kind of hold: each sidecar says it once, under a
+                // name made of both, so of N replicas the API server keeps the first.
                 let message = format!(
                     "pod-reloaded holds the restart of {workload} to {changes}: {}",
                     hold.describe()
                 );
                 let log = LogLine::info("held", "a new image is held", fields(changes.to_string()));
+                let name = format!("held-{}-{}", hold.kind(), record_key(&changes));
                 said.push(
-                    Said::log(log).with_event(
-                        Event::normal("ImageUpdateHeld", message).about(&changes, None),
-                    ),
+                    Said::log(log)
+                        .with_event(
+                            Event::normal("ImageUpdateHeld", message)
+                                .about(&changes, None)
+                                .named(name),
+                        )
+                        .once(format!("held-event:{changes}:{}", hold.kind())),
                 );
             }
             if hold == Hold::Notify && !first_seen.is_empty() {
@@ -394,6 +400,13 @@ pub fn restart_effects(
             (RoundOutcome::AlreadyRestarted, effects)
         }
     }
+}
+
+/// 16 hex digits of a digest record's SHA-256: a short, stable name part for it.
+fn record_key(record: &DigestRecord) -> String {
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(record.to_string().as_bytes());
+    hash.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// `; signed by …` for the changes in `to` whose signature was verified: who signed
@@ -1194,7 +1207,7 @@ mod tests {
     }
 
     #[test]
-    fn a_held_update_is_an_event_of_the_recording_sidecar_with_its_digests() {
+    fn a_held_update_is_one_event_per_digest_and_kind_of_hold_whatever_the_replicas() {
         let changes = [change("app", 'b', Some('a'))];
         let held = |first_seen: Vec<String>| RestartDecision::Held {
             hold: Hold::Paused,
@@ -1210,8 +1223,23 @@ mod tests {
             Some(format!("app={}", digest('b')).as_str())
         );
         assert!(event.message.contains("paused"), "{}", event.message);
+        // Another replica says it under the same name (the API server keeps one), once.
         let (_, seen_before) = restart_effects(&web(), held(Vec::new()), &changes, "web-2");
-        assert!(events(&seen_before).is_empty());
+        assert_eq!(seen_before.said[0].events[0].name, event.name);
+        assert!(seen_before.said[0].once.is_some());
+        // Another kind of hold of the same digest is another Event.
+        let cooling = RestartDecision::Held {
+            hold: Hold::CoolingDown { until: now() },
+            changes: DigestRecord::parse(&format!("app={}", digest('b'))),
+            pending: PendingRecord::default(),
+            first_seen: Vec::new(),
+        };
+        let (_, cooling) = restart_effects(&web(), cooling, &changes, "web-1");
+        assert_ne!(cooling.said[0].events[0].name, event.name);
+        assert!(event
+            .name
+            .as_deref()
+            .is_some_and(|n| n.starts_with("held-paused-")));
     }
 
     #[test]

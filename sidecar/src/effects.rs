@@ -102,6 +102,9 @@ pub struct Event {
     pub to: Option<String>,
     /// Where it comes from, when that is known.
     pub from: Option<String>,
+    /// A name of its own (after the workload's), for an Event several replicas may say:
+    /// the API server keeps the first and refuses the rest. `None`: a unique name.
+    pub name: Option<String>,
 }
 
 impl Event {
@@ -112,6 +115,7 @@ impl Event {
             message,
             to: None,
             from: None,
+            name: None,
         }
     }
 
@@ -120,6 +124,12 @@ impl Event {
             warning: true,
             ..Self::normal(reason, message)
         }
+    }
+
+    /// Named `<workload>.<name>`: said by several replicas, recorded once.
+    pub fn named(mut self, name: String) -> Self {
+        self.name = Some(name);
+        self
     }
 
     /// The digests the Event is about.

@@ -43,6 +43,12 @@ async fn min_age_waits_on_one_clock_for_all_replicas_and_a_moving_tag_restarts_i
     );
     rounds(&[&a, &b], 1).await;
     assert_eq!(metadata_patches(&w), 1, "both replicas read one clock");
+    let held = w.events("ImageUpdateHeld");
+    assert_eq!(held.len(), 1, "one Event from two replicas: {held:?}");
+    assert_eq!(
+        held[0]["metadata"]["annotations"][contract::ANNOTATION_EVENT_TO],
+        format!("web={}", second.digest)
+    );
     assert!(w.template_patches().is_empty(), "no restart before the age");
     assert!(a.output().contains("min-age") || b.output().contains("min-age"));
 
