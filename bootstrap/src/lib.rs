@@ -68,3 +68,16 @@ pub fn init_logging(format: LogFormat) {
             .init(),
     }
 }
+
+/// An error with its causes, `: `-separated: an HTTP client's top-level message hides
+/// what went wrong (refused, a TLS failure, ...).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -116,15 +116,7 @@ fn transport(url: &str, error: reqwest::Error) -> RegistryError {
     let reason = if error.is_timeout() {
         "timed out".to_string()
     } else {
-        // reqwest's top-level message hides the cause (refused, TLS, ...).
-        let mut text = error.to_string();
-        let mut source = std::error::Error::source(&error);
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        text
+        pod_reloaded_bootstrap::error_chain(&error)
     };
     RegistryError::Transport {
         url: url.to_string(),

@@ -60,9 +60,9 @@ pub struct SignaturePolicy {
     verifier: Verifier,
     /// Whether the trusted root has certificate-transparency logs to check SCTs with.
     has_ct_logs: bool,
-    /// The trusted root's certificate authorities (DER), for certificates checked
-    /// without a verified signing time.
-    certificate_authorities: Vec<Vec<u8>>,
+    /// The trusted root's certificate authorities as trust anchors, for certificates
+    /// checked without a verified signing time (`Verifier::new` validated them).
+    certificate_authorities: Vec<rustls_pki_types::TrustAnchor<'static>>,
 }
 
 struct PolicyKey {
@@ -111,7 +111,12 @@ impl SignaturePolicy {
                 .certificate_authorities
                 .iter()
                 .flat_map(|ca| &ca.cert_chain.certificates)
-                .map(|cert| cert.raw_bytes.as_bytes().to_vec())
+                .filter_map(|cert| {
+                    let der = CertificateDer::from(cert.raw_bytes.as_bytes());
+                    webpki::anchor_from_trusted_cert(&der)
+                        .ok()
+                        .map(|anchor| anchor.to_owned())
+                })
                 .collect(),
         })
     }
@@ -269,21 +274,12 @@ impl SignaturePolicy {
             .ok_or("the bundle has no certificate")?;
         let info = sigstore_verify::crypto::parse_certificate_info(der)
             .map_err(|e| format!("the certificate does not parse: {e}"))?;
-        let anchors: Vec<_> = self
-            .certificate_authorities
-            .iter()
-            .filter_map(|ca| {
-                webpki::anchor_from_trusted_cert(&CertificateDer::from(ca.as_slice()))
-                    .ok()
-                    .map(|anchor| anchor.to_owned())
-            })
-            .collect();
         let leaf = CertificateDer::from(der.as_bytes());
         let leaf = webpki::EndEntityCert::try_from(&leaf)
             .map_err(|e| format!("the certificate does not parse: {e}"))?;
         leaf.verify_for_usage(
             sigstore_verify::crypto::WEBPKI_VERIFICATION_ALGS,
-            &anchors,
+            &self.certificate_authorities,
             &[],
             UnixTime::now(),
             webpki::KeyUsage::required(CODE_SIGNING),

@@ -157,18 +157,11 @@ fn read_secret(dir: &Path, key: &str) -> Result<String, DeliveryError> {
 }
 
 fn describe(error: &reqwest::Error) -> String {
-    let mut text = if error.is_timeout() {
+    if error.is_timeout() {
         "timed out".to_string()
     } else {
-        error.to_string()
-    };
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+        pod_reloaded_bootstrap::error_chain(error)
     }
-    text
 }
 
 #[cfg(test)]
